@@ -1,0 +1,128 @@
+"""The FastAPI application: routes, error mapping, CORS. Errors are mapped here alone."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import ORJSONResponse
+from pydantic import ValidationError
+
+from cds.errors import CdsError, InvalidRequest, UnknownService
+from cds.fhir.gather import gather
+from cds.protocol import HookRequest, compact
+from cds.runtime import Runtime
+from cds.services import registry
+from cds.services.base import ServiceDefinition
+
+log = logging.getLogger("cds.app")
+
+
+def _validation_message(exc: ValidationError, root: str) -> str:
+    parts = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = root
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        parts.append(f"{path}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def _error(status: int, message: str, location: str | None = None) -> ORJSONResponse:
+    body: dict[str, Any] = {"error": message}
+    if location:
+        body["location"] = location
+    return ORJSONResponse(body, status_code=status)
+
+
+def create_app(runtime: Runtime | None = None) -> FastAPI:
+    """Build the application; loads and validates the knowledge unless given a runtime."""
+    runtime = runtime or Runtime.load()
+    services: dict[str, ServiceDefinition] = registry(runtime)
+    app = FastAPI(
+        title="CRS CDS Hooks service",
+        version=runtime.rules.version,
+        default_response_class=ORJSONResponse,
+    )
+    app.state.runtime = runtime
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=runtime.settings.cors_origins,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", "Accept"],
+        max_age=600,
+    )
+
+    @app.exception_handler(CdsError)
+    async def _cds_error(_: Request, exc: CdsError) -> ORJSONResponse:
+        return _error(exc.status, exc.message, exc.location)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_request(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+        return _error(400, f"invalid request: {exc.errors()}")
+
+    @app.get("/cds-services")
+    async def discovery() -> dict[str, Any]:
+        return {"services": [s.discovery() for s in services.values()]}
+
+    @app.get("/healthz", include_in_schema=False)
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "ruleSetVersion": runtime.rules.version}
+
+    @app.post("/cds-services/{service_id}")
+    async def invoke(service_id: str, request: Request) -> ORJSONResponse:
+        started = time.perf_counter()
+        service = services.get(service_id)
+        if service is None:
+            raise UnknownService(
+                f"no CDS service {service_id!r}; GET /cds-services lists "
+                + ", ".join(sorted(services))
+            )
+        hook_request = _parse(await request.body())
+        if hook_request.hook != service.hook:
+            raise InvalidRequest(
+                f"service {service.id} answers hook {service.hook!r}, not {hook_request.hook!r}",
+                "hook",
+            )
+        collected = await gather(runtime, service, hook_request)
+        at = datetime.now(UTC)
+        try:
+            response = await service.handler(runtime, hook_request, collected, at)
+        except ValidationError as exc:
+            raise InvalidRequest(_validation_message(exc, "context"), "context") from exc
+        cards = response.get("cards", [])
+        log.info(
+            "evaluated",
+            extra={
+                "service": service.id,
+                "hookInstance": hook_request.hookInstance,
+                "cards": len(cards),
+                "grades": [c.get("extension", {}).get("crs", {}).get("grade") for c in cards],
+                "ruleSetVersion": runtime.rules.version,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return ORJSONResponse(compact(response))
+
+    return app
+
+
+def _parse(body: bytes) -> HookRequest:
+    if not body:
+        raise InvalidRequest("empty request body: expected a CDS Hooks request (JSON)")
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    try:
+        return HookRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_validation_message(exc, "request"), "request") from exc

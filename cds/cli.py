@@ -1,0 +1,140 @@
+"""`crs-cds`: serve the CDS Hooks service, or evaluate a Bundle offline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+
+from cds.errors import CdsError
+from cds.fhir.reading import ResourceCollector
+from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
+from cds.knowledge import KnowledgeError
+from cds.protocol import compact
+from cds.runtime import Runtime
+from cds.settings import Settings
+
+app = typer.Typer(
+    help="CRS decision support: a CDS Hooks 2.0 service and tools for integration engineers.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_LOG_FIELDS = ("service", "hookInstance", "cards", "grades", "ruleSetVersion", "ms", "query")
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object a line: time, level, logger, message and the allowed extra fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _LOG_FIELDS:
+            if hasattr(record, name):
+                entry[name] = getattr(record, name)
+        if record.exc_info:
+            entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(entry)
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(level.upper())
+
+
+def _load_runtime(settings: Settings | None = None) -> Runtime:
+    try:
+        return Runtime.load(settings)
+    except KnowledgeError as exc:
+        typer.echo(f"error: invalid rules: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Address to bind (CRS_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (CRS_PORT).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Run the CDS Hooks service."""
+    import uvicorn
+
+    from cds.app import create_app
+
+    settings = Settings()
+    configure_logging(settings.log_level)
+    runtime = _load_runtime(settings)
+    bind_host = host or settings.host
+    bind_port = port or settings.port
+    if workers > 1:
+        uvicorn.run(
+            "cds.app:create_app",
+            factory=True,
+            host=bind_host,
+            port=bind_port,
+            workers=workers,
+            log_config=None,
+            access_log=False,
+        )
+    else:
+        uvicorn.run(
+            create_app(runtime), host=bind_host, port=bind_port, log_config=None, access_log=False
+        )
+
+
+def _bundle_patient_id(collected: ResourceCollector) -> str | None:
+    patients = {r.data.get("id") for r in collected.of_type("Patient")}
+    patients.discard(None)
+    return str(next(iter(patients))) if len(patients) == 1 else None
+
+
+@app.command()
+def evaluate(
+    bundle: Annotated[Path, typer.Argument(help="A FHIR Bundle (JSON) with the patient's data.")],
+    at: Annotated[
+        str | None, typer.Option(help="Evaluation time, ISO 8601 with offset (default: now).")
+    ] = None,
+    service: Annotated[str, typer.Option(help="Service to evaluate as.")] = "crs-monitor",
+) -> None:
+    """Evaluate a Bundle as the patient-view service would; print the CDS Hooks response."""
+    from cds.services.crs_monitor import monitor_response
+
+    runtime = _load_runtime()
+    try:
+        when = parse_fhir_datetime(at) if at else datetime.now(UTC)
+    except TimeFormatError as exc:
+        typer.echo(f"error: --at: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        data = orjson.loads(bundle.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        typer.echo(f"error: {bundle}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    collected = ResourceCollector()
+    collected.add(data, "bundle")
+    if service != "crs-monitor":
+        typer.echo(f"error: unknown service {service!r} (evaluate supports crs-monitor)", err=True)
+        raise typer.Exit(2)
+    try:
+        response = monitor_response(runtime, collected, _bundle_patient_id(collected), when)
+    except CdsError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(orjson.dumps(compact(response), option=orjson.OPT_INDENT_2).decode())
+
+
+def main() -> None:
+    app()

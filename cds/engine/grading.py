@@ -1,0 +1,365 @@
+"""ASTCT 2019 CRS grading from normalised facts. Pure: no clock, I/O or settings.
+
+The grade at a time t uses the findings recorded in the look-back window [t - L, t]
+(and not before the exposure). Fever >= the fever threshold is required, except once a
+patient who had CRS fever has received a masking therapy (tocilizumab, corticosteroid,
+antipyretic): then hypotension and hypoxia grade on their own. The grade is the more
+severe of hypotension and hypoxia, and at least 1 when fever is present.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from cds.engine.exposure import Exposure
+from cds.engine.facts import Administration, Facts, Measurement
+
+HYPOTENSION_GRADE = 2
+ONE_VASOPRESSOR_GRADE = 3
+MULTIPLE_VASOPRESSORS_GRADE = 4
+
+
+@dataclass(frozen=True)
+class GradingParameters:
+    """The thresholds the grade depends on: from rules/astct.yaml, possibly overridden."""
+
+    fever_min_celsius: float
+    systolic_below_mmhg: float
+    map_below_mmhg: float | None
+    low_flow_max_l_per_min: float
+    grade_by_support: dict[str, int]
+    vasopressors_not_counted: frozenset[str]
+    masking_classes: frozenset[str]
+    lookback: timedelta
+    spo2_warning_below: float
+
+    def hypotension_definition(self) -> str:
+        """The definition used, as shown on the card."""
+        text = f"systolic BP < {self.systolic_below_mmhg:g} mmHg"
+        if self.map_below_mmhg is not None:
+            text += f" or MAP < {self.map_below_mmhg:g} mmHg"
+        return text
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One finding behind the grade, for the card's table and the extension."""
+
+    finding: str  # fever | hypotension | vasopressor | oxygen | spo2-low | lab | masking
+    label: str
+    value: str
+    unit: str
+    at: datetime
+    source: str
+
+    def as_json(self) -> dict[str, str]:
+        """The evidence as the card extension carries it."""
+        return {
+            "finding": self.finding,
+            "label": self.label,
+            "value": self.value,
+            "unit": self.unit,
+            "at": self.at.isoformat(),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Grading:
+    """The result of grading at `at`."""
+
+    grade: int
+    max_grade: int
+    max_grade_at: datetime | None
+    fever_in_window: bool
+    fever_masked_since: datetime | None
+    first_fever_at: datetime | None
+    latest_fever_at: datetime | None
+    evidence: list[Evidence] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    drivers: list[str] = field(default_factory=list)  # what set a grade >= 2
+
+    @property
+    def fever_duration(self) -> timedelta | None:
+        """From the first fever since exposure to the latest one, if the latest is current."""
+        if self.first_fever_at is None or self.latest_fever_at is None:
+            return None
+        if not self.fever_in_window:
+            return None
+        return self.latest_fever_at - self.first_fever_at
+
+
+@dataclass(frozen=True, slots=True)
+class _Finding:
+    """A hypotension or hypoxia finding: active from start to end, with its grade."""
+
+    start: datetime
+    end: datetime
+    grade: int
+    label: str
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
+
+
+def _in(ms: tuple[Measurement, ...], start: datetime, end: datetime) -> list[Measurement]:
+    """Measurements with start <= at <= end (input sorted by time)."""
+    times = [m.at for m in ms]
+    return list(ms[bisect.bisect_left(times, start) : bisect.bisect_right(times, end)])
+
+
+def _multiple_vasopressor_intervals(
+    pressors: list[Administration], not_counted: frozenset[str], at: datetime
+) -> list[tuple[datetime, datetime]]:
+    """Intervals during which two or more distinct counted vasopressors ran together."""
+    events: list[tuple[datetime, int, str]] = []
+    for admin in pressors:
+        if admin.concept in not_counted:
+            continue
+        # starts sort before ends at the same instant: touching administrations overlap
+        events.append((admin.start, 0, admin.concept))
+        events.append((admin.end_or(at), 1, admin.concept))
+    events.sort()
+    active: dict[str, int] = {}
+    intervals: list[tuple[datetime, datetime]] = []
+    opened: datetime | None = None
+    for when, kind, concept in events:
+        if kind == 0:
+            active[concept] = active.get(concept, 0) + 1
+            if len(active) >= 2 and opened is None:
+                opened = when
+        else:
+            active[concept] -= 1
+            if active[concept] == 0:
+                del active[concept]
+            if len(active) < 2 and opened is not None:
+                intervals.append((opened, when))
+                opened = None
+    return intervals
+
+
+def _oxygen_grade(support: str, params: GradingParameters) -> int:
+    if support == "nasal-cannula":
+        return params.grade_by_support["low-flow"]
+    return params.grade_by_support[support]
+
+
+def _findings(
+    facts: Facts, exposure: Exposure, at: datetime, params: GradingParameters
+) -> tuple[list[_Finding], list[Administration]]:
+    """Hypotension and hypoxia findings between the exposure and `at`."""
+    found: list[_Finding] = []
+    since = exposure.at
+    for m in _in(facts.of("systolic_bp"), since, at):
+        if m.value < params.systolic_below_mmhg:
+            found.append(
+                _Finding(m.at, m.at, HYPOTENSION_GRADE, "hypotension not requiring vasopressors")
+            )
+    if params.map_below_mmhg is not None:
+        for m in _in(facts.of("mean_arterial_pressure"), since, at):
+            if m.value < params.map_below_mmhg:
+                found.append(
+                    _Finding(
+                        m.at, m.at, HYPOTENSION_GRADE, "hypotension not requiring vasopressors"
+                    )
+                )
+    for m in _in(facts.of("oxygen_flow"), since, at):
+        if m.value <= 0:
+            continue
+        support = "low-flow" if m.value <= params.low_flow_max_l_per_min else "high-flow"
+        label = (
+            f"low-flow oxygen (<= {params.low_flow_max_l_per_min:g} L/min)"
+            if support == "low-flow"
+            else f"high-flow oxygen (> {params.low_flow_max_l_per_min:g} L/min)"
+        )
+        found.append(_Finding(m.at, m.at, params.grade_by_support[support], label))
+    for o in facts.oxygen:
+        if since <= o.at <= at:
+            found.append(
+                _Finding(o.at, o.at, _oxygen_grade(o.support, params), f"oxygen by {o.device}")
+            )
+    pressors = [
+        a
+        for a in facts.administrations
+        if a.medication_class == "vasopressor" and a.start <= at and a.end_or(at) >= since
+    ]
+    for a in pressors:
+        found.append(
+            _Finding(
+                max(a.start, since),
+                min(a.end_or(at), at),
+                ONE_VASOPRESSOR_GRADE,
+                f"hypotension requiring a vasopressor ({a.display})",
+            )
+        )
+    for start, end in _multiple_vasopressor_intervals(
+        pressors, params.vasopressors_not_counted, at
+    ):
+        found.append(
+            _Finding(
+                max(start, since),
+                min(end, at),
+                MULTIPLE_VASOPRESSORS_GRADE,
+                "hypotension requiring multiple vasopressors (vasopressin not counted)",
+            )
+        )
+    return found, pressors
+
+
+def _masked_since(
+    facts: Facts, first_fever: datetime | None, at: datetime, params: GradingParameters
+) -> tuple[datetime | None, Administration | None]:
+    """When a masking therapy was first given after the first CRS fever, if it was."""
+    if first_fever is None:
+        return None, None
+    for a in facts.administrations:  # sorted by start
+        if a.start > at:
+            break
+        if a.medication_class in params.masking_classes and a.start > first_fever:
+            return a.start, a
+    return None, None
+
+
+def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParameters) -> Grading:
+    """Grade CRS at `at` (ASTCT 2019) and the highest grade reached since the exposure."""
+    lookback_start = max(at - params.lookback, exposure.at)
+    temps = _in(facts.of("temperature"), exposure.at, at)
+    fevers = [m for m in temps if m.value >= params.fever_min_celsius]
+    fever_times = [m.at for m in fevers]
+    first_fever = fever_times[0] if fever_times else None
+    window_fevers = [m for m in fevers if m.at >= lookback_start]
+    masked_since, masking_admin = _masked_since(facts, first_fever, at, params)
+
+    findings, pressors = _findings(facts, exposure, at, params)
+
+    # Current grade: findings active within the look-back window.
+    current_findings = [f for f in findings if f.end >= lookback_start and f.start <= at]
+    severity = max((f.grade for f in current_findings), default=0)
+    drivers = list(dict.fromkeys(f.label for f in current_findings if f.grade == severity))
+    if window_fevers:
+        current = max(1, severity)
+    elif masked_since is not None:
+        current = severity
+    else:
+        current = 0
+
+    # Highest grade since exposure: a finding active over [s, e] counts at any t in
+    # [s, min(e + L, at)]; it is gated by a fever in [s - L, min(e + L, at)] or by a
+    # masking therapy given by then.
+    max_grade, max_at = (1, first_fever) if first_fever is not None else (0, None)
+    for f in findings:
+        if f.grade <= max_grade:
+            continue
+        last = min(f.end + params.lookback, at)
+        i = bisect.bisect_left(fever_times, f.start - params.lookback)
+        if i < len(fever_times) and fever_times[i] <= last:
+            max_grade, max_at = f.grade, max(f.start, fever_times[i])
+        elif masked_since is not None and masked_since <= last:
+            max_grade, max_at = f.grade, max(f.start, masked_since)
+    if current > max_grade:
+        max_grade, max_at = current, at
+
+    evidence = _evidence(facts, window_fevers, lookback_start, at, pressors, masking_admin, params)
+    warnings = _warnings(facts, lookback_start, at, params)
+    return Grading(
+        grade=current,
+        max_grade=max_grade,
+        max_grade_at=max_at,
+        fever_in_window=bool(window_fevers),
+        fever_masked_since=masked_since,
+        first_fever_at=first_fever,
+        latest_fever_at=fever_times[-1] if fever_times else None,
+        evidence=evidence,
+        warnings=warnings,
+        drivers=drivers if current >= 2 else [],
+    )
+
+
+def _measurement_evidence(finding: str, label: str, m: Measurement) -> Evidence:
+    value = _fmt(m.value)
+    if m.original:
+        value = f"{value} ({m.original})"
+    return Evidence(finding, label, value, m.unit, m.at, m.source)
+
+
+def _evidence(
+    facts: Facts,
+    window_fevers: list[Measurement],
+    start: datetime,
+    at: datetime,
+    pressors: list[Administration],
+    masking_admin: Administration | None,
+    params: GradingParameters,
+) -> list[Evidence]:
+    """The findings behind the current grade, most telling first."""
+    items: list[Evidence] = []
+    if window_fevers:
+        hottest = max(window_fevers, key=lambda m: (m.value, m.at))
+        items.append(_measurement_evidence("fever", "Max temperature", hottest))
+    else:
+        temps = _in(facts.of("temperature"), start, at)
+        if temps:
+            items.append(_measurement_evidence("temperature", "Latest temperature", temps[-1]))
+    sbps = _in(facts.of("systolic_bp"), start, at)
+    if sbps:
+        lowest = min(sbps, key=lambda m: (m.value, m.at))
+        finding = "hypotension" if lowest.value < params.systolic_below_mmhg else "blood-pressure"
+        items.append(_measurement_evidence(finding, "Lowest systolic BP", lowest))
+    maps = _in(facts.of("mean_arterial_pressure"), start, at)
+    if maps and params.map_below_mmhg is not None:
+        lowest = min(maps, key=lambda m: (m.value, m.at))
+        finding = "hypotension" if lowest.value < params.map_below_mmhg else "blood-pressure"
+        items.append(_measurement_evidence(finding, "Lowest MAP", lowest))
+    for a in pressors:
+        if a.end_or(at) >= start:
+            running = "running" if a.end is None else f"until {a.end.isoformat()}"
+            items.append(Evidence("vasopressor", a.display, running, "", a.start, a.source))
+    flows = _in(facts.of("oxygen_flow"), start, at)
+    if flows:
+        items.append(
+            _measurement_evidence("oxygen", "Max O2 flow", max(flows, key=lambda m: m.value))
+        )
+    devices = [o for o in facts.oxygen if start <= o.at <= at]
+    if devices:
+        top = max(devices, key=lambda o: (_oxygen_grade(o.support, params), o.at))
+        items.append(Evidence("oxygen", "O2 support", top.device, "", top.at, top.source))
+    spo2 = _in(facts.of("spo2"), start, at)
+    if spo2:
+        lowest = min(spo2, key=lambda m: (m.value, m.at))
+        items.append(_measurement_evidence("spo2", "Lowest SpO2", lowest))
+    if masking_admin is not None:
+        items.append(
+            Evidence(
+                "masking",
+                f"{masking_admin.display} after CRS fever",
+                "fever no longer required",
+                "",
+                masking_admin.start,
+                masking_admin.source,
+            )
+        )
+    for concept, label in (("crp", "CRP"), ("ferritin", "Ferritin"), ("il6", "IL-6")):
+        labs = _in(facts.of(concept), start, at)
+        if labs:
+            items.append(_measurement_evidence("lab", label, labs[-1]))
+    return items
+
+
+def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParameters) -> list[str]:
+    """Findings that cannot change the grade but a clinician must see."""
+    warnings: list[str] = []
+    low = [m for m in _in(facts.of("spo2"), start, at) if m.value < params.spo2_warning_below]
+    has_support = any(start <= o.at <= at for o in facts.oxygen) or any(
+        m.value > 0 for m in _in(facts.of("oxygen_flow"), start, at)
+    )
+    if low and not has_support:
+        lowest = min(low, key=lambda m: m.value)
+        warnings.append(
+            f"SpO2 {_fmt(lowest.value)} % at {lowest.at.isoformat()} with no oxygen support "
+            "documented: hypoxia is graded by the support given, so this does not raise the "
+            "grade. Check the patient and document any oxygen support."
+        )
+    return warnings

@@ -1,0 +1,32 @@
+"""Domain errors, raised where the problem is found and mapped to HTTP once, in app.py."""
+
+from __future__ import annotations
+
+
+class CdsError(Exception):
+    """Base of the errors a client caused; `status` is the HTTP status app.py answers."""
+
+    status = 400
+
+    def __init__(self, message: str, location: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+
+
+class InvalidRequest(CdsError):
+    """The request body is malformed (400)."""
+
+    status = 400
+
+
+class UnknownService(CdsError):
+    """No CDS service with that id (404)."""
+
+    status = 404
+
+
+class PrefetchUnavailable(CdsError):
+    """Data needed is neither in prefetch nor obtainable from fhirServer (412)."""
+
+    status = 412

@@ -1,0 +1,150 @@
+"""Lean, typed views of the FHIR R4 resources the rules read.
+
+Only the fields the service uses are declared; everything else is ignored. Each model
+validates what it declares (status codes, value types), so a bad entry is reported with
+the path of the offending field. Times stay text here and are parsed by `timing`,
+because their meaning depends on a setting (CRS_ASSUME_TIMEZONE).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Lean(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Coding(_Lean):
+    system: str | None = None
+    code: str | None = None
+    display: str | None = None
+
+
+class CodeableConcept(_Lean):
+    coding: list[Coding] = Field(default_factory=list)
+    text: str | None = None
+
+    def texts(self) -> list[str]:
+        """The human-readable names in this concept: text, then the codings' displays."""
+        names = [self.text] if self.text else []
+        names.extend(c.display for c in self.coding if c.display)
+        return names
+
+
+class Quantity(_Lean):
+    value: float | None = None
+    unit: str | None = None
+    system: str | None = None
+    code: str | None = None
+
+    def unit_text(self) -> str | None:
+        """The UCUM code when given, else the human unit."""
+        return self.code or self.unit
+
+
+class Reference(_Lean):
+    reference: str | None = None
+    display: str | None = None
+
+
+class Period(_Lean):
+    start: str | None = None
+    end: str | None = None
+
+
+ObservationStatus = Literal[
+    "registered",
+    "preliminary",
+    "final",
+    "amended",
+    "corrected",
+    "cancelled",
+    "entered-in-error",
+    "unknown",
+]
+
+
+class ObservationComponent(_Lean):
+    code: CodeableConcept
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: CodeableConcept | None = None
+
+
+class Observation(_Lean):
+    resourceType: Literal["Observation"]
+    id: str | None = None
+    status: ObservationStatus
+    code: CodeableConcept
+    subject: Reference | None = None
+    effectiveDateTime: str | None = None
+    effectiveInstant: str | None = None
+    effectivePeriod: Period | None = None
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: CodeableConcept | None = None
+    component: list[ObservationComponent] = Field(default_factory=list)
+
+
+MedicationAdministrationStatus = Literal[
+    "in-progress",
+    "not-done",
+    "on-hold",
+    "completed",
+    "entered-in-error",
+    "stopped",
+    "unknown",
+]
+
+
+class Dosage(_Lean):
+    dose: Quantity | None = None
+    text: str | None = None
+
+
+class MedicationAdministration(_Lean):
+    resourceType: Literal["MedicationAdministration"]
+    id: str | None = None
+    status: MedicationAdministrationStatus
+    medicationCodeableConcept: CodeableConcept | None = None
+    medicationReference: Reference | None = None
+    subject: Reference | None = None
+    effectiveDateTime: str | None = None
+    effectivePeriod: Period | None = None
+    dosage: Dosage | None = None
+    contained: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Medication(_Lean):
+    resourceType: Literal["Medication"]
+    id: str | None = None
+    code: CodeableConcept | None = None
+
+
+class DoseAndRate(_Lean):
+    doseQuantity: Quantity | None = None
+
+
+class DosageInstruction(_Lean):
+    text: str | None = None
+    doseAndRate: list[DoseAndRate] = Field(default_factory=list)
+
+
+class MedicationRequest(_Lean):
+    """A (draft) order. Lenient: the CDS Hooks Sandbox omits `intent`, so it is optional."""
+
+    resourceType: Literal["MedicationRequest"]
+    id: str | None = None
+    status: str | None = None
+    intent: str | None = None
+    medicationCodeableConcept: CodeableConcept | None = None
+    medicationReference: Reference | None = None
+    subject: Reference | None = None
+    dosageInstruction: list[DosageInstruction] = Field(default_factory=list)
+    contained: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class Patient(_Lean):
+    resourceType: Literal["Patient"]
+    id: str | None = None

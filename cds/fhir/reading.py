@@ -1,0 +1,122 @@
+"""Collect FHIR resources from prefetch values and Bundles, entry by entry.
+
+A prefetch value may be a single resource, a Bundle (searchset, collection,
+transaction…), or null. Search entries with `search.mode = outcome` are skipped.
+Anything that is not a resource is reported as an `Issue` with its location and never
+stops the evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """An entry that could not be read: where it is and what is wrong with it."""
+
+    location: str
+    problem: str
+
+    def as_json(self) -> dict[str, str]:
+        """As reported in the response."""
+        return {"location": self.location, "problem": self.problem}
+
+
+@dataclass(frozen=True, slots=True)
+class RawResource:
+    """A resource as received, with where it was found."""
+
+    location: str
+    data: dict[str, Any]
+    full_url: str | None = None
+
+    @property
+    def resource_type(self) -> str:
+        return str(self.data.get("resourceType"))
+
+    @property
+    def reference(self) -> str:
+        """`Type/id` when the resource has an id, else its fullUrl or location."""
+        rid = self.data.get("id")
+        if isinstance(rid, str) and rid:
+            return f"{self.resource_type}/{rid}"
+        return self.full_url or self.location
+
+
+def validation_issues(location: str, exc: ValidationError) -> list[Issue]:
+    """One Issue per pydantic error, located by FHIR path under `location`."""
+    issues = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = location
+        for part in err["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+        issues.append(Issue(path, err["msg"]))
+    return issues
+
+
+class ResourceCollector:
+    """Walks prefetch values and Bundles, keeping resources and reporting the rest."""
+
+    def __init__(self) -> None:
+        self.resources: list[RawResource] = []
+        self.issues: list[Issue] = []
+
+    def add_prefetch(self, prefetch: Mapping[str, Any], root: str = "prefetch") -> None:
+        """Add every non-null prefetch value."""
+        for key, value in prefetch.items():
+            if value is not None:
+                self.add(value, f"{root}.{key}")
+
+    def add(self, value: Any, location: str, full_url: str | None = None) -> None:
+        """Add a resource or a Bundle found at `location`."""
+        if not isinstance(value, dict):
+            self.issues.append(
+                Issue(location, f"expected a FHIR resource or Bundle, got {_kind(value)}")
+            )
+            return
+        resource_type = value.get("resourceType")
+        if not isinstance(resource_type, str) or not resource_type:
+            self.issues.append(Issue(f"{location}.resourceType", "missing resourceType"))
+            return
+        if resource_type == "Bundle":
+            self._add_bundle(value, location)
+        elif resource_type != "OperationOutcome":
+            self.resources.append(RawResource(location, value, full_url))
+
+    def _add_bundle(self, bundle: dict[str, Any], location: str) -> None:
+        entries = bundle.get("entry", [])
+        if not isinstance(entries, list):
+            self.issues.append(Issue(f"{location}.entry", "Bundle.entry must be an array"))
+            return
+        for i, entry in enumerate(entries):
+            where = f"{location}.entry[{i}]"
+            if not isinstance(entry, dict):
+                self.issues.append(Issue(where, f"expected a Bundle entry, got {_kind(entry)}"))
+                continue
+            search = entry.get("search")
+            if isinstance(search, dict) and search.get("mode") == "outcome":
+                continue
+            resource = entry.get("resource")
+            if resource is None:
+                if "request" not in entry and "response" not in entry:
+                    self.issues.append(Issue(where, "Bundle entry has no resource"))
+                continue
+            full_url = entry.get("fullUrl")
+            self.add(resource, f"{where}.resource", full_url if isinstance(full_url, str) else None)
+
+    def of_type(self, *types: str) -> Iterable[RawResource]:
+        """The collected resources of the given types, in the order found."""
+        return (r for r in self.resources if r.resource_type in types)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list):
+        return "an array"
+    return type(value).__name__

@@ -1,0 +1,516 @@
+"""Load and validate the clinical knowledge: `rules/` and `fhir_mappings/`.
+
+Every file is validated by a pydantic model at start-up. A file that does not validate
+stops start-up with a `KnowledgeError` naming the file and the field. The loaded
+`Knowledge` holds the cited rules, lookup indexes built from the mappings, and the
+rule-set version that every card names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RULES_DIR = PROJECT_ROOT / "rules"
+DEFAULT_MAPPINGS_DIR = PROJECT_ROOT / "fhir_mappings"
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class KnowledgeError(Exception):
+    """A rule or mapping file is missing or invalid; the message names file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- rules/ruleset.yaml ------------------------------------------------------------
+
+
+class RuleSetFile(_Strict):
+    name: str
+    version: str
+
+
+# --- rules/astct.yaml ----------------------------------------------------------------
+
+SupportClass = Literal[
+    "low-flow", "high-flow", "facemask", "non-rebreather", "venturi", "positive-pressure"
+]
+MedicationClass = Literal[
+    "car-t",
+    "bispecific",
+    "tocilizumab",
+    "corticosteroid",
+    "antipyretic",
+    "vasopressor",
+    "cytokine-blocker",
+]
+
+
+class FeverRule(_Strict):
+    min_celsius: float = Field(gt=35, lt=42)
+    citation: str
+
+
+class HypotensionRule(_Strict):
+    systolic_below_mmhg: float = Field(gt=0, lt=200)
+    map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
+    citation: str
+    url: str | None = None
+
+
+class VasopressorRule(_Strict):
+    not_counted_toward_multiple: list[str]
+    citation: str
+
+
+class OxygenRule(_Strict):
+    low_flow_max_l_per_min: float = Field(gt=0)
+    grade_by_support: dict[SupportClass, int]
+    citation: str
+
+    @field_validator("grade_by_support")
+    @classmethod
+    def _grades_in_range(cls, value: dict[str, int]) -> dict[str, int]:
+        for support, grade in value.items():
+            if not 1 <= grade <= 4:
+                raise ValueError(f"grade for {support} must be 1-4, got {grade}")
+        return value
+
+
+class Spo2WarningRule(_Strict):
+    below_percent: float = Field(gt=50, le=100)
+    citation: str
+    url: str | None = None
+
+
+class LookbackRule(_Strict):
+    hours: float = Field(gt=0, le=24 * 14)
+    citation: str
+
+
+class FeverMaskingRule(_Strict):
+    masking_classes: list[MedicationClass]
+    citation: str
+
+
+class RuleOutRule(_Strict):
+    text: str
+    citation: str
+
+
+class AstctFile(_Strict):
+    version: str
+    grading_system: str
+    citation: str
+    url: str
+    fever: FeverRule
+    hypotension: HypotensionRule
+    vasopressors: VasopressorRule
+    oxygen: OxygenRule
+    spo2_warning: Spo2WarningRule
+    lookback: LookbackRule
+    fever_masking: FeverMaskingRule
+    rule_out: RuleOutRule
+
+
+# --- rules/therapies.yaml ------------------------------------------------------------
+
+
+class Therapy(_Strict):
+    product: str
+    display: str
+    brand: str
+    kind: Literal["car-t", "bispecific"]
+    target: str
+    anchor: Literal["infusion", "latest-dose"]
+    window_hours: int = Field(gt=0)
+    onset: str
+    monitoring: str
+    citation: str
+    url: str
+    note: str | None = None
+
+
+class TherapiesFile(_Strict):
+    version: str
+    window_rule: str
+    products: list[Therapy]
+
+
+# --- rules/tocilizumab.yaml ----------------------------------------------------------
+
+
+class Citation(_Strict):
+    citation: str
+    url: str | None = None
+    quote: str | None = None
+
+
+class TocilizumabFile(_Strict):
+    version: str
+    drug: Literal["tocilizumab"]
+    route: str
+    infusion_minutes: int = Field(gt=0)
+    weight_threshold_kg: float = Field(gt=0)
+    dose_mg_per_kg_at_or_above: float = Field(gt=0)
+    dose_mg_per_kg_below: float = Field(gt=0)
+    max_dose_mg: float = Field(gt=0)
+    min_interval_hours: float = Field(gt=0)
+    max_doses_per_24h: int = Field(gt=0)
+    max_doses_total: int = Field(gt=0)
+    grade1_persistent_fever_hours: float = Field(gt=0)
+    citations: dict[str, Citation]
+
+    @field_validator("citations")
+    @classmethod
+    def _every_value_cited(cls, value: dict[str, Citation]) -> dict[str, Citation]:
+        required = {
+            "infusion_minutes",
+            "weight_threshold_kg",
+            "dose_mg_per_kg_at_or_above",
+            "dose_mg_per_kg_below",
+            "max_dose_mg",
+            "min_interval_hours",
+            "max_doses_per_24h",
+            "max_doses_total",
+            "grade1_persistent_fever_hours",
+        }
+        missing = sorted(required - value.keys())
+        if missing:
+            raise ValueError(f"no citation for {', '.join(missing)}")
+        return value
+
+
+# --- rules/corticosteroids.yaml ------------------------------------------------------
+
+
+class SteroidGuidance(_Strict):
+    grade: int = Field(ge=1, le=4)
+    guidance: str
+    citation: str
+    url: str | None = None
+
+
+class CorticosteroidsFile(_Strict):
+    version: str
+    institution_adjustable: bool
+    by_grade: list[SteroidGuidance]
+
+
+# --- fhir_mappings/ ----------------------------------------------------------------
+
+
+class MedicationCode(_Strict):
+    system: str
+    code: str
+    display: str
+    tty: str
+    citation: str
+
+
+class MedicationConcept(_Strict):
+    concept: str
+    medication_class: MedicationClass = Field(alias="class")
+    display: str
+    names: list[str]
+    codes: list[MedicationCode]
+
+
+class MedicationsFile(_Strict):
+    version: str
+    medications: list[MedicationConcept]
+
+
+class ObservationCode(_Strict):
+    system: str
+    code: str
+    display: str
+    citation: str
+
+
+class UnitConversion(_Strict):
+    units: list[str] = Field(min_length=1)
+    factor: float = Field(gt=0)
+    offset: float = 0.0
+    citation: str
+
+
+class ObservationConcept(_Strict):
+    concept: str
+    display: str
+    canonical_unit: str
+    codes: list[ObservationCode]
+    names: list[str]
+    units: list[UnitConversion] = Field(min_length=1)
+
+
+class ObservationsFile(_Strict):
+    version: str
+    systems: dict[str, str]
+    citations: dict[str, str]
+    observations: list[ObservationConcept]
+
+
+class DeviceConcept(_Strict):
+    concept: str
+    display: str
+    support: Literal[
+        "nasal-cannula",
+        "low-flow",
+        "high-flow",
+        "facemask",
+        "non-rebreather",
+        "venturi",
+        "positive-pressure",
+    ]
+    codes: list[ObservationCode]
+    names: list[str]
+
+
+class OxygenDevicesFile(_Strict):
+    version: str
+    systems: dict[str, str]
+    citations: dict[str, str]
+    devices: list[DeviceConcept]
+
+
+# --- the loaded knowledge ------------------------------------------------------------
+
+
+class NameIndex:
+    """Whole-word, case-insensitive name matching; the longest matching name wins.
+
+    A name preceded by a hyphen does not match ("nor-epinephrine" is not epinephrine);
+    one followed by a hyphen does ("teclistamab-cqyv" is teclistamab).
+    """
+
+    def __init__(self, names: dict[str, str]) -> None:
+        # name (lower case) -> concept id; longest names first so the regex prefers them
+        self._by_name = {name.lower(): concept for name, concept in names.items()}
+        ordered = sorted(self._by_name, key=len, reverse=True)
+        if ordered:
+            alternatives = "|".join(re.escape(name) for name in ordered)
+            self._pattern: re.Pattern[str] | None = re.compile(
+                rf"(?<![\w-])(?:{alternatives})(?!\w)", re.IGNORECASE
+            )
+        else:
+            self._pattern = None
+
+    def match(self, text: str | None) -> str | None:
+        """The concept whose name occurs in `text` (the longest such name), or None."""
+        if not text or self._pattern is None:
+            return None
+        found = [m.group(0).lower() for m in self._pattern.finditer(text)]
+        if not found:
+            return None
+        return self._by_name[max(found, key=len)]
+
+
+@dataclass(frozen=True)
+class UnitRule:
+    factor: float
+    offset: float
+
+    def to_canonical(self, value: float) -> float:
+        # Rounded to 6 decimals so that e.g. 100.4 [degF] is exactly 38.0 Cel.
+        return round((value - self.offset) * self.factor, 6)
+
+
+@dataclass(frozen=True)
+class Knowledge:
+    """Everything the engine and the readers need, validated and indexed."""
+
+    ruleset: RuleSetFile
+    astct: AstctFile
+    therapies: dict[str, Therapy]
+    tocilizumab: TocilizumabFile
+    corticosteroids: dict[int, SteroidGuidance]
+    medications: dict[str, MedicationConcept]
+    observations: dict[str, ObservationConcept]
+    devices: dict[str, DeviceConcept]
+    digest: str
+    medication_by_code: dict[tuple[str, str], str] = field(repr=False)
+    medication_names: NameIndex = field(repr=False)
+    observation_by_code: dict[tuple[str, str], str] = field(repr=False)
+    observation_names: NameIndex = field(repr=False)
+    units: dict[str, dict[str, UnitRule]] = field(repr=False)
+    device_by_code: dict[tuple[str, str], str] = field(repr=False)
+    device_names: NameIndex = field(repr=False)
+
+    @property
+    def version(self) -> str:
+        """The rule-set version named on every card: declared version + content digest."""
+        return f"{self.ruleset.version}+{self.digest}"
+
+    def observation_codes(self) -> list[tuple[str, str]]:
+        """(system, code) of every mapped observation, for FHIR searches."""
+        return sorted(self.observation_by_code) + sorted(self.device_by_code)
+
+
+def _load_yaml(path: Path) -> Any:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise KnowledgeError(f"{path}: cannot read ({exc.strerror})") from exc
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise KnowledgeError(f"{path}: not valid YAML: {exc}") from exc
+
+
+def _validate(model: type[_M], path: Path) -> _M:
+    data = _load_yaml(path)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"field {'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise KnowledgeError(f"{path}: {problems}") from exc
+
+
+def _unique(path: Path, what: str, keys: list[Any]) -> None:
+    seen: set[Any] = set()
+    for key in keys:
+        if key in seen:
+            raise KnowledgeError(f"{path}: {what} {key!r} appears more than once")
+        seen.add(key)
+
+
+def _resolve_system(path: Path, systems: dict[str, str], alias: str) -> str:
+    if alias.startswith(("http://", "https://", "urn:")):
+        return alias
+    try:
+        return systems[alias]
+    except KeyError:
+        raise KnowledgeError(f"{path}: field systems: unknown code system {alias!r}") from None
+
+
+def _check_citation_keys(path: Path, citations: dict[str, str], used: list[str]) -> None:
+    for key in used:
+        if key not in citations:
+            raise KnowledgeError(f"{path}: field citation: unknown citation key {key!r}")
+
+
+def load_knowledge(
+    rules_dir: Path = DEFAULT_RULES_DIR, mappings_dir: Path = DEFAULT_MAPPINGS_DIR
+) -> Knowledge:
+    """Load, validate and index every rule and mapping file, or raise KnowledgeError."""
+    files = {
+        "ruleset": rules_dir / "ruleset.yaml",
+        "astct": rules_dir / "astct.yaml",
+        "therapies": rules_dir / "therapies.yaml",
+        "tocilizumab": rules_dir / "tocilizumab.yaml",
+        "corticosteroids": rules_dir / "corticosteroids.yaml",
+        "medications": mappings_dir / "medications.yaml",
+        "observations": mappings_dir / "observations.yaml",
+        "devices": mappings_dir / "oxygen_devices.yaml",
+    }
+    ruleset = _validate(RuleSetFile, files["ruleset"])
+    astct = _validate(AstctFile, files["astct"])
+    therapies = _validate(TherapiesFile, files["therapies"])
+    tocilizumab = _validate(TocilizumabFile, files["tocilizumab"])
+    steroids = _validate(CorticosteroidsFile, files["corticosteroids"])
+    medications = _validate(MedicationsFile, files["medications"])
+    observations = _validate(ObservationsFile, files["observations"])
+    devices = _validate(OxygenDevicesFile, files["devices"])
+
+    _unique(files["therapies"], "product", [t.product for t in therapies.products])
+    _unique(files["medications"], "concept", [m.concept for m in medications.medications])
+    _unique(files["corticosteroids"], "grade", [g.grade for g in steroids.by_grade])
+
+    med_by_code: dict[tuple[str, str], str] = {}
+    med_names: dict[str, str] = {}
+    for med in medications.medications:
+        for code in med.codes:
+            key = (code.system, code.code)
+            if key in med_by_code:
+                raise KnowledgeError(
+                    f"{files['medications']}: code {code.system}|{code.code} maps to both "
+                    f"{med_by_code[key]} and {med.concept}"
+                )
+            med_by_code[key] = med.concept
+        for name in [med.display, *med.names]:
+            other = med_names.setdefault(name.lower(), med.concept)
+            if other != med.concept:
+                raise KnowledgeError(
+                    f"{files['medications']}: name {name!r} used by {other} and {med.concept}"
+                )
+    med_index = {m.concept: m for m in medications.medications}
+    for therapy in therapies.products:
+        mapped = med_index.get(therapy.product)
+        if mapped is None or mapped.medication_class != therapy.kind:
+            raise KnowledgeError(
+                f"{files['therapies']}: product {therapy.product!r} needs a {therapy.kind} "
+                f"concept of the same name in {files['medications']}"
+            )
+
+    obs_by_code: dict[tuple[str, str], str] = {}
+    obs_names: dict[str, str] = {}
+    units: dict[str, dict[str, UnitRule]] = {}
+    _unique(files["observations"], "concept", [o.concept for o in observations.observations])
+    for obs in observations.observations:
+        _check_citation_keys(
+            files["observations"],
+            observations.citations,
+            [c.citation for c in obs.codes] + [u.citation for u in obs.units],
+        )
+        for ocode in obs.codes:
+            system = _resolve_system(files["observations"], observations.systems, ocode.system)
+            obs_by_code[(system, ocode.code)] = obs.concept
+        for name in obs.names:
+            obs_names[name.lower()] = obs.concept
+        table: dict[str, UnitRule] = {}
+        for conversion in obs.units:
+            for unit in conversion.units:
+                table[unit.lower()] = UnitRule(conversion.factor, conversion.offset)
+        units[obs.concept] = table
+
+    dev_by_code: dict[tuple[str, str], str] = {}
+    dev_names: dict[str, str] = {}
+    _unique(files["devices"], "concept", [d.concept for d in devices.devices])
+    for dev in devices.devices:
+        _check_citation_keys(files["devices"], devices.citations, [c.citation for c in dev.codes])
+        for dcode in dev.codes:
+            dev_by_code[
+                (_resolve_system(files["devices"], devices.systems, dcode.system), dcode.code)
+            ] = dev.concept
+        for name in dev.names:
+            dev_names[name.lower()] = dev.concept
+
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(files[name].read_bytes())
+
+    return Knowledge(
+        ruleset=ruleset,
+        astct=astct,
+        therapies={t.product: t for t in therapies.products},
+        tocilizumab=tocilizumab,
+        corticosteroids={g.grade: g for g in steroids.by_grade},
+        medications=med_index,
+        observations={o.concept: o for o in observations.observations},
+        devices={d.concept: d for d in devices.devices},
+        digest=digest.hexdigest()[:10],
+        medication_by_code=med_by_code,
+        medication_names=NameIndex(med_names),
+        observation_by_code=obs_by_code,
+        observation_names=NameIndex(obs_names),
+        units=units,
+        device_by_code=dev_by_code,
+        device_names=NameIndex(dev_names),
+    )

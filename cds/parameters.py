@@ -1,0 +1,88 @@
+"""The engine's parameters: the cited rules, with the institution's overrides applied.
+
+Kept apart from the engine so that the engine never reads settings, and apart from
+the loader so that the rule files stay exactly as cited.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from cds.engine.exposure import TherapyWindow
+from cds.engine.grading import GradingParameters
+from cds.knowledge import Knowledge, KnowledgeError
+from cds.settings import Settings
+
+
+@dataclass(frozen=True)
+class EngineRules:
+    """What one evaluation needs: grading thresholds, risk windows, and what differs."""
+
+    grading: GradingParameters
+    windows: dict[str, TherapyWindow]
+    overrides: list[str]  # human text for each setting that replaces a cited default
+    version: str
+
+
+def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
+    """Apply the settings' clinical overrides to the loaded knowledge."""
+    a = knowledge.astct
+    overrides: list[str] = []
+
+    def pick(name: str, cited: float | None, override: float | None, unit: str) -> float | None:
+        if override is None or override == cited:
+            return cited
+        overrides.append(f"{name} set to {override:g} {unit} (cited default {cited})")
+        return override
+
+    systolic = pick(
+        "hypotension systolic threshold",
+        a.hypotension.systolic_below_mmhg,
+        settings.hypotension_systolic_below_mmhg,
+        "mmHg",
+    )
+    map_below = pick(
+        "hypotension MAP threshold",
+        a.hypotension.map_below_mmhg,
+        settings.hypotension_map_below_mmhg,
+        "mmHg",
+    )
+    lookback = pick("look-back window", a.lookback.hours, settings.lookback_hours, "h")
+    spo2 = pick(
+        "SpO2 warning threshold",
+        a.spo2_warning.below_percent,
+        settings.spo2_warning_below_percent,
+        "%",
+    )
+    assert systolic is not None and lookback is not None and spo2 is not None
+
+    windows: dict[str, TherapyWindow] = {}
+    for product, therapy in knowledge.therapies.items():
+        hours = float(therapy.window_hours)
+        hours = (
+            pick(
+                f"risk window of {therapy.display}", hours, settings.window_hours.get(product), "h"
+            )
+            or hours
+        )
+        windows[product] = TherapyWindow(product, therapy.display, therapy.kind, hours)
+    unknown = sorted(set(settings.window_hours) - set(knowledge.therapies))
+    if unknown:
+        raise KnowledgeError(
+            f"setting CRS_WINDOW_HOURS: unknown product(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(knowledge.therapies))})"
+        )
+
+    grading = GradingParameters(
+        fever_min_celsius=a.fever.min_celsius,
+        systolic_below_mmhg=systolic,
+        map_below_mmhg=map_below,
+        low_flow_max_l_per_min=a.oxygen.low_flow_max_l_per_min,
+        grade_by_support={str(k): v for k, v in a.oxygen.grade_by_support.items()},
+        vasopressors_not_counted=frozenset(a.vasopressors.not_counted_toward_multiple),
+        masking_classes=frozenset(a.fever_masking.masking_classes),
+        lookback=timedelta(hours=lookback),
+        spo2_warning_below=spo2,
+    )
+    return EngineRules(grading, windows, overrides, knowledge.version)

@@ -1,0 +1,88 @@
+"""All settings, in one place (environment variables with prefix CRS_, or a .env file).
+
+The defaults run the service with nothing configured. Clinical overrides default to
+None, meaning "use the cited value in rules/"; when set, the card says so.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR
+
+
+class Settings(BaseSettings):
+    """Service settings; see the README table for each one."""
+
+    model_config = SettingsConfigDict(env_prefix="CRS_", env_file=".env", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    rules_dir: Path = DEFAULT_RULES_DIR
+    mappings_dir: Path = DEFAULT_MAPPINGS_DIR
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["*"])
+    public_base_url: str | None = None
+
+    # Time: how to read FHIR times that carry a time but no offset (invalid FHIR).
+    assume_timezone: str | None = None
+
+    # Clinical overrides of cited defaults in rules/ (None = use the rule file).
+    hypotension_systolic_below_mmhg: float | None = Field(default=None, gt=0, lt=200)
+    hypotension_map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
+    lookback_hours: float | None = Field(default=None, gt=0, le=336)
+    spo2_warning_below_percent: float | None = Field(default=None, gt=50, le=100)
+    window_hours: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+
+    # Tocilizumab (pharmacist checks and the physician's order).
+    tocilizumab_dose_tolerance_percent: float = Field(default=10.0, ge=0, le=50)
+    tocilizumab_rounding_mg: float | None = Field(default=None, gt=0, le=100)
+
+    # FHIR-server fallback.
+    fhir_allowed_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    fhir_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
+    fhir_page_size: int = Field(default=200, ge=1, le=1000)
+
+    @field_validator("cors_origins", "fhir_allowed_servers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("window_hours", mode="before")
+    @classmethod
+    def _window_pairs(cls, value: object) -> object:
+        """`product=hours,product=hours`, e.g. `tisagenlecleucel=1224`."""
+        if isinstance(value, str):
+            pairs: dict[str, float] = {}
+            for item in value.split(","):
+                if not item.strip():
+                    continue
+                product, sep, hours = item.partition("=")
+                if not sep:
+                    raise ValueError(f"expected product=hours, got {item.strip()!r}")
+                pairs[product.strip()] = float(hours)
+            return pairs
+        return value
+
+    @field_validator("assume_timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError) as exc:
+                raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+        return value or None
+
+    @cached_property
+    def assume_tz(self) -> ZoneInfo | None:
+        """The zone for times without an offset, or None to reject them."""
+        return ZoneInfo(self.assume_timezone) if self.assume_timezone else None
