@@ -11,7 +11,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds.errors import CdsError, InvalidRequest, UnknownService
@@ -34,11 +34,27 @@ def _validation_message(exc: ValidationError, root: str) -> str:
     return "; ".join(parts)
 
 
-def _error(status: int, message: str, location: str | None = None) -> ORJSONResponse:
+class JsonResponse(Response):
+    """JSON serialised with orjson (fast, and handles datetimes)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(status: int, message: str, location: str | None = None) -> JsonResponse:
     body: dict[str, Any] = {"error": message}
     if location:
         body["location"] = location
-    return ORJSONResponse(body, status_code=status)
+    return JsonResponse(body, status_code=status)
+
+
+def cds_response(response: dict[str, Any]) -> dict[str, Any]:
+    """A CDS Hooks response without empty fields; `cards` is always present."""
+    body: dict[str, Any] = compact(response)
+    body["cards"] = body.get("cards", [])
+    return body
 
 
 def create_app(runtime: Runtime | None = None) -> FastAPI:
@@ -48,7 +64,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     app = FastAPI(
         title="CRS CDS Hooks service",
         version=runtime.rules.version,
-        default_response_class=ORJSONResponse,
+        default_response_class=JsonResponse,
     )
     app.state.runtime = runtime
     app.add_middleware(
@@ -60,11 +76,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     )
 
     @app.exception_handler(CdsError)
-    async def _cds_error(_: Request, exc: CdsError) -> ORJSONResponse:
+    async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
         return _error(exc.status, exc.message, exc.location)
 
     @app.exception_handler(RequestValidationError)
-    async def _bad_request(_: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def _bad_request(_: Request, exc: RequestValidationError) -> JsonResponse:
         return _error(400, f"invalid request: {exc.errors()}")
 
     @app.get("/cds-services")
@@ -76,7 +92,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         return {"status": "ok", "ruleSetVersion": runtime.rules.version}
 
     @app.post("/cds-services/{service_id}")
-    async def invoke(service_id: str, request: Request) -> ORJSONResponse:
+    async def invoke(service_id: str, request: Request) -> JsonResponse:
         started = time.perf_counter()
         service = services.get(service_id)
         if service is None:
@@ -108,7 +124,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
-        return ORJSONResponse(compact(response))
+        return JsonResponse(cds_response(response))
 
     return app
 

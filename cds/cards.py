@@ -11,7 +11,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from cds.engine.dosing import Dose, DoseHistory
 from cds.engine.exposure import Exposure
+from cds.engine.facts import Measurement
 from cds.engine.grading import Evidence, Grading
 from cds.fhir.reading import Issue
 from cds.knowledge import Knowledge
@@ -19,6 +21,7 @@ from cds.parameters import EngineRules
 
 SUMMARY_MAX = 139
 GRADING_SYSTEM = "ASTCT 2019"
+UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg"}
 INDICATOR_BY_GRADE = {0: "info", 1: "warning", 2: "warning", 3: "critical", 4: "critical"}
 
 
@@ -50,7 +53,8 @@ def evidence_table(items: list[Evidence]) -> str:
         return "_No findings recorded in the look-back window._"
     rows = ["| Finding | Time | Value | Unit |", "|---|---|---|---|"]
     for e in items:
-        rows.append(f"| {_md(e.label)} | {when(e.at)} | {_md(e.value)} | {_md(e.unit)} |")
+        unit = UNIT_DISPLAY.get(e.unit, e.unit)
+        rows.append(f"| {_md(e.label)} | {when(e.at)} | {_md(e.value)} | {_md(unit)} |")
     return "\n".join(rows)
 
 
@@ -75,7 +79,7 @@ def exposure_line(exposure: Exposure, at: datetime) -> str:
 
 
 def _why(g: Grading, rules: EngineRules) -> str:
-    fever = f"fever ≥ {rules.grading.fever_min_celsius:g} °C"
+    fever = f"fever ≥ {rules.grading.fever_min_celsius:.1f} °C"
     if g.grade == 0:
         if g.fever_masked_since is not None:
             return (
@@ -181,3 +185,146 @@ def crs_card(
         card["suggestions"] = suggestions
         card["selectionBehavior"] = "at-most-one"
     return card
+
+
+# --- tocilizumab: the physician's order and the pharmacist's checks ----------------
+
+PROBLEM_TEXT = {
+    "dose-above-cap": "dose above the {cap} mg per-dose maximum",
+    "dose-not-weight-based": "dose is not the weight-based dose (±{tol} %)",
+    "interval-under-8h": "less than {interval} h since the last dose",
+    "over-3-in-24h": "would be more than {per24} doses in 24 hours",
+    "over-4-total": "would be more than {total} doses for this CRS episode",
+    "no-weight": "no body weight on file: the dose cannot be checked against weight",
+    "no-crs-evidence": "CRS criteria are not met now (no grade ≥ 1 in the look-back window)",
+}
+
+
+def fmt_mg(mg: float) -> str:
+    """800 → "800", 562.5 → "562.5"."""
+    return f"{mg:.1f}".rstrip("0").rstrip(".")
+
+
+def problem_text(code: str, rules: EngineRules) -> str:
+    d = rules.dosing
+    return PROBLEM_TEXT[code].format(
+        cap=fmt_mg(d.max_dose_mg),
+        tol=f"{d.tolerance_fraction * 100:g}",
+        interval=f"{d.min_interval.total_seconds() / 3600:g}",
+        per24=d.max_doses_per_24h,
+        total=d.max_doses_total,
+    )
+
+
+def dosing_rule_line(knowledge: Knowledge, rules: EngineRules) -> str:
+    d = rules.dosing
+    line = (
+        f"Tocilizumab for CRS: {d.mg_per_kg_at_or_above:g} mg/kg (≥ {d.weight_threshold_kg:g} kg) "
+        f"or {d.mg_per_kg_below:g} mg/kg (< {d.weight_threshold_kg:g} kg) IV over "
+        f"{d.infusion_minutes} min, at most {fmt_mg(d.max_dose_mg)} mg a dose, at least "
+        f"{d.min_interval.total_seconds() / 3600:g} h apart, at most {d.max_doses_per_24h} in "
+        f"24 h and {d.max_doses_total} in all "
+        f"({knowledge.tocilizumab.citations['max_dose_mg'].citation})."
+    )
+    if d.rounding_mg:
+        line += f" Institution rounding: nearest {d.rounding_mg:g} mg."
+    return line
+
+
+def history_line(history: DoseHistory) -> str:
+    if not history.doses:
+        return "No tocilizumab given in this CRS episode."
+    last = history.last_dose_at
+    assert last is not None
+    return (
+        f"Tocilizumab given {history.doses_total}× this episode, {history.doses_last_24h}× in "
+        f"the last 24 h; last dose {when(last)} ({history.hours_since_last:g} h ago)."
+    )
+
+
+def order_check_card(
+    knowledge: Knowledge,
+    rules: EngineRules,
+    check: dict[str, Any],
+    ordered: Any,
+    dose: Dose | None,
+    weight: Measurement | None,
+    history: DoseHistory,
+    suggestions: list[dict[str, Any]],
+    override_reasons: list[dict[str, str]],
+    indicator: str,
+) -> dict[str, Any]:
+    """The pharmacist's card for one draft tocilizumab order."""
+    problems: list[str] = check["problems"]
+    if not problems:
+        head = f"Tocilizumab {ordered.as_written}: dose and timing check out"
+    else:
+        head = f"Tocilizumab {ordered.as_written}: " + ", ".join(problems)
+    lines = [
+        f"**Order:** {ordered.as_written}"
+        + (
+            f" = {fmt_mg(ordered.mg)} mg"
+            if ordered.mg is not None and ordered.as_written != f"{fmt_mg(ordered.mg)} mg"
+            else ""
+        )
+    ]
+    if ordered.problem:
+        lines.append(f"**Dose not readable:** {ordered.problem}.")
+    if weight is not None and dose is not None:
+        recorded = f" (recorded as {weight.original})" if weight.original else ""
+        basis = f"{dose.mg_per_kg:g} mg/kg × {weight.value:g} kg"
+        if dose.capped:
+            basis += f" = {fmt_mg(dose.weight_based_mg)} mg, capped"
+        lines.append(
+            f"**Recommended:** {fmt_mg(dose.mg)} mg ({basis}); weight {weight.value:g} kg"
+            f"{recorded} observed {when(weight.at)}."
+        )
+    else:
+        lines.append("**Recommended:** cannot be computed — record the patient's weight.")
+    lines.append(history_line(history))
+    if history.next_allowed_at is not None:
+        lines.append(f"Next dose allowed from {when(history.next_allowed_at)}.")
+    elif "over-4-total" in problems:
+        lines.append("No further dose is allowed in this CRS episode by the label limits.")
+    if problems:
+        lines.append(
+            "**Problems:**\n" + "\n".join(f"- `{p}`: {problem_text(p, rules)}" for p in problems)
+        )
+    lines.append(f"<sub>{dosing_rule_line(knowledge, rules)} Rule set {rules.version}.</sub>")
+    card: dict[str, Any] = {
+        "uuid": str(uuid.uuid4()),
+        "summary": summary_text(head),
+        "detail": "\n\n".join(lines),
+        "indicator": indicator,
+        "source": source(knowledge),
+        "extension": {"tocilizumabCheck": check},
+    }
+    if suggestions:
+        card["suggestions"] = suggestions
+        card["selectionBehavior"] = "at-most-one"
+    if problems:
+        card["overrideReasons"] = override_reasons
+    return card
+
+
+def unreadable_order_card(knowledge: Knowledge, issues: list[Issue]) -> dict[str, Any]:
+    """A draft tocilizumab order that could not be read: it was not checked."""
+    rows = "\n".join(f"- `{_md(i.location)}`: {_md(i.problem)}" for i in issues)
+    return {
+        "uuid": str(uuid.uuid4()),
+        "summary": "A tocilizumab draft order could not be read and was NOT checked",
+        "detail": "The order is not valid FHIR where shown; check it by hand:\n\n" + rows,
+        "indicator": "warning",
+        "source": source(knowledge),
+        "extension": {"crs": {"dataIssues": [i.as_json() for i in issues]}},
+    }
+
+
+def steroid_section(knowledge: Knowledge, grade: int) -> str | None:
+    guidance = knowledge.corticosteroids.get(grade)
+    if guidance is None:
+        return None
+    return (
+        f"**Corticosteroids (grade {grade}, institution-adjustable default):** "
+        f"{guidance.guidance} <sub>({guidance.short_citation})</sub>"
+    )

@@ -16,7 +16,6 @@ from cds.errors import CdsError
 from cds.fhir.reading import ResourceCollector
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.knowledge import KnowledgeError
-from cds.protocol import compact
 from cds.runtime import Runtime
 from cds.settings import Settings
 
@@ -110,6 +109,7 @@ def evaluate(
     service: Annotated[str, typer.Option(help="Service to evaluate as.")] = "crs-monitor",
 ) -> None:
     """Evaluate a Bundle as the patient-view service would; print the CDS Hooks response."""
+    from cds.app import cds_response
     from cds.services.crs_monitor import monitor_response
 
     runtime = _load_runtime()
@@ -133,7 +133,7 @@ def evaluate(
     except CdsError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(orjson.dumps(compact(response), option=orjson.OPT_INDENT_2).decode())
+    typer.echo(orjson.dumps(cds_response(response), option=orjson.OPT_INDENT_2).decode())
 
 
 def main() -> None:

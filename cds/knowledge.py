@@ -200,7 +200,8 @@ class TocilizumabFile(_Strict):
 class SteroidGuidance(_Strict):
     grade: int = Field(ge=1, le=4)
     guidance: str
-    citation: str
+    short_citation: str  # as shown on the card
+    citation: str  # full provenance
     url: str | None = None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cds.engine.dosing import DosingRules
 from cds.engine.exposure import TherapyWindow
 from cds.engine.grading import GradingParameters
 from cds.knowledge import Knowledge, KnowledgeError
@@ -21,6 +22,7 @@ class EngineRules:
 
     grading: GradingParameters
     windows: dict[str, TherapyWindow]
+    dosing: DosingRules
     overrides: list[str]  # human text for each setting that replaces a cited default
     version: str
 
@@ -85,4 +87,17 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         lookback=timedelta(hours=lookback),
         spo2_warning_below=spo2,
     )
-    return EngineRules(grading, windows, overrides, knowledge.version)
+    t = knowledge.tocilizumab
+    dosing = DosingRules(
+        weight_threshold_kg=t.weight_threshold_kg,
+        mg_per_kg_at_or_above=t.dose_mg_per_kg_at_or_above,
+        mg_per_kg_below=t.dose_mg_per_kg_below,
+        max_dose_mg=t.max_dose_mg,
+        min_interval=timedelta(hours=t.min_interval_hours),
+        max_doses_per_24h=t.max_doses_per_24h,
+        max_doses_total=t.max_doses_total,
+        infusion_minutes=t.infusion_minutes,
+        tolerance_fraction=settings.tocilizumab_dose_tolerance_percent / 100,
+        rounding_mg=settings.tocilizumab_rounding_mg,
+    )
+    return EngineRules(grading, windows, dosing, overrides, knowledge.version)

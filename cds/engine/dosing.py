@@ -1,0 +1,163 @@
+"""Tocilizumab for CRS: the weight-based dose and the limits on repeat doses. Pure.
+
+Values come from rules/tocilizumab.yaml (Actemra US label, CAR-T labels); the
+institution sets the dose tolerance and rounding.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cds.engine.facts import Administration, Facts, Measurement
+
+# Problem codes, exactly as the pharmacist services report them.
+DOSE_ABOVE_CAP = "dose-above-cap"
+DOSE_NOT_WEIGHT_BASED = "dose-not-weight-based"
+INTERVAL_UNDER_8H = "interval-under-8h"
+OVER_3_IN_24H = "over-3-in-24h"
+OVER_4_TOTAL = "over-4-total"
+NO_WEIGHT = "no-weight"
+NO_CRS_EVIDENCE = "no-crs-evidence"
+
+# Float noise guard for comparisons of mg values (1 µg).
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class DosingRules:
+    """Tocilizumab dosing for CRS: label values plus institution settings."""
+
+    weight_threshold_kg: float
+    mg_per_kg_at_or_above: float
+    mg_per_kg_below: float
+    max_dose_mg: float
+    min_interval: timedelta
+    max_doses_per_24h: int
+    max_doses_total: int
+    infusion_minutes: int
+    tolerance_fraction: float
+    rounding_mg: float | None
+
+    def mg_per_kg(self, weight_kg: float) -> float:
+        """8 mg/kg at or above the threshold (30 kg), 12 mg/kg below it (label values)."""
+        if weight_kg >= self.weight_threshold_kg:
+            return self.mg_per_kg_at_or_above
+        return self.mg_per_kg_below
+
+
+@dataclass(frozen=True)
+class Dose:
+    """A recommended dose and how it was reached."""
+
+    mg: float
+    weight_kg: float
+    mg_per_kg: float
+    weight_based_mg: float  # before the cap and rounding
+    capped: bool
+
+
+def recommended_dose(weight_kg: float, rules: DosingRules) -> Dose:
+    """The weight-based dose in mg, rounded as the institution asks, never above the cap."""
+    per_kg = rules.mg_per_kg(weight_kg)
+    weight_based = weight_kg * per_kg
+    mg = weight_based
+    if rules.rounding_mg:
+        mg = max(rules.rounding_mg, round(mg / rules.rounding_mg) * rules.rounding_mg)
+    capped = mg > rules.max_dose_mg
+    mg = min(mg, rules.max_dose_mg)
+    return Dose(round(mg, 3), weight_kg, per_kg, round(weight_based, 3), capped)
+
+
+def latest_weight(facts: Facts, at: datetime) -> Measurement | None:
+    """The most recent body weight recorded at or before `at`."""
+    weights = [m for m in facts.of("body_weight") if m.at <= at and m.value > 0]
+    return weights[-1] if weights else None
+
+
+@dataclass(frozen=True)
+class DoseHistory:
+    """Tocilizumab given so far, and whether another dose is allowed at `at`."""
+
+    at: datetime
+    doses: list[Administration]  # in this CRS episode, up to `at`, oldest first
+    doses_last_24h: int
+    last_dose_at: datetime | None
+    next_allowed_at: datetime | None  # None: allowed now, or never (see problems)
+    problems: list[str]  # what forbids a dose now: interval / 24 h / total codes
+
+    @property
+    def doses_total(self) -> int:
+        return len(self.doses)
+
+    @property
+    def hours_since_last(self) -> float | None:
+        if self.last_dose_at is None:
+            return None
+        return round((self.at - self.last_dose_at).total_seconds() / 3600, 2)
+
+    @property
+    def allowed_now(self) -> bool:
+        return not self.problems
+
+
+def dose_history(
+    facts: Facts, at: datetime, episode_start: datetime | None, rules: DosingRules
+) -> DoseHistory:
+    """Count the tocilizumab doses of the episode and check a new dose at `at`.
+
+    A dose within the last 24 h is one given less than 24 h before `at`; the interval
+    needs at least `min_interval` (8 h) since the last dose.
+    """
+    doses = [
+        a
+        for a in facts.administrations
+        if a.medication_class == "tocilizumab"
+        and a.start <= at
+        and (episode_start is None or a.start >= episode_start)
+    ]
+    day_ago = at - timedelta(hours=24)
+    recent = [a for a in doses if a.start > day_ago]
+    last = doses[-1].start if doses else None
+    problems: list[str] = []
+    waits: list[datetime] = []
+    if last is not None and at - last < rules.min_interval:
+        problems.append(INTERVAL_UNDER_8H)
+        waits.append(last + rules.min_interval)
+    if len(recent) >= rules.max_doses_per_24h:
+        problems.append(OVER_3_IN_24H)
+        # allowed once the oldest dose that keeps the count at the limit is 24 h old
+        waits.append(recent[len(recent) - rules.max_doses_per_24h].start + timedelta(hours=24))
+    next_allowed: datetime | None = max(waits) if waits else None
+    if len(doses) >= rules.max_doses_total:
+        problems.append(OVER_4_TOTAL)
+        next_allowed = None
+    return DoseHistory(at, doses, len(recent), last, next_allowed, problems)
+
+
+def within_tolerance(ordered_mg: float, target_mg: float, rules: DosingRules) -> bool:
+    """|ordered − target| ≤ tolerance × target (inclusive)."""
+    return abs(ordered_mg - target_mg) <= rules.tolerance_fraction * target_mg + _EPS
+
+
+def dose_problems(ordered_mg: float | None, dose: Dose | None, rules: DosingRules) -> list[str]:
+    """Problems with an ordered dose in mg against the cap and the weight-based dose."""
+    problems: list[str] = []
+    if ordered_mg is None:
+        return [DOSE_NOT_WEIGHT_BASED]
+    above_cap = ordered_mg > rules.max_dose_mg + _EPS
+    if above_cap:
+        problems.append(DOSE_ABOVE_CAP)
+    # An order that is the exact weight-based dose above the cap is one problem (the cap),
+    # not two.
+    cap_only = (
+        above_cap and dose is not None and within_tolerance(ordered_mg, dose.weight_based_mg, rules)
+    )
+    if dose is not None and not within_tolerance(ordered_mg, dose.mg, rules) and not cap_only:
+        problems.append(DOSE_NOT_WEIGHT_BASED)
+    return problems
+
+
+def is_finite_positive(value: float | None) -> bool:
+    return value is not None and math.isfinite(value) and value > 0

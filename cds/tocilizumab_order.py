@@ -1,0 +1,124 @@
+"""The tocilizumab MedicationRequest the service proposes or corrects.
+
+Resources the service writes into suggestions must be complete FHIR R4: each one is
+validated with the fhir.resources R4B model (R4-compatible for MedicationRequest)
+before it leaves the service.
+"""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedicationRequest
+
+from cds.engine.dosing import Dose, DosingRules
+from cds.engine.facts import Measurement
+from cds.knowledge import RXNORM, Knowledge
+
+SNOMED = "http://snomed.info/sct"
+UCUM = "http://unitsofmeasure.org"
+INTRAVENOUS = {"system": SNOMED, "code": "47625008", "display": "Intravenous route"}
+
+
+def _fmt_mg(mg: float) -> str:
+    return f"{mg:.1f}".rstrip("0").rstrip(".")
+
+
+def tocilizumab_coding(knowledge: Knowledge) -> dict[str, str]:
+    """The RxNorm ingredient coding of tocilizumab, from fhir_mappings/."""
+    med = knowledge.medications["tocilizumab"]
+    code = next(c for c in med.codes if c.system == RXNORM and c.tty == "IN")
+    return {"system": RXNORM, "code": code.code, "display": code.display}
+
+
+def dose_text(dose: Dose, rules: DosingRules, weight: Measurement) -> str:
+    """ "tocilizumab 640 mg IV over 60 minutes (8 mg/kg × 80 kg, weighed 2026-11-19)"."""
+    basis = f"{dose.mg_per_kg:g} mg/kg × {dose.weight_kg:g} kg"
+    if dose.capped:
+        basis += f" = {_fmt_mg(dose.weight_based_mg)} mg, capped at {rules.max_dose_mg:g} mg"
+    elif rules.rounding_mg and dose.mg != dose.weight_based_mg:
+        basis += f" = {_fmt_mg(dose.weight_based_mg)} mg, rounded to {rules.rounding_mg:g} mg"
+    return (
+        f"tocilizumab {_fmt_mg(dose.mg)} mg IV over {rules.infusion_minutes} minutes "
+        f"({basis}; weight recorded {weight.at.date().isoformat()})"
+    )
+
+
+def weight_note(weight: Measurement) -> str:
+    recorded = f" (recorded as {weight.original})" if weight.original else ""
+    return (
+        f"Dose computed from actual body weight {weight.value:g} kg{recorded}, "
+        f"observed {weight.at.isoformat()} ({weight.source})."
+    )
+
+
+def _dosage(dose: Dose, rules: DosingRules, weight: Measurement) -> dict[str, Any]:
+    return {
+        "text": dose_text(dose, rules, weight),
+        "route": {"coding": [INTRAVENOUS], "text": "intravenous"},
+        "doseAndRate": [
+            {"doseQuantity": {"value": dose.mg, "unit": "mg", "system": UCUM, "code": "mg"}}
+        ],
+        "additionalInstruction": [
+            {"text": f"Infuse over {rules.infusion_minutes} minutes."},
+        ],
+    }
+
+
+def validated(resource: dict[str, Any]) -> dict[str, Any]:
+    """The resource, after checking it is valid FHIR (raises ValueError if not)."""
+    FhirMedicationRequest.model_validate(resource)
+    return resource
+
+
+def new_order(
+    knowledge: Knowledge,
+    rules: DosingRules,
+    patient_id: str,
+    dose: Dose,
+    weight: Measurement,
+    at: datetime,
+    reason: str,
+    encounter_id: str | None = None,
+) -> dict[str, Any]:
+    """A draft tocilizumab order for the physician's card (a `create` action)."""
+    coding = tocilizumab_coding(knowledge)
+    order: dict[str, Any] = {
+        "resourceType": "MedicationRequest",
+        "id": str(uuid.uuid4()),
+        "status": "draft",
+        "intent": "order",
+        "medicationCodeableConcept": {"coding": [coding], "text": "tocilizumab"},
+        "subject": {"reference": f"Patient/{patient_id}"},
+        "authoredOn": at.isoformat(timespec="seconds"),
+        "reasonCode": [{"text": reason}],
+        "note": [{"text": weight_note(weight)}],
+        "dosageInstruction": [_dosage(dose, rules, weight)],
+    }
+    if encounter_id:
+        order["encounter"] = {"reference": f"Encounter/{encounter_id}"}
+    return validated(order)
+
+
+def corrected_order(
+    original: dict[str, Any], dose: Dose, rules: DosingRules, weight: Measurement
+) -> dict[str, Any]:
+    """The draft order with its dose replaced by `dose` (same id): an `update` action."""
+    order = copy.deepcopy(original)
+    order.setdefault("status", "draft")
+    order.setdefault("intent", "order")
+    dosage = _dosage(dose, rules, weight)
+    instructions = order.get("dosageInstruction")
+    if isinstance(instructions, list) and instructions and isinstance(instructions[0], dict):
+        first = instructions[0]
+        first["text"] = dosage["text"]
+        first["doseAndRate"] = dosage["doseAndRate"]
+        first.setdefault("route", dosage["route"])
+    else:
+        order["dosageInstruction"] = [dosage]
+    notes = order.get("note")
+    order["note"] = [*(notes if isinstance(notes, list) else []), {"text": weight_note(weight)}]
+    return validated(order)

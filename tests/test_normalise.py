@@ -1,0 +1,238 @@
+"""Reading FHIR as EHRs send it: units, times, statuses, codes, references, bad entries."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from cds import fhirbuild as b
+from cds.fhir.normalise import Normalised, Normaliser
+from cds.fhir.reading import ResourceCollector
+from cds.runtime import Runtime
+
+T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+P = "pat-1"
+
+
+def read(runtime: Runtime, *values: Any, assume: str | None = None) -> Normalised:
+    collector = ResourceCollector()
+    collector.add_prefetch({f"k{i}": v for i, v in enumerate(values)})
+    tz = ZoneInfo(assume) if assume else None
+    return Normaliser(runtime.knowledge, P, tz).normalise(collector)
+
+
+def values(n: Normalised, concept: str) -> list[float]:
+    return [m.value for m in n.facts.of(concept)]
+
+
+def test_fahrenheit_100_4_is_exactly_38_0(runtime: Runtime) -> None:
+    n = read(runtime, b.temperature_f(P, T, 100.4))
+    assert values(n, "temperature") == [38.0]
+    assert n.facts.of("temperature")[0].original == "100.4 [degF]"
+
+
+def test_fahrenheit_by_display_unit_only(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 101.3)
+    obs["valueQuantity"] = {"value": 101.3, "unit": "°F"}
+    assert values(read(runtime, obs), "temperature") == [38.5]
+
+
+def test_pounds_are_converted_to_kg(runtime: Runtime) -> None:
+    n = read(runtime, b.weight(P, T, 176.37, "lb"))
+    assert values(n, "body_weight")[0] == pytest.approx(80.0, abs=0.01)
+
+
+def test_unknown_unit_is_reported_not_guessed(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 311.15)
+    obs["valueQuantity"] = {"value": 311.15, "unit": "K", "code": "K"}
+    n = read(runtime, obs)
+    assert values(n, "temperature") == []
+    assert n.issues[0].location == "prefetch.k0.valueQuantity.unit"
+    assert "'K' not recognised for temperature" in n.issues[0].problem
+
+
+def test_bp_panel_components_are_read(runtime: Runtime) -> None:
+    n = read(runtime, b.blood_pressure(P, T, 88, 52))
+    assert values(n, "systolic_bp") == [88]
+    assert values(n, "diastolic_bp") == [52]
+
+
+def test_local_code_with_text_only_is_recognised(runtime: Runtime) -> None:
+    obs = b.observation(P, T, None, "Temp (oral)", 38.4, "Cel")
+    assert values(read(runtime, obs), "temperature") == [38.4]
+
+
+def test_unrecognised_codes_are_ignored_silently(runtime: Runtime) -> None:
+    obs = b.observation(P, T, "2345-7", "Glucose", 5.5, "mmol/L", category="laboratory")
+    n = read(runtime, obs)
+    assert n.facts.measurements == () and n.issues == []
+
+
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [
+        ("final", True),
+        ("amended", True),
+        ("corrected", True),
+        ("preliminary", True),
+        ("entered-in-error", False),
+        ("cancelled", False),
+    ],
+)
+def test_observation_statuses(runtime: Runtime, status: str, counted: bool) -> None:
+    n = read(runtime, b.temperature(P, T, 39.0, status=status))
+    assert bool(n.facts.of("temperature")) is counted
+
+
+@pytest.mark.parametrize(
+    ("status", "counted"),
+    [("completed", True), ("in-progress", True), ("not-done", False), ("entered-in-error", False)],
+)
+def test_administration_statuses(runtime: Runtime, status: str, counted: bool) -> None:
+    n = read(runtime, b.administration(P, T, text="Kymriah", status=status))
+    assert bool(n.facts.administrations) is counted
+
+
+def test_offsets_are_compared_as_instants(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 38.5)
+    obs["effectiveDateTime"] = "2026-11-20T09:00:00+01:00"
+    assert read(runtime, obs).facts.of("temperature")[0].at == T
+
+
+def test_time_without_offset_is_reported(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 38.5)
+    obs["effectiveDateTime"] = "2026-11-20T08:00:00"
+    n = read(runtime, obs)
+    assert n.facts.measurements == ()
+    assert n.issues[0].location == "prefetch.k0.effectiveDateTime"
+    assert "no time-zone offset" in n.issues[0].problem
+
+
+def test_time_without_offset_is_read_in_the_configured_zone(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 38.5)
+    obs["effectiveDateTime"] = "2026-11-20T09:00:00"
+    n = read(runtime, obs, assume="Europe/Berlin")
+    assert n.facts.of("temperature")[0].at == T
+
+
+def test_date_only_is_start_of_day(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="Yescarta")
+    ma["effectiveDateTime"] = "2026-11-17"
+    n = read(runtime, ma)
+    assert n.facts.administrations[0].start == datetime(2026, 11, 17, tzinfo=UTC)
+
+
+def test_period_without_end_is_running(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="norepinephrine infusion", period=True, status="in-progress")
+    admin = read(runtime, ma).facts.administrations[0]
+    assert (admin.medication_class, admin.end) == ("vasopressor", None)
+
+
+def test_period_with_end(runtime: Runtime) -> None:
+    ma = b.administration(P, T, rxnorm="7512", text="norepinephrine", end=T + timedelta(hours=2))
+    assert read(runtime, ma).facts.administrations[0].end == T + timedelta(hours=2)
+
+
+def test_medication_by_rxnorm_code(runtime: Runtime) -> None:
+    ma = b.administration(P, T, rxnorm="612865", text="x")
+    assert read(runtime, ma).facts.administrations[0].concept == "tocilizumab"
+
+
+def test_brand_name_in_text(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="KYMRIAH suspension for intravenous infusion")
+    assert read(runtime, ma).facts.administrations[0].concept == "tisagenlecleucel"
+
+
+def test_norepinephrine_is_not_epinephrine(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="Norepinephrine 4 mg in 250 mL")
+    assert read(runtime, ma).facts.administrations[0].concept == "norepinephrine"
+
+
+def test_medication_reference_to_contained(runtime: Runtime) -> None:
+    ma = b.administration(
+        P,
+        T,
+        text="",
+        medication_reference="#med1",
+        contained=[b.medication("med1", "Breyanzi (lisocabtagene maraleucel)")],
+    )
+    assert read(runtime, ma).facts.administrations[0].concept == "lisocabtagene-maraleucel"
+
+
+def test_medication_reference_to_medication_elsewhere(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="", medication_reference="Medication/m9")
+    bundle = b.searchset([ma, b.medication("m9", "Tecvayli", None)])
+    assert read(runtime, bundle).facts.administrations[0].concept == "teclistamab"
+
+
+def test_medication_reference_missing_is_reported(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="", medication_reference="Medication/absent")
+    n = read(runtime, ma)
+    assert n.facts.administrations == ()
+    assert n.issues[0].location == "prefetch.k0.medicationReference"
+
+
+def test_medication_reference_display_is_used(runtime: Runtime) -> None:
+    ma = b.administration(P, T, text="", medication_reference="Medication/absent")
+    ma["medicationReference"]["display"] = "Abecma"
+    assert read(runtime, ma).facts.administrations[0].concept == "idecabtagene-vicleucel"
+
+
+def test_invalid_entry_is_skipped_and_located(runtime: Runtime) -> None:
+    good = b.temperature(P, T, 38.5)
+    bad = b.temperature(P, T, 39.0)
+    bad["valueQuantity"]["value"] = "hot"
+    worse = b.temperature(P, T, 39.0)
+    worse["status"] = "done"
+    n = read(runtime, b.searchset([good, bad, worse]))
+    assert values(n, "temperature") == [38.5]
+    locations = {i.location for i in n.issues}
+    assert "prefetch.k0.entry[1].resource.valueQuantity.value" in locations
+    assert "prefetch.k0.entry[2].resource.status" in locations
+
+
+def test_not_a_resource_is_reported(runtime: Runtime) -> None:
+    n = read(runtime, {"resourceType": "Bundle", "entry": [42, {"resource": {"id": "x"}}]})
+    assert [i.location for i in n.issues] == [
+        "prefetch.k0.entry[0]",
+        "prefetch.k0.entry[1].resource.resourceType",
+    ]
+
+
+def test_outcome_entries_are_skipped(runtime: Runtime) -> None:
+    bundle = b.searchset([b.temperature(P, T, 38.5)])
+    bundle["entry"].append(
+        {
+            "resource": {"resourceType": "OperationOutcome", "issue": []},
+            "search": {"mode": "outcome"},
+        }
+    )
+    n = read(runtime, bundle)
+    assert (values(n, "temperature"), n.issues) == ([38.5], [])
+
+
+def test_null_prefetch_and_single_resource(runtime: Runtime) -> None:
+    collector = ResourceCollector()
+    collector.add_prefetch({"a": None, "b": b.temperature(P, T, 38.1)})
+    n = Normaliser(runtime.knowledge, P, None).normalise(collector)
+    assert values(n, "temperature") == [38.1]
+
+
+def test_other_patients_data_is_skipped(runtime: Runtime) -> None:
+    n = read(runtime, b.temperature("someone-else", T, 39.5))
+    assert n.facts.measurements == ()
+    assert "another patient" in n.issues[0].problem
+
+
+def test_oxygen_device_by_snomed_value(runtime: Runtime) -> None:
+    n = read(runtime, b.oxygen_device(P, T, "427591007", "Non-rebreather mask"))
+    assert n.facts.oxygen[0].support == "non-rebreather"
+
+
+def test_oxygen_device_by_text_only(runtime: Runtime) -> None:
+    obs = b.oxygen_device(P, T, "x", "HFNC 40 L")
+    obs["valueCodeableConcept"] = {"text": "HFNC 40 L"}
+    assert read(runtime, obs).facts.oxygen[0].support == "high-flow"

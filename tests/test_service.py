@@ -1,0 +1,238 @@
+"""The CDS Hooks service end to end over HTTP: discovery, the monitor, errors, CORS."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from cds import fhirbuild as b
+from cds.app import create_app
+from cds.cli import app as cli_app
+from cds.runtime import Runtime
+from tests.helpers import (
+    PATIENT,
+    assert_no_empty_fields,
+    grade2_resources,
+    hook_request,
+    hours_ago,
+    prefetch,
+)
+
+
+@pytest.fixture(scope="module")
+def client(runtime: Runtime) -> TestClient:
+    return TestClient(create_app(runtime))
+
+
+def monitor(client: TestClient, body: dict[str, Any]) -> Any:
+    return client.post("/cds-services/crs-monitor", json=body)
+
+
+def test_discovery(client: TestClient) -> None:
+    services = {s["id"]: s for s in client.get("/cds-services").json()["services"]}
+    assert set(services) == {"crs-monitor", "crs-order-select", "crs-order-sign"}
+    m = services["crs-monitor"]
+    assert m["hook"] == "patient-view"
+    assert set(m["prefetch"]) == {"patient", "observations", "medicationAdministrations"}
+    assert "http://loinc.org|8310-5" in m["prefetch"]["observations"]
+    assert m["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    assert services["crs-order-sign"]["hook"] == "order-sign"
+    assert services["crs-order-select"]["hook"] == "order-select"
+
+
+def test_grade_2_card(client: TestClient) -> None:
+    obs, admins = grade2_resources()
+    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    assert r.status_code == 200
+    (card,) = r.json()["cards"]
+    assert card["indicator"] == "warning"
+    assert len(card["summary"]) < 140
+    assert "CRS grade 2" in card["summary"] and "axicabtagene ciloleucel" in card["summary"]
+    assert card["uuid"] and card["source"]["url"].startswith("https://doi.org/")
+    crs = card["extension"]["crs"]
+    assert (crs["grade"], crs["maxGrade"], crs["gradingSystem"]) == (2, 2, "ASTCT 2019")
+    assert crs["exposure"]["product"] == "axicabtagene-ciloleucel"
+    assert crs["exposure"]["kind"] == "car-t"
+    assert crs["ruleSetVersion"]
+    assert {e["finding"] for e in crs["evidence"]} >= {"fever", "hypotension"}
+    assert "| Finding | Time | Value | Unit |" in card["detail"]
+    assert "neutropenic sepsis" in card["detail"]
+    assert "systolic BP < 90 mmHg" in card["detail"]
+    assert_no_empty_fields(r.json())
+
+
+def test_grade_0_info_card(client: TestClient) -> None:
+    obs = [b.temperature(PATIENT, hours_ago(1), 37.2)]
+    admins = [b.administration(PATIENT, hours_ago(72), text="Yescarta")]
+    (card,) = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins))).json()[
+        "cards"
+    ]
+    assert card["indicator"] == "info"
+    assert card["summary"] == "CRS watch: day 3 after axicabtagene ciloleucel"
+
+
+def test_grade_3_critical(client: TestClient) -> None:
+    obs = [b.temperature(PATIENT, hours_ago(1), 39.1)]
+    admins = [
+        b.administration(PATIENT, hours_ago(72), text="Yescarta"),
+        b.administration(
+            PATIENT,
+            hours_ago(3),
+            rxnorm="7512",
+            text="norepinephrine",
+            period=True,
+            status="in-progress",
+        ),
+    ]
+    (card,) = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins))).json()[
+        "cards"
+    ]
+    assert (card["indicator"], card["extension"]["crs"]["grade"]) == ("critical", 3)
+
+
+def test_outside_any_window_no_card(client: TestClient) -> None:
+    obs = [b.temperature(PATIENT, hours_ago(1), 39.0)]
+    admins = [b.administration(PATIENT, hours_ago(24 * 90), text="Yescarta")]
+    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    assert r.json() == {"cards": []}
+
+
+def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
+    obs, admins = grade2_resources()
+    pre = prefetch(obs, admins)
+    pre["observations"]["entry"].append(
+        {"resource": {"resourceType": "Observation", "status": "final"}}
+    )
+    pre["observations"]["entry"].append({"resource": "not a resource"})
+    r = monitor(client, hook_request("patient-view", {}, pre))
+    assert r.status_code == 200
+    crs = r.json()["cards"][0]["extension"]["crs"]
+    locations = [i["location"] for i in crs["dataIssues"]]
+    assert "prefetch.observations.entry[3].resource.code" in locations
+    assert "prefetch.observations.entry[4].resource" in locations
+    assert "Data not read" in r.json()["cards"][0]["detail"]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"{not json", 400, "not valid JSON"),
+        (b"", 400, "empty request body"),
+        (b"[]", 400, "must be a JSON object"),
+        (json.dumps({"hook": "patient-view", "context": {}}).encode(), 400, "request.hookInstance"),
+        (
+            json.dumps(
+                {
+                    "hook": "order-sign",
+                    "hookInstance": "x",
+                    "context": {"patientId": "p"},
+                    "prefetch": {},
+                }
+            ).encode(),
+            400,
+            "answers hook 'patient-view'",
+        ),
+        (
+            json.dumps(
+                {
+                    "hook": "patient-view",
+                    "hookInstance": "x",
+                    "context": {},
+                    "prefetch": {
+                        "observations": {"resourceType": "Bundle"},
+                        "medicationAdministrations": {"resourceType": "Bundle"},
+                    },
+                }
+            ).encode(),
+            400,
+            "context.patientId",
+        ),
+        (
+            json.dumps(
+                {"hook": "patient-view", "hookInstance": "x", "context": {"patientId": "p"}}
+            ).encode(),
+            412,
+            "no fhirServer",
+        ),
+        (
+            json.dumps(
+                {
+                    "hook": "patient-view",
+                    "hookInstance": "x",
+                    "context": {"patientId": "p"},
+                    "prefetch": {"observations": None, "medicationAdministrations": None},
+                }
+            ).encode(),
+            412,
+            "absent or null",
+        ),
+    ],
+)
+def test_errors(client: TestClient, body: bytes, status: int, message: str) -> None:
+    r = client.post(
+        "/cds-services/crs-monitor", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == status
+    assert message in r.json()["error"]
+
+
+def test_unknown_service_404(client: TestClient) -> None:
+    r = client.post("/cds-services/nope", json={})
+    assert r.status_code == 404
+    assert "crs-monitor" in r.json()["error"]
+
+
+def test_cors_preflight_and_headers(client: TestClient) -> None:
+    r = client.options(
+        "/cds-services/crs-monitor",
+        headers={
+            "Origin": "https://sandbox.cds-hooks.org",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization,content-type",
+        },
+    )
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] in ("*", "https://sandbox.cds-hooks.org")
+    r = client.get("/cds-services", headers={"Origin": "https://sandbox.cds-hooks.org"})
+    assert "access-control-allow-origin" in r.headers
+
+
+def _strip_volatile(response: dict[str, Any]) -> dict[str, Any]:
+    for card in response["cards"]:
+        card.pop("uuid")
+        card["extension"]["crs"].pop("evaluatedAt")
+        for s in card.get("suggestions", []):
+            s.pop("uuid")
+            for a in s["actions"]:
+                a.get("resource", {}).pop("id", None)
+                a.get("resource", {}).pop("authoredOn", None)
+    return response
+
+
+def test_cli_evaluate_matches_the_service(
+    client: TestClient, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    obs, admins = grade2_resources()
+    bundle = b.collection([b.patient(PATIENT), *obs, *admins])
+    path = tmp_path / "bundle.json"
+    path.write_text(json.dumps(bundle))
+    at = hours_ago(0).isoformat()
+    result = CliRunner().invoke(cli_app, ["evaluate", str(path), "--at", at])
+    assert result.exit_code == 0, result.output
+    offline = json.loads(result.output)
+    online = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins))).json()
+    assert offline["cards"][0]["extension"]["crs"]["evaluatedAt"] == at
+    assert _strip_volatile(offline) == _strip_volatile(online)
+
+
+def test_cli_evaluate_bad_file(tmp_path: Any) -> None:
+    path = tmp_path / "x.json"
+    path.write_text("{")
+    result = CliRunner().invoke(cli_app, ["evaluate", str(path)])
+    assert result.exit_code == 2
+    result = CliRunner().invoke(cli_app, ["evaluate", str(path), "--at", "yesterday"])
+    assert result.exit_code == 2
