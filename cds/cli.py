@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import orjson
 import typer
+from pydantic import ValidationError
 
 from cds.errors import CdsError
 from cds.fhir.reading import ResourceCollector
@@ -54,9 +55,20 @@ def configure_logging(level: str) -> None:
     root.setLevel(level.upper())
 
 
+def load_settings() -> Settings:
+    """Settings from the environment, or exit 2 with what is wrong in which variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            name = "CRS_" + "_".join(str(p) for p in err["loc"]).upper()
+            typer.echo(f"error: setting {name}: {err['msg']}", err=True)
+        raise typer.Exit(2) from exc
+
+
 def _load_runtime(settings: Settings | None = None) -> Runtime:
     try:
-        return Runtime.load(settings)
+        return Runtime.load(settings or load_settings())
     except KnowledgeError as exc:
         typer.echo(f"error: invalid rules: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -73,7 +85,7 @@ def serve(
 
     from cds.app import create_app
 
-    settings = Settings()
+    settings = load_settings()
     configure_logging(settings.log_level)
     runtime = _load_runtime(settings)
     bind_host = host or settings.host

@@ -1,0 +1,177 @@
+"""The knowledge files: valid, cited, and a bad file stops start-up naming file and field."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR, KnowledgeError, load_knowledge
+from cds.parameters import engine_rules
+from cds.runtime import Runtime
+from cds.settings import Settings
+
+
+@pytest.fixture()
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    rules = tmp_path / "rules"
+    mappings = tmp_path / "fhir_mappings"
+    shutil.copytree(DEFAULT_RULES_DIR, rules)
+    shutil.copytree(DEFAULT_MAPPINGS_DIR, mappings)
+    return rules, mappings
+
+
+def edit(path: Path, change: object) -> None:
+    data = yaml.safe_load(path.read_text())
+    change(data)  # type: ignore[operator]
+    path.write_text(yaml.safe_dump(data))
+
+
+def test_bundled_knowledge_loads(runtime: Runtime) -> None:
+    k = runtime.knowledge
+    assert k.astct.fever.min_celsius == 38.0
+    assert k.astct.hypotension.systolic_below_mmhg == 90
+    assert k.astct.oxygen.low_flow_max_l_per_min == 6
+    assert k.astct.lookback.hours == 24
+    assert runtime.rules.version.startswith(k.ruleset.version + "+")
+
+
+REQUIRED_LOINC = [
+    "8310-5",
+    "8480-6",
+    "8462-4",
+    "8478-0",
+    "8867-4",
+    "9279-1",
+    "59408-5",
+    "2708-6",
+    "3151-8",
+    "3150-0",
+    "29463-7",
+    "1988-5",
+    "2276-4",
+    "26881-3",
+]
+
+
+@pytest.mark.parametrize("code", REQUIRED_LOINC)
+def test_required_loinc_codes_are_mapped(runtime: Runtime, code: str) -> None:
+    assert ("http://loinc.org", code) in runtime.knowledge.observation_by_code
+
+
+def test_every_therapy_product_and_drug_class_is_mapped(runtime: Runtime) -> None:
+    k = runtime.knowledge
+    classes = {m.medication_class for m in k.medications.values()}
+    assert {
+        "car-t",
+        "bispecific",
+        "tocilizumab",
+        "corticosteroid",
+        "antipyretic",
+        "vasopressor",
+    } <= classes
+    for name in [
+        "dexamethasone",
+        "methylprednisolone",
+        "hydrocortisone",
+        "prednisone",
+        "acetaminophen",
+        "ibuprofen",
+        "norepinephrine",
+        "epinephrine",
+        "phenylephrine",
+        "dopamine",
+        "vasopressin",
+    ]:
+        assert name in k.medications
+    assert len([t for t in k.therapies.values() if t.kind == "car-t"]) == 7
+    for med in k.medications.values():
+        for code in med.codes:
+            assert code.citation.strip(), f"{med.concept} {code.code} has no citation"
+
+
+def test_tocilizumab_rxnorm(runtime: Runtime) -> None:
+    key = ("http://www.nlm.nih.gov/research/umls/rxnorm", "612865")
+    assert runtime.knowledge.medication_by_code[key] == "tocilizumab"
+
+
+def test_bad_value_names_file_and_field(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    edit(rules / "astct.yaml", lambda d: d["fever"].__setitem__("min_celsius", "hot"))
+    with pytest.raises(KnowledgeError) as err:
+        load_knowledge(rules, mappings)
+    assert "astct.yaml" in str(err.value) and "fever.min_celsius" in str(err.value)
+
+
+def test_unknown_field_is_rejected(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    edit(rules / "tocilizumab.yaml", lambda d: d.__setitem__("max_dose_gr", 800))
+    with pytest.raises(KnowledgeError, match=r"tocilizumab\.yaml.*max_dose_gr"):
+        load_knowledge(rules, mappings)
+
+
+def test_uncited_dosing_value_is_rejected(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    edit(rules / "tocilizumab.yaml", lambda d: d["citations"].pop("max_dose_mg"))
+    with pytest.raises(KnowledgeError, match="no citation for max_dose_mg"):
+        load_knowledge(rules, mappings)
+
+
+def test_product_without_medication_mapping_is_rejected(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    edit(
+        mappings / "medications.yaml",
+        lambda d: d.__setitem__(
+            "medications", [m for m in d["medications"] if m["concept"] != "teclistamab"]
+        ),
+    )
+    with pytest.raises(KnowledgeError, match="teclistamab"):
+        load_knowledge(rules, mappings)
+
+
+def test_duplicate_code_is_rejected(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+
+    def dup(d: dict) -> None:  # type: ignore[type-arg]
+        toci = next(m for m in d["medications"] if m["concept"] == "tocilizumab")
+        dex = next(m for m in d["medications"] if m["concept"] == "dexamethasone")
+        dex["codes"].append(dict(toci["codes"][0]))
+
+    edit(mappings / "medications.yaml", dup)
+    with pytest.raises(KnowledgeError, match="612865"):
+        load_knowledge(rules, mappings)
+
+
+def test_missing_file_and_bad_yaml(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    (rules / "astct.yaml").write_text("fever: [unclosed")
+    with pytest.raises(KnowledgeError, match="not valid YAML"):
+        load_knowledge(rules, mappings)
+    (rules / "astct.yaml").unlink()
+    with pytest.raises(KnowledgeError, match="cannot read"):
+        load_knowledge(rules, mappings)
+
+
+def test_version_changes_when_a_rule_file_changes(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+    before = load_knowledge(rules, mappings).version
+    edit(rules / "astct.yaml", lambda d: d["hypotension"].__setitem__("systolic_below_mmhg", 85))
+    assert load_knowledge(rules, mappings).version != before
+
+
+def test_settings_override_cited_defaults_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRS_HYPOTENSION_SYSTOLIC_BELOW_MMHG", "100")
+    monkeypatch.setenv("CRS_WINDOW_HOURS", "tebentafusp=72")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    rules = engine_rules(load_knowledge(), settings)
+    assert rules.grading.systolic_below_mmhg == 100
+    assert rules.windows["tebentafusp"].window_hours == 72
+    assert any("systolic" in o for o in rules.overrides)
+
+
+def test_unknown_product_in_window_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRS_WINDOW_HOURS", "aspirin=72")
+    with pytest.raises(KnowledgeError, match="aspirin"):
+        engine_rules(load_knowledge(), Settings(_env_file=None))  # type: ignore[call-arg]
