@@ -79,6 +79,12 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
     async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
         return _error(exc.status, exc.message, exc.location)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
+        # A defect of ours, not the client's: log the type only (no patient data).
+        log.error("unexpected error", extra={"error": type(exc).__name__})
+        return _error(500, "internal error while evaluating; the request was not processed")
+
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_: Request, exc: RequestValidationError) -> JsonResponse:
         return _error(400, f"invalid request: {exc.errors()}")

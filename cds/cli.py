@@ -26,7 +26,16 @@ app = typer.Typer(
     add_completion=False,
 )
 
-_LOG_FIELDS = ("service", "hookInstance", "cards", "grades", "ruleSetVersion", "ms", "query")
+_LOG_FIELDS = (
+    "service",
+    "hookInstance",
+    "cards",
+    "grades",
+    "ruleSetVersion",
+    "ms",
+    "query",
+    "error",
+)
 
 
 class JsonLogFormatter(logging.Formatter):

@@ -1,0 +1,108 @@
+"""Whatever a client sends, the answer is a 2xx or a 4xx with a message — never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from cds.app import create_app
+from cds.runtime import Runtime
+from tests.helpers import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+fhirish = st.fixed_dictionaries(
+    {
+        "resourceType": st.sampled_from(
+            [
+                "Observation",
+                "MedicationAdministration",
+                "Bundle",
+                "Medication",
+                "MedicationRequest",
+                "Patient",
+            ]
+        )
+    },
+    optional={
+        "status": json_values | st.sampled_from(["final", "completed", "draft"]),
+        "code": json_values,
+        "valueQuantity": json_values,
+        "effectiveDateTime": json_values | st.just("2026-11-20T08:00:00Z"),
+        "effectivePeriod": json_values,
+        "entry": st.lists(st.fixed_dictionaries({"resource": json_values}), max_size=3),
+        "medicationCodeableConcept": json_values,
+        "medicationReference": json_values,
+        "component": json_values,
+        "subject": json_values,
+        "dosageInstruction": json_values,
+        "contained": json_values,
+    },
+)
+
+
+@pytest.fixture(scope="module")
+def client(runtime: Runtime) -> TestClient:
+    return TestClient(create_app(runtime), raise_server_exceptions=False)
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(observations=fhirish | json_values, meds=fhirish | json_values, draft=fhirish | json_values)
+def test_no_500_for_any_payload(
+    client: TestClient, observations: Any, meds: Any, draft: Any
+) -> None:
+    for service, hook in (("crs-monitor", "patient-view"), ("crs-order-sign", "order-sign")):
+        body = hook_request(
+            hook,
+            {"draftOrders": draft},
+            {"observations": observations, "medicationAdministrations": meds},
+        )
+        r = client.post(f"/cds-services/{service}", json=body)
+        assert r.status_code in (200, 400, 412), r.text
+        if r.status_code != 200:
+            assert r.json()["error"]
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(context=json_values, top=json_values)
+def test_no_500_for_any_envelope(client: TestClient, context: Any, top: Any) -> None:
+    obs, admins = grade2_resources()
+    for body in (
+        {
+            "hook": "patient-view",
+            "hookInstance": "x",
+            "context": context,
+            "prefetch": prefetch(obs, admins),
+        },
+        top,
+        {"hook": top, "hookInstance": top, "context": {"patientId": top}, "prefetch": top},
+    ):
+        r = client.post("/cds-services/crs-monitor", json=body)
+        assert r.status_code in (200, 400, 412), r.text
+
+
+def test_mutated_valid_order_never_500(client: TestClient) -> None:
+    obs, admins = grade2_resources()
+    base = draft_order("mr", 640, "mg")
+    for key in list(base):
+        for junk in (None, 1, "x", [], {}, [1], {"a": 1}):
+            order = dict(base)
+            order[key] = junk
+            body = hook_request(
+                "order-sign", {"draftOrders": draft_bundle(order)}, prefetch(obs, admins)
+            )
+            r = client.post("/cds-services/crs-order-sign", json=body)
+            assert r.status_code in (200, 400), (key, junk, r.text)
