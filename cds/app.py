@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +17,7 @@ from fastapi.responses import Response
 from pydantic import ValidationError
 
 from cds.errors import CdsError, InvalidRequest, UnknownService
+from cds.fhir.client import close_http_clients
 from cds.fhir.gather import gather
 from cds.protocol import HookRequest, compact
 from cds.runtime import Runtime
@@ -57,6 +60,12 @@ def cds_response(response: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+@asynccontextmanager
+async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    yield
+    await close_http_clients()  # the FHIR-server connection pool
+
+
 def create_app(runtime: Runtime | None = None) -> FastAPI:
     """Build the application; loads and validates the knowledge unless given a runtime."""
     runtime = runtime or Runtime.load()
@@ -65,6 +74,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
         title="CRS CDS Hooks service",
         version=runtime.rules.version,
         default_response_class=JsonResponse,
+        lifespan=_lifespan,
     )
     app.state.runtime = runtime
     app.add_middleware(

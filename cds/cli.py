@@ -19,12 +19,15 @@ from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.knowledge import KnowledgeError
 from cds.runtime import Runtime
 from cds.settings import Settings
+from cds.tools import register as register_tools
 
 app = typer.Typer(
     help="CRS decision support: a CDS Hooks 2.0 service and tools for integration engineers.",
     no_args_is_help=True,
     add_completion=False,
 )
+
+register_tools(app)
 
 _LOG_FIELDS = (
     "service",

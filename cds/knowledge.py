@@ -262,6 +262,7 @@ class ObservationsFile(_Strict):
     version: str
     systems: dict[str, str]
     citations: dict[str, str]
+    panels: list[ObservationCode] = Field(default_factory=list)
     observations: list[ObservationConcept]
 
 
@@ -350,6 +351,7 @@ class Knowledge:
     units: dict[str, dict[str, UnitRule]] = field(repr=False)
     device_by_code: dict[tuple[str, str], str] = field(repr=False)
     device_names: NameIndex = field(repr=False)
+    panel_codes: tuple[tuple[str, str], ...] = ()
 
     @property
     def version(self) -> str:
@@ -357,8 +359,12 @@ class Knowledge:
         return f"{self.ruleset.version}+{self.digest}"
 
     def observation_codes(self) -> list[tuple[str, str]]:
-        """(system, code) of every mapped observation, for FHIR searches."""
-        return sorted(self.observation_by_code) + sorted(self.device_by_code)
+        """(system, code) of every mapped observation and panel, for searches by code."""
+        return sorted(self.observation_by_code) + sorted(self.panel_codes)
+
+    def device_codes(self) -> list[tuple[str, str]]:
+        """(system, code) of every oxygen device, for searches by coded value."""
+        return sorted(self.device_by_code)
 
 
 def _load_yaml(path: Path) -> Any:
@@ -481,6 +487,14 @@ def load_knowledge(
                 table[unit.lower()] = UnitRule(conversion.factor, conversion.offset)
         units[obs.concept] = table
 
+    _check_citation_keys(
+        files["observations"], observations.citations, [p.citation for p in observations.panels]
+    )
+    panel_codes = tuple(
+        (_resolve_system(files["observations"], observations.systems, p.system), p.code)
+        for p in observations.panels
+    )
+
     dev_by_code: dict[tuple[str, str], str] = {}
     dev_names: dict[str, str] = {}
     _unique(files["devices"], "concept", [d.concept for d in devices.devices])
@@ -514,4 +528,5 @@ def load_knowledge(
         units=units,
         device_by_code=dev_by_code,
         device_names=NameIndex(dev_names),
+        panel_codes=panel_codes,
     )

@@ -45,6 +45,7 @@ def prefetch(
     return {
         "patient": b.patient(pid),
         "observations": b.searchset(observations),
+        "oxygenDevices": b.searchset([]),
         "medicationAdministrations": b.searchset(admins),
     }
 

@@ -37,7 +37,12 @@ def test_discovery(client: TestClient) -> None:
     assert set(services) == {"crs-monitor", "crs-order-select", "crs-order-sign"}
     m = services["crs-monitor"]
     assert m["hook"] == "patient-view"
-    assert set(m["prefetch"]) == {"patient", "observations", "medicationAdministrations"}
+    assert set(m["prefetch"]) == {
+        "patient",
+        "observations",
+        "oxygenDevices",
+        "medicationAdministrations",
+    }
     assert "http://loinc.org|8310-5" in m["prefetch"]["observations"]
     assert m["prefetch"]["patient"] == "Patient/{{context.patientId}}"
     assert services["crs-order-sign"]["hook"] == "order-sign"
@@ -144,6 +149,7 @@ def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
                     "context": {},
                     "prefetch": {
                         "observations": {"resourceType": "Bundle"},
+                        "oxygenDevices": {"resourceType": "Bundle"},
                         "medicationAdministrations": {"resourceType": "Bundle"},
                     },
                 }

@@ -1,18 +1,70 @@
-"""Gather a hook's data: prefetch first, then (for what is missing) the EHR's FHIR server."""
+"""Gather a hook's data: prefetch first, then (for what is missing) the EHR's FHIR server.
+
+For every prefetch key that is absent or null the service queries `fhirServer` itself,
+with `Authorization: Bearer` from `fhirAuthorization`, asking only for what the rules
+read since the earliest start of any risk window:
+
+- `patient`: `Patient/{patientId}`;
+- `observations`: `Observation?patient=…&code=<mapped codes>&date=ge…&_count=…`, and the
+  device observations by value (`value-concept=<device codes>`), merged;
+- `medicationAdministrations`: `MedicationAdministration?patient=…&effective-time=ge…`,
+  then a read of every `Medication/x` they reference that is not already at hand;
+- any other key: the service's own prefetch template, filled from the context.
+
+All queries run at once on the shared connection pool, under one deadline
+(`CRS_FHIR_TIMEOUT_SECONDS`). `fhirServer` must be on `CRS_FHIR_ALLOWED_SERVERS`. Any
+query that fails makes the answer 412 with a message naming the query and the reason.
+"""
 
 from __future__ import annotations
 
-from cds.errors import PrefetchUnavailable
+import logging
+import re
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cds.errors import InvalidRequest, PrefetchUnavailable
+from cds.fhir.client import (
+    FhirQuery,
+    FhirQueryFailed,
+    FhirReader,
+    QueriesTimedOut,
+    TemplateError,
+    allowed_base_url,
+    http_client,
+    resolve_template,
+    run_all,
+    split_query,
+)
 from cds.fhir.reading import ResourceCollector
 from cds.protocol import HookRequest
 from cds.runtime import Runtime
-from cds.services.base import ServiceDefinition
+from cds.services.base import ServiceDefinition, observation_code_param
+
+log = logging.getLogger("cds.fhir.gather")
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+LOINC = "http://loinc.org"
+# Panels whose components the rules read: `code` search matches Observation.code only, so
+# an R4 vital-signs BP panel (85354-9 with 8480-6/8462-4 components) needs its own code.
+PANEL_CODES = (f"{LOINC}|85354-9",)
+ROOT = "fhirServer"
+
+Job = Callable[[], Awaitable[Any]]
 
 
 def missing_prefetch(service: ServiceDefinition, request: HookRequest) -> list[str]:
     """Prefetch keys the service needs that are absent or null."""
     prefetch = request.prefetch or {}
     return [key for key in service.prefetch if prefetch.get(key) is None]
+
+
+def risk_data_since(runtime: Runtime, now: datetime) -> datetime:
+    """The earliest time any current risk window can start: now − (longest window + look-back)."""
+    longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
+    return now - timedelta(hours=longest) - runtime.rules.grading.lookback
 
 
 async def gather(
@@ -22,17 +74,274 @@ async def gather(
     collected = ResourceCollector()
     collected.add_prefetch(request.prefetch or {})
     missing = missing_prefetch(service, request)
+    if not missing:
+        return collected
     needed = [key for key in missing if key in service.required_prefetch]
-    if needed and not request.fhirServer:
+    what = f"prefetch {', '.join(needed)} is absent or null"
+    if not request.fhirServer:
+        if needed:
+            raise PrefetchUnavailable(
+                f"{what} and the request has no fhirServer to fetch it from", "prefetch"
+            )
+        return collected
+    allowed = runtime.settings.fhir_allowed_servers
+    base_url = allowed_base_url(request.fhirServer, allowed)
+    if base_url is None:
+        if not needed:
+            return collected  # only optional data is missing: go on without it
+        if not allowed:
+            raise PrefetchUnavailable(
+                f"{what} and fetching from fhirServer is disabled on this service "
+                "(setting CRS_FHIR_ALLOWED_SERVERS is empty): send the prefetch, or ask the "
+                "service's operator to allow this FHIR server",
+                "fhirServer",
+            )
         raise PrefetchUnavailable(
-            f"prefetch {', '.join(needed)} is absent or null and the request has no "
-            "fhirServer to fetch it from",
-            "prefetch",
-        )
-    if needed:
-        raise PrefetchUnavailable(
-            f"prefetch {', '.join(needed)} is absent or null and fetching from fhirServer "
-            "is not enabled on this service",
+            f"{what} and fhirServer {request.fhirServer!r} is not on this service's allow-list "
+            "(setting CRS_FHIR_ALLOWED_SERVERS): send the prefetch, or ask the service's "
+            "operator to allow this FHIR server",
             "fhirServer",
         )
+    token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
+    timeout = runtime.settings.fhir_timeout_seconds
+    reader = FhirReader(http_client(), base_url, token, request_timeout=timeout)
+    jobs = _jobs(runtime, service, request, missing, reader, collected)
+    started = time.perf_counter()
+    try:
+        results = await run_all(jobs, timeout)
+    except FhirQueryFailed as exc:
+        _log_failure(service, request, missing, started, exc.reason)
+        raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
+    except QueriesTimedOut as exc:
+        _log_failure(service, request, missing, started, f"timed out after {timeout:g} s")
+        raise PrefetchUnavailable(
+            f"{ROOT}: the queries for prefetch {', '.join(exc.labels)} timed out after "
+            f"{timeout:g} s (the overall deadline for fhirServer queries, setting "
+            "CRS_FHIR_TIMEOUT_SECONDS)",
+            ROOT,
+        ) from exc
+    for key in missing:
+        if key in results and results[key] is not None:
+            collected.add(results[key], f"{ROOT}.{key}")
+    log.info(
+        "fhirServer fallback",
+        extra={
+            "service": service.id,
+            "hookInstance": request.hookInstance,
+            "query": ",".join(missing),
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
     return collected
+
+
+def _log_failure(
+    service: ServiceDefinition,
+    request: HookRequest,
+    missing: list[str],
+    started: float,
+    reason: str,
+) -> None:
+    # `reason` is a status or a timeout, never a URL (URLs hold the patient id).
+    log.warning(
+        f"fhirServer fallback failed: {reason}",
+        extra={
+            "service": service.id,
+            "hookInstance": request.hookInstance,
+            "query": ",".join(missing),
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+        },
+    )
+
+
+def _patient_id(request: HookRequest) -> str:
+    value = request.context.get("patientId")
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest("context.patientId is required to fetch from fhirServer", "context")
+    if not FHIR_ID.fullmatch(value):
+        raise InvalidRequest(
+            "context.patientId is not a FHIR id ([A-Za-z0-9-.], at most 64 characters)",
+            "context.patientId",
+        )
+    return value
+
+
+def _jobs(
+    runtime: Runtime,
+    service: ServiceDefinition,
+    request: HookRequest,
+    missing: list[str],
+    reader: FhirReader,
+    collected: ResourceCollector,
+) -> dict[str, Job]:
+    """One job per missing key: a coroutine factory that returns a resource or a Bundle."""
+    pid = _patient_id(request)
+    since = risk_data_since(runtime, datetime.now(UTC)).isoformat(timespec="seconds")
+    count = str(runtime.settings.fhir_page_size)
+    jobs: dict[str, Job] = {}
+    for key in missing:
+        template = service.prefetch[key]
+        target = template.split("?", 1)[0].split("/", 1)[0]
+        if key == "patient" and target == "Patient":
+            query = FhirQuery.read(f"Patient read for prefetch '{key}'", "Patient", pid)
+            jobs[key] = _read_job(reader, query)
+        elif key == "observations" and target == "Observation":
+            jobs[key] = _searches_job(reader, _observation_searches(runtime, service, key, pid))
+        elif key == "medicationAdministrations" and target == "MedicationAdministration":
+            query = FhirQuery(
+                f"MedicationAdministration search for prefetch '{key}'",
+                "MedicationAdministration",
+                (("patient", pid), ("effective-time", f"ge{since}"), ("_count", count)),
+            )
+            jobs[key] = _administrations_job(reader, query, key, collected)
+        else:
+            jobs[key] = _template_job(reader, key, template, request)
+    return jobs
+
+
+def _observation_searches(
+    runtime: Runtime, service: ServiceDefinition, key: str, pid: str
+) -> list[FhirQuery]:
+    """By code (mapped codes and panels), and device observations by their coded value
+    unless the service prefetches those under a key of their own."""
+    since = risk_data_since(runtime, datetime.now(UTC)).isoformat(timespec="seconds")
+    count = str(runtime.settings.fhir_page_size)
+    codes = ",".join(
+        dict.fromkeys([*observation_code_param(runtime.knowledge).split(","), *PANEL_CODES])
+    )
+    searches = [
+        FhirQuery(
+            f"Observation search for prefetch '{key}'",
+            "Observation",
+            (("patient", pid), ("code", codes), ("date", f"ge{since}"), ("_count", count)),
+        )
+    ]
+    if not any("value-concept=" in t for k, t in service.prefetch.items() if k != key):
+        devices = ",".join(f"{s}|{c}" for s, c in sorted(runtime.knowledge.device_by_code))
+        searches.append(
+            FhirQuery(
+                f"Observation search by device (value-concept) for prefetch '{key}'",
+                "Observation",
+                (
+                    ("patient", pid),
+                    ("value-concept", devices),
+                    ("date", f"ge{since}"),
+                    ("_count", count),
+                ),
+            )
+        )
+    return searches
+
+
+def _read_job(reader: FhirReader, query: FhirQuery) -> Job:
+    async def job() -> dict[str, Any]:
+        return await reader.read(query)
+
+    return job
+
+
+def _searchset(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+
+
+def _searches_job(reader: FhirReader, queries: list[FhirQuery]) -> Job:
+    """Several searches for one key, merged into one searchset (duplicates dropped)."""
+
+    async def job() -> dict[str, Any]:
+        results = await run_all({q.label: _search(reader, q) for q in queries}, None)
+        merged: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for q in queries:
+            for entry in results[q.label]:
+                ref = _entry_reference(entry)
+                if ref is not None and ref in seen:
+                    continue
+                if ref is not None:
+                    seen.add(ref)
+                merged.append(entry)
+        return _searchset(merged)
+
+    return job
+
+
+def _search(reader: FhirReader, query: FhirQuery) -> Job:
+    async def job() -> list[dict[str, Any]]:
+        return await reader.search(query)
+
+    return job
+
+
+def _entry_reference(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return None
+    resource = entry.get("resource")
+    if not isinstance(resource, dict):
+        return None
+    rtype, rid = resource.get("resourceType"), resource.get("id")
+    return f"{rtype}/{rid}" if isinstance(rtype, str) and isinstance(rid, str) else None
+
+
+def _administrations_job(
+    reader: FhirReader, query: FhirQuery, key: str, collected: ResourceCollector
+) -> Job:
+    """The administrations, then every referenced Medication not yet at hand (concurrently)."""
+
+    async def job() -> dict[str, Any]:
+        entries = await reader.search(query)
+        have = {r.reference for r in collected.of_type("Medication")}
+        have.update(ref for e in entries if (ref := _entry_reference(e)) is not None)
+        wanted: list[str] = []
+        for entry in entries:
+            mid = _medication_id(entry, reader.base_url)
+            if mid is not None and f"Medication/{mid}" not in have:
+                have.add(f"Medication/{mid}")
+                wanted.append(mid)
+        reads = {
+            mid: _read_job(
+                reader, FhirQuery.read(f"Medication read for prefetch '{key}'", "Medication", mid)
+            )
+            for mid in wanted
+        }
+        medications = await run_all(reads, None) if reads else {}
+        entries = entries + [
+            {"resource": medications[mid], "search": {"mode": "include"}} for mid in wanted
+        ]
+        return _searchset(entries)
+
+    return job
+
+
+def _medication_id(entry: Any, base_url: str) -> str | None:
+    """The id of the Medication an administration references on this server, if any."""
+    if not isinstance(entry, dict):
+        return None
+    resource = entry.get("resource")
+    if not isinstance(resource, dict) or resource.get("resourceType") != (
+        "MedicationAdministration"
+    ):
+        return None
+    reference = resource.get("medicationReference")
+    ref = reference.get("reference") if isinstance(reference, dict) else None
+    if not isinstance(ref, str):
+        return None
+    ref = ref.removeprefix(base_url + "/").split("/_history", 1)[0]
+    kind, _, mid = ref.partition("/")
+    return mid if kind == "Medication" and FHIR_ID.fullmatch(mid) else None
+
+
+def _template_job(reader: FhirReader, key: str, template: str, request: HookRequest) -> Job:
+    """A key this module has no query of its own for: the service's prefetch template."""
+    try:
+        relative = resolve_template(template, request.context, value_pattern=FHIR_ID)
+    except TemplateError as exc:
+        raise PrefetchUnavailable(f"prefetch {key}: {exc}", f"prefetch.{key}") from exc
+    path, params = split_query(relative)
+    if "?" in relative:
+        query = FhirQuery(f"{path} search for prefetch '{key}'", path, tuple(params))
+
+        async def search() -> dict[str, Any]:
+            return _searchset(await reader.search(query))
+
+        return search
+    rtype = path.split("/", 1)[0]
+    return _read_job(reader, FhirQuery(f"{rtype} read for prefetch '{key}'", path, expect=rtype))

@@ -47,12 +47,26 @@ def observation_code_param(knowledge: Knowledge) -> str:
     return ",".join(f"{system}|{code}" for system, code in knowledge.observation_codes())
 
 
+def device_code_param(knowledge: Knowledge) -> str:
+    """`system|code,…` of every oxygen device, for a search by coded value."""
+    return ",".join(f"{system}|{code}" for system, code in knowledge.device_codes())
+
+
+# Keys without which a grade could be understated: absent → fetched from fhirServer, or 412.
+PATIENT_DATA_REQUIRED = frozenset({"observations", "oxygenDevices", "medicationAdministrations"})
+
+
 def patient_data_prefetch(knowledge: Knowledge) -> dict[str, str]:
-    """Prefetch templates for the patient, the CRS observations and the administrations."""
+    """Prefetch templates: the patient, the CRS observations (by code, including panels),
+    oxygen-device observations (by coded value), and the administrations."""
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": (
             "Observation?patient={{context.patientId}}&code=" + observation_code_param(knowledge)
+        ),
+        "oxygenDevices": (
+            "Observation?patient={{context.patientId}}&value-concept="
+            + device_code_param(knowledge)
         ),
         "medicationAdministrations": (
             "MedicationAdministration?patient={{context.patientId}}"

@@ -15,7 +15,7 @@ from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.reading import ResourceCollector
 from cds.protocol import HookRequest, PatientContext
 from cds.runtime import Runtime
-from cds.services.base import ServiceDefinition, patient_data_prefetch
+from cds.services.base import PATIENT_DATA_REQUIRED, ServiceDefinition, patient_data_prefetch
 from cds.tocilizumab_order import dose_text, new_order
 
 SERVICE_ID = "crs-monitor"
@@ -200,7 +200,7 @@ def definition(runtime: Runtime) -> ServiceDefinition:
         ),
         prefetch=patient_data_prefetch(runtime.knowledge),
         handler=handle,
-        required_prefetch=frozenset({"observations", "medicationAdministrations"}),
+        required_prefetch=PATIENT_DATA_REQUIRED,
         usage_requirements=(
             "Needs the patient's Observations (vital signs, oxygen, labs, weight) and "
             "MedicationAdministrations; sent as prefetch or readable from fhirServer."

@@ -20,7 +20,7 @@ from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_i
 from cds.protocol import HookRequest, OrderContext
 from cds.runtime import Runtime
 from cds.services import crs_monitor
-from cds.services.base import ServiceDefinition, patient_data_prefetch
+from cds.services.base import PATIENT_DATA_REQUIRED, ServiceDefinition, patient_data_prefetch
 from cds.tocilizumab_order import corrected_order
 
 CRITICAL_PROBLEMS = frozenset({dosing.DOSE_ABOVE_CAP, dosing.INTERVAL_UNDER_8H})
@@ -229,7 +229,7 @@ def _definition(runtime: Runtime, service_id: str, hook: str, what: str) -> Serv
         ),
         prefetch=patient_data_prefetch(runtime.knowledge),
         handler=handle,
-        required_prefetch=frozenset({"observations", "medicationAdministrations"}),
+        required_prefetch=PATIENT_DATA_REQUIRED,
         usage_requirements=(
             "Needs the patient's weight and CRS Observations and MedicationAdministrations "
             "(prefetch or fhirServer); draftOrders must hold MedicationRequests."

@@ -1,0 +1,388 @@
+"""`crs-cds scenarios | load | fire`: bring the service up against a FHIR sandbox.
+
+- `scenarios` lists the synthetic patients and the outcome each should produce;
+- `load` PUTs them into a FHIR server (one transaction each, timed from now);
+- `fire` calls a running CDS service as an EHR would: it reads the service's discovery,
+  resolves the advertised prefetch templates against the FHIR server (or sends none, so
+  that the service fetches from `fhirServer` itself), posts the hook request and shows
+  the cards.
+
+`register(app)` adds the commands to the main `crs-cds` Typer application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import httpx
+import orjson
+import typer
+from rich.console import Console, Group, RenderableType
+from rich.markdown import Markdown
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from cds.fhir.client import (
+    FHIR_JSON,
+    FhirQuery,
+    FhirQueryFailed,
+    FhirReader,
+    TemplateError,
+    normalise_base_url,
+    resolve_template,
+    split_query,
+)
+from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
+from cds.scenarios import Scenario, ScenarioError, get, library
+
+INDICATOR_STYLE = {"info": "blue", "warning": "yellow", "critical": "bold red"}
+DEFAULT_SERVICE_URL = "http://127.0.0.1:8000"
+DEFAULT_USER = "Practitioner/crs-cds-fire"
+ORDER_HOOKS = frozenset({"order-sign", "order-select"})
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `scenarios`, `load` and `fire` to the `crs-cds` application."""
+    app.command("scenarios")(scenarios)
+    app.command("load")(load)
+    app.command("fire")(fire)
+
+
+def outcome_text(expect: dict[str, Any]) -> str:
+    """`{"grade": 2, "maxGrade": 2}` → "grade 2 (max 2)"; problems and "no card" likewise."""
+    if "problems" in expect:
+        return "problems: " + (", ".join(expect["problems"]) or "none")
+    if expect.get("card") is False:
+        return "no card (not in a risk window)"
+    return f"grade {expect.get('grade')} (max {expect.get('maxGrade')})"
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+# --- scenarios -------------------------------------------------------------------------
+
+
+def scenarios(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """List the synthetic patients and the outcome each should produce."""
+    try:
+        items = list(library().values())
+    except ScenarioError as exc:
+        raise _fail(str(exc), 2) from exc
+    if as_json:
+        rows = [
+            {"id": s.id, "description": s.description, "expect": s.expect, "patient": s.patient_id}
+            for s in items
+        ]
+        typer.echo(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title="CRS scenarios (patient id = scenario id)", show_lines=False)
+    table.add_column("id", style="bold", no_wrap=True)
+    table.add_column("description", ratio=3)
+    table.add_column("expected outcome", ratio=2)
+    for s in items:
+        note = "" if s.searchable else " ¹"
+        table.add_row(s.id, s.description + note, f"{s.service}: {outcome_text(s.expect)}")
+    console.print(table)
+    if not all(s.searchable for s in items):
+        console.print(
+            "¹ local codes with text only: a FHIR search by code cannot find them, so the "
+            "expected outcome needs a prefetch with every Observation (or `crs-cds evaluate`)."
+        )
+
+
+# --- load ------------------------------------------------------------------------------
+
+
+def load(
+    fhir_server: Annotated[
+        str, typer.Option(help="FHIR R4 base URL, e.g. http://127.0.0.1:8080/fhir")
+    ],
+    scenario_ids: Annotated[
+        list[str] | None, typer.Argument(metavar="[SCENARIO]...", help="Default: all.")
+    ] = None,
+    token: Annotated[str | None, typer.Option(help="Bearer token for the FHIR server.")] = None,
+    at: Annotated[
+        str | None, typer.Option(help="Anchor time, ISO 8601 with offset (default: now).")
+    ] = None,
+) -> None:
+    """Load scenario patients into a FHIR server (one PUT transaction each); print their ids."""
+    try:
+        chosen = [get(i) for i in scenario_ids] if scenario_ids else list(library().values())
+        anchor = parse_fhir_datetime(at) if at else datetime.now(UTC)
+    except (ScenarioError, TimeFormatError) as exc:
+        raise _fail(str(exc), 2) from exc
+    base = normalise_base_url(fhir_server)
+    headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON, **_auth_headers(token)}
+    table = Table(title=f"Loaded into {base} (anchor {anchor.isoformat(timespec='seconds')})")
+    table.add_column("patient id", style="bold", no_wrap=True)
+    table.add_column("resources", justify="right")
+    table.add_column("service")
+    table.add_column("expected outcome")
+    failures = 0
+    with httpx.Client(timeout=30.0) as client:
+        for scenario in chosen:
+            bundle = scenario.transaction(anchor)
+            try:
+                response = client.post(base, content=orjson.dumps(bundle), headers=headers)
+            except httpx.HTTPError as exc:
+                raise _fail(f"{base}: {type(exc).__name__}: {exc}") from exc
+            if response.status_code != 200:
+                failures += 1
+                err_console.print(
+                    f"[red]{scenario.id}: HTTP {response.status_code}[/] "
+                    + _outcome_diagnostics(response),
+                    highlight=False,
+                )
+                continue
+            table.add_row(
+                scenario.patient_id,
+                str(len(bundle["entry"])),
+                scenario.service,
+                outcome_text(scenario.expect),
+            )
+    console.print(table)
+    if failures:
+        raise _fail(f"{failures} scenario(s) could not be loaded")
+
+
+def _outcome_diagnostics(response: httpx.Response) -> str:
+    """The OperationOutcome's issues as one line, or the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    issues = body.get("issue") if isinstance(body, dict) else None
+    if isinstance(issues, list):
+        return "; ".join(
+            str(i.get("diagnostics") or i.get("details", {}).get("text") or i.get("code"))
+            for i in issues
+            if isinstance(i, dict)
+        )
+    return response.text[:300]
+
+
+# --- fire ------------------------------------------------------------------------------
+
+
+def fire(
+    service: Annotated[str, typer.Argument(help="Service id, e.g. crs-monitor, crs-order-sign.")],
+    fhir_server: Annotated[str, typer.Option(help="FHIR R4 base URL the EHR would send.")],
+    patient: Annotated[
+        str | None, typer.Option(help="Patient id (default: the --scenario's patient).")
+    ] = None,
+    prefetch: Annotated[
+        bool,
+        typer.Option(
+            "--prefetch/--no-prefetch",
+            help="Resolve the service's prefetch templates here, or send none "
+            "(the service then reads fhirServer itself).",
+        ),
+    ] = True,
+    service_url: Annotated[
+        str, typer.Option(help="Base URL of the running CDS service.")
+    ] = DEFAULT_SERVICE_URL,
+    token: Annotated[
+        str | None,
+        typer.Option(help="FHIR access token (used here and sent as fhirAuthorization)."),
+    ] = None,
+    scenario: Annotated[
+        str | None,
+        typer.Option(help="Scenario id: its draft order for order hooks, its expected outcome."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw response.")] = False,
+) -> None:
+    """Call a running CDS service as an EHR would and show the cards."""
+    try:
+        chosen = get(scenario) if scenario else None
+    except ScenarioError as exc:
+        raise _fail(str(exc), 2) from exc
+    patient_id = patient or (chosen.patient_id if chosen else None)
+    if not patient_id:
+        raise _fail("give --patient (or --scenario)", 2)
+    base = normalise_base_url(fhir_server)
+    root = service_url.rstrip("/")
+    with httpx.Client(timeout=30.0) as client:
+        entry = _discover(client, root, service)
+        hook = str(entry.get("hook"))
+        context = _context(hook, patient_id, chosen)
+        body: dict[str, Any] = {
+            "hook": hook,
+            "hookInstance": str(uuid.uuid4()),
+            "fhirServer": base,
+            "context": context,
+        }
+        if token:
+            body["fhirAuthorization"] = {
+                "access_token": token,
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/*.read",
+                "subject": "crs-cds-fire",
+            }
+        templates: dict[str, str] = entry.get("prefetch") or {}
+        if prefetch and templates:
+            body["prefetch"] = asyncio.run(_resolve_prefetch(templates, context, base, token))
+        started = time.perf_counter()
+        try:
+            response = client.post(f"{root}/cds-services/{service}", json=body)
+        except httpx.HTTPError as exc:
+            raise _fail(f"{root}: {type(exc).__name__}: {exc}") from exc
+        ms = (time.perf_counter() - started) * 1000
+    if as_json:
+        try:
+            typer.echo(orjson.dumps(response.json(), option=orjson.OPT_INDENT_2).decode())
+        except ValueError:
+            typer.echo(response.text)
+        if response.status_code != 200:
+            raise typer.Exit(1)
+        return
+    sent = ", ".join(k for k, v in body.get("prefetch", {}).items() if v is not None)
+    console.print(
+        f"[bold]{service}[/] ({hook}) · patient {patient_id} · prefetch: "
+        f"{sent or 'none (service reads fhirServer)'} · HTTP {response.status_code} · {ms:.0f} ms",
+        highlight=False,
+    )
+    if chosen is not None:
+        console.print(f"expected ({chosen.id}): {outcome_text(chosen.expect)}", highlight=False)
+    if response.status_code != 200:
+        console.print(Panel(response.text, title="error", border_style="red"))
+        raise typer.Exit(1)
+    render_response(response.json())
+
+
+def _discover(client: httpx.Client, root: str, service: str) -> dict[str, Any]:
+    try:
+        response = client.get(f"{root}/cds-services")
+        response.raise_for_status()
+        services = response.json()["services"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+        raise _fail(f"cannot read discovery {root}/cds-services: {exc}") from exc
+    for entry in services:
+        if isinstance(entry, dict) and entry.get("id") == service:
+            return entry
+    known = ", ".join(str(e.get("id")) for e in services if isinstance(e, dict))
+    raise _fail(f"{root} has no service {service!r} (it offers: {known})", 2)
+
+
+def _context(hook: str, patient_id: str, scenario: Scenario | None) -> dict[str, Any]:
+    context: dict[str, Any] = {"userId": DEFAULT_USER, "patientId": patient_id}
+    if hook in ORDER_HOOKS:
+        orders = scenario.draft_orders(datetime.now(UTC)) if scenario else None
+        if orders is None:
+            raise _fail(f"hook {hook} needs draft orders: give --scenario with an order", 2)
+        context["draftOrders"] = orders
+        if hook == "order-select":
+            context["selections"] = [
+                f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in orders["entry"]
+            ]
+    return context
+
+
+async def _resolve_prefetch(
+    templates: dict[str, str], context: dict[str, Any], base: str, token: str | None
+) -> dict[str, Any]:
+    """Each template resolved and read from the FHIR server, following next links.
+
+    A key that cannot be resolved or read is sent as null (as an EHR does), with a warning.
+    """
+    results: dict[str, Any] = {}
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        reader = FhirReader(http, base, token, request_timeout=30.0)
+
+        async def one(key: str, template: str) -> None:
+            try:
+                relative = resolve_template(template, context)
+                path, params = split_query(relative)
+                if "?" in relative:
+                    query = FhirQuery(f"prefetch {key} ({path} search)", path, tuple(params))
+                    entries = await reader.search(query)
+                    results[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+                else:
+                    query = FhirQuery(
+                        f"prefetch {key} ({path.split('/')[0]} read)", path, search=False
+                    )
+                    results[key] = await reader.read(query)
+            except (TemplateError, FhirQueryFailed) as exc:
+                err_console.print(f"[yellow]warning:[/] prefetch {key}: {exc}; sent as null")
+                results[key] = None
+
+        await asyncio.gather(*(one(k, t) for k, t in templates.items()))
+    return {k: results[k] for k in templates}
+
+
+# --- rendering -------------------------------------------------------------------------
+
+
+def render_response(response: dict[str, Any], out: Console | None = None) -> None:
+    """Cards as panels: summary, indicator colour, detail (Markdown), suggestions, links."""
+    out = out or console
+    cards = response.get("cards") or []
+    if not cards:
+        out.print("[dim]No cards.[/]")
+    for card in cards:
+        out.print(card_panel(card))
+    issues = (response.get("extension") or {}).get("crs", {}).get("dataIssues") or []
+    if issues:
+        out.print(_issues_table(issues))
+
+
+def card_panel(card: dict[str, Any]) -> Panel:
+    """One card as a rich Panel."""
+    indicator = str(card.get("indicator", "info"))
+    style = INDICATOR_STYLE.get(indicator, "white")
+    parts: list[RenderableType] = []
+    if card.get("detail"):
+        parts.append(Markdown(str(card["detail"])))
+    suggestions = card.get("suggestions") or []
+    if suggestions:
+        table = Table(title="Suggestions", title_justify="left", show_header=True, expand=True)
+        table.add_column("label")
+        table.add_column("actions")
+        for s in suggestions:
+            label = ("★ " if s.get("isRecommended") else "") + str(s.get("label", ""))
+            actions = "; ".join(
+                f"{a.get('type')} {a.get('resource', {}).get('resourceType', '')}: "
+                f"{a.get('description', '')}".strip()
+                for a in s.get("actions") or []
+            )
+            table.add_row(label, actions)
+        parts.append(table)
+    for link in card.get("links") or []:
+        parts.append(Text(f"→ {link.get('label')}: {link.get('url')}", style="cyan"))
+    source = card.get("source") or {}
+    parts.append(Text(f"source: {source.get('label', '')}", style="dim"))
+    crs = (card.get("extension") or {}).get("crs") or {}
+    for issue in crs.get("dataIssues") or []:
+        parts.append(Text(f"data issue: {issue.get('location')}: {issue.get('problem')}", "yellow"))
+    return Panel(
+        Group(*parts),
+        title=Text(f"[{indicator}] {card.get('summary', '')}", style=style),
+        title_align="left",
+        border_style=style,
+    )
+
+
+def _issues_table(issues: list[dict[str, Any]]) -> Table:
+    table = Table(title="Data issues", title_justify="left")
+    table.add_column("location")
+    table.add_column("problem")
+    for issue in issues:
+        table.add_row(str(issue.get("location")), str(issue.get("problem")))
+    return table

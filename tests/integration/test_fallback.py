@@ -1,0 +1,395 @@
+"""The service reads what prefetch lacks from a real FHIR server, and fails with 412 — fast,
+saying which query failed and why — when that server misbehaves."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import socket
+import time
+from datetime import datetime
+from typing import Any
+
+import httpx
+import pytest
+
+from cds.fhir.client import (
+    FhirQuery,
+    FhirReader,
+    TemplateError,
+    close_http_clients,
+    http_client,
+    resolve_template,
+    split_query,
+)
+from cds.fhir.gather import FHIR_ID, gather
+from cds.fhir.reading import ResourceCollector
+from cds.protocol import HookRequest
+from cds.runtime import Runtime
+from cds.scenarios import Scenario, get, library
+from cds.services import registry
+from tests.integration.support import (
+    GOOD_TOKEN,
+    StubServer,
+    card_outcome,
+    hook_body,
+    post_hook,
+    runtime_with,
+)
+
+KEYS = ("patient", "observations", "medicationAdministrations")
+
+
+def allowing(runtime: Runtime, *servers: str, **settings: Any) -> Runtime:
+    return runtime_with(runtime, fhir_allowed_servers=list(servers), **settings)
+
+
+def body_for(scenario: Scenario, anchor: datetime, server: str | None, **kw: Any) -> dict[str, Any]:
+    if scenario.service == "crs-order-sign":
+        kw.setdefault("hook", "order-sign")
+        kw.setdefault("draft_orders", scenario.draft_orders(anchor))
+    return hook_body(scenario.patient_id, server, **kw)
+
+
+def gathered(runtime: Runtime, service_id: str, body: dict[str, Any]) -> ResourceCollector:
+    service = registry(runtime)[service_id]
+
+    async def go() -> ResourceCollector:
+        try:
+            return await gather(runtime, service, HookRequest.model_validate(body))
+        finally:
+            await close_http_clients()
+
+    return asyncio.run(go())
+
+
+def services_available(runtime: Runtime, scenario: Scenario) -> None:
+    if scenario.service not in registry(runtime):
+        pytest.skip(f"{scenario.service} is not registered yet")
+
+
+# --- fallback against the real FHIR server ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "scenario", [s for s in library().values() if s.searchable], ids=lambda s: s.id
+)
+def test_scenario_without_prefetch_gives_its_outcome(
+    runtime: Runtime, loaded: str, anchor: datetime, scenario: Scenario
+) -> None:
+    services_available(runtime, scenario)
+    response = post_hook(
+        allowing(runtime, loaded), scenario.service, body_for(scenario, anchor, loaded)
+    )
+    assert card_outcome(scenario.service, response) == scenario.expect
+
+
+@pytest.mark.xfail(strict=True, reason="a FHIR search by code cannot find local codes")
+def test_local_codes_are_not_found_by_code_search(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    scenario = get("local-codes-obecel")
+    response = post_hook(
+        allowing(runtime, loaded), "crs-monitor", body_for(scenario, anchor, loaded)
+    )
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_fallback_fetches_the_one_missing_key(
+    runtime: Runtime, loaded: str, anchor: datetime, key: str
+) -> None:
+    # Abecma, grade 4: phenylephrine is a medicationReference, so the administrations
+    # fallback must also read the Medication.
+    scenario = get("g4-idecel-two-pressors")
+    prefetch: dict[str, Any] = dict(scenario.prefetch(anchor))
+    prefetch[key] = None
+    rt = allowing(runtime, loaded)
+    body = body_for(scenario, anchor, loaded, prefetch=prefetch)
+
+    collected = gathered(rt, "crs-monitor", body)
+    fetched = {r.resource_type for r in collected.resources if r.location.startswith("fhirServer")}
+    assert all(
+        r.location.startswith(f"fhirServer.{key}")
+        for r in collected.resources
+        if r.location.startswith("fhirServer")
+    )
+    expected_types = {
+        "patient": {"Patient"},
+        "observations": {"Observation"},
+        "medicationAdministrations": {"MedicationAdministration", "Medication"},
+    }[key]
+    assert fetched == expected_types
+    assert collected.issues == []
+
+    response = post_hook(rt, "crs-monitor", body)
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_partial_prefetch_null_and_absent_keys(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    scenario = get("g3-lisocel-norepinephrine")
+    prefetch = {"patient": scenario.prefetch(anchor)["patient"], "observations": None}
+    response = post_hook(
+        allowing(runtime, loaded),
+        "crs-monitor",
+        body_for(scenario, anchor, loaded, prefetch=prefetch),
+    )
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_fetched_data_issues_name_their_fhir_server_location(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    scenario = get("g2-brexucel-bp-panel")
+    collected = gathered(
+        allowing(runtime, loaded), "crs-monitor", body_for(scenario, anchor, loaded)
+    )
+    locations = [r.location for r in collected.of_type("Observation")]
+    assert locations and all(
+        loc.startswith("fhirServer.observations.entry[") and loc.endswith("].resource")
+        for loc in locations
+    )
+
+
+def test_paging_follows_next_links(runtime: Runtime, loaded: str, anchor: datetime) -> None:
+    scenario = get("g2-brexucel-bp-panel")
+    observations = [r for r in scenario.resources(anchor) if r["resourceType"] == "Observation"]
+    rt = allowing(runtime, loaded, fhir_page_size=2)
+    body = body_for(scenario, anchor, loaded)
+
+    collected = gathered(rt, "crs-monitor", body)
+    assert sorted(r.data["id"] for r in collected.of_type("Observation")) == sorted(
+        o["id"] for o in observations
+    )
+    assert card_outcome("crs-monitor", post_hook(rt, "crs-monitor", body)) == scenario.expect
+
+    async def pages() -> tuple[int, int]:
+        reader = FhirReader(http_client(), loaded, request_timeout=10)
+        query = FhirQuery(
+            "Observation search", "Observation", (("patient", scenario.patient_id), ("_count", "2"))
+        )
+        try:
+            entries = await reader.search(query)
+        finally:
+            await close_http_clients()
+        return reader.pages[query.label], len(entries)
+
+    n_pages, n_entries = asyncio.run(pages())
+    assert n_entries == len(observations)
+    assert n_pages >= len(observations) // 2
+
+
+# --- refusals before any outbound call -------------------------------------------------
+
+
+def test_fhir_server_outside_the_allow_list_is_412_without_a_call(
+    runtime: Runtime, stub: StubServer
+) -> None:
+    before = len(stub.seen)
+    response = post_hook(
+        allowing(runtime, stub.base("outcome")),
+        "crs-monitor",
+        hook_body("p", stub.base("error500")),
+    )
+    assert response.status_code == 412
+    assert "not on this service's allow-list" in response.json()["error"]
+    assert response.json()["location"] == "fhirServer"
+    assert len(stub.seen) == before
+
+
+def test_empty_allow_list_disables_the_fallback(runtime: Runtime, stub: StubServer) -> None:
+    response = post_hook(allowing(runtime), "crs-monitor", hook_body("p", stub.base("outcome")))
+    assert response.status_code == 412
+    assert "disabled" in response.json()["error"]
+    assert "CRS_FHIR_ALLOWED_SERVERS" in response.json()["error"]
+
+
+def test_no_fhir_server_and_no_prefetch_is_412(runtime: Runtime) -> None:
+    response = post_hook(allowing(runtime), "crs-monitor", hook_body("p", None))
+    assert response.status_code == 412
+    assert "no fhirServer" in response.json()["error"]
+
+
+def test_only_optional_data_missing_and_server_not_allowed_is_fine(
+    runtime: Runtime, anchor: datetime, stub: StubServer
+) -> None:
+    scenario = get("g1-axicel-fever-f")
+    prefetch = dict(scenario.prefetch(anchor))
+    del prefetch["patient"]
+    response = post_hook(
+        allowing(runtime),
+        "crs-monitor",
+        body_for(scenario, anchor, stub.base("error500"), prefetch=prefetch),
+    )
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_patient_id_that_is_not_a_fhir_id_is_400(runtime: Runtime, stub: StubServer) -> None:
+    response = post_hook(
+        allowing(runtime, stub.base("outcome")),
+        "crs-monitor",
+        hook_body("../../admin", stub.base("outcome")),
+    )
+    assert response.status_code == 400
+    assert "context.patientId" in response.json()["error"]
+
+
+def test_trailing_slash_is_normalised(runtime: Runtime, stub: StubServer) -> None:
+    response = post_hook(
+        allowing(runtime, stub.base("outcome") + "/"),
+        "crs-monitor",
+        hook_body("p", stub.base("outcome")),
+    )
+    assert response.status_code == 200, response.text
+
+
+# --- misbehaving servers ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "reason"),
+    [
+        ("error500", "HTTP 500 Internal Server Error"),
+        ("html", "the answer is not JSON"),
+        ("notbundle", "expected a Bundle, got 'Patient'"),
+        ("outside", "the next-page link points outside fhirServer"),
+        ("nowhere", "HTTP 404 Not Found"),
+    ],
+)
+def test_failing_server_is_412_naming_query_and_reason(
+    runtime: Runtime, stub: StubServer, mode: str, reason: str
+) -> None:
+    server = stub.base(mode)
+    started = time.perf_counter()
+    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p-1", server))
+    assert response.status_code == 412
+    error = response.json()["error"]
+    assert reason in error
+    assert "for prefetch '" in error
+    assert "p-1" not in error  # the query is named, its URL (with the patient id) is not
+    assert time.perf_counter() - started < 2.0
+
+
+def test_slow_server_past_the_deadline_is_412_in_time(runtime: Runtime, stub: StubServer) -> None:
+    server = stub.base("slow")
+    started = time.perf_counter()
+    response = post_hook(
+        allowing(runtime, server, fhir_timeout_seconds=0.5), "crs-monitor", hook_body("p", server)
+    )
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 412
+    assert "timed out after 0.5 s" in response.json()["error"]
+    assert "observations" in response.json()["error"]
+    assert elapsed < 1.5
+
+
+def test_connection_refused_is_412(runtime: Runtime) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = f"http://127.0.0.1:{port}/fhir"  # nothing listens there any more
+    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p", server))
+    assert response.status_code == 412
+    assert "could not connect" in response.json()["error"]
+
+
+def test_refused_token_is_412_and_never_shown_or_logged(
+    runtime: Runtime, stub: StubServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = stub.base("auth")
+    token = "secret-token-4711"
+    caplog.set_level(logging.DEBUG)
+    response = post_hook(
+        allowing(runtime, server), "crs-monitor", hook_body("p", server, token=token)
+    )
+    assert response.status_code == 412
+    assert "HTTP 401" in response.json()["error"]
+    assert "refused the access token" in response.json()["error"]
+    assert token not in response.text
+    assert ("/auth/Patient/p", f"Bearer {token}") in stub.seen
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert token not in logged
+    assert "/Patient/p" not in logged
+
+
+def test_missing_token_is_said_so(runtime: Runtime, stub: StubServer) -> None:
+    server = stub.base("auth")
+    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p", server))
+    assert response.status_code == 412
+    assert "request has no fhirAuthorization" in response.json()["error"]
+
+
+def test_accepted_token_and_outcome_entries_skipped(runtime: Runtime, stub: StubServer) -> None:
+    auth = stub.base("auth")
+    response = post_hook(
+        allowing(runtime, auth), "crs-monitor", hook_body("p", auth, token=GOOD_TOKEN)
+    )
+    assert response.status_code == 200, response.text
+    outcome = stub.base("outcome")
+    response = post_hook(allowing(runtime, outcome), "crs-monitor", hook_body("p", outcome))
+    assert response.status_code == 200, response.text
+    assert response.json() == {"cards": []}
+
+
+def test_shared_client_is_one_per_event_loop() -> None:
+    async def twice() -> bool:
+        try:
+            return http_client() is http_client()
+        finally:
+            await close_http_clients()
+
+    assert asyncio.run(twice())
+    assert isinstance(asyncio.run(_client_type()), type(httpx.AsyncClient()))
+
+
+async def _client_type() -> httpx.AsyncClient:
+    client = http_client()
+    await close_http_clients()
+    return client
+
+
+# --- keys without a query of their own: the service's template -------------------------
+
+
+def test_other_keys_use_the_services_own_template(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    scenario = get("g4-idecel-two-pressors")
+    monitor = registry(runtime)["crs-monitor"]
+    service = dataclasses.replace(
+        monitor,
+        prefetch={
+            "who": "Patient/{{context.patientId}}",
+            "given": "MedicationAdministration?subject=Patient/{{context.patientId}}&_count=3",
+        },
+        required_prefetch=frozenset({"given"}),
+    )
+    request = HookRequest.model_validate(body_for(scenario, anchor, loaded))
+
+    async def go() -> ResourceCollector:
+        try:
+            return await gather(allowing(runtime, loaded), service, request)
+        finally:
+            await close_http_clients()
+
+    collected = asyncio.run(go())
+    assert [r.location for r in collected.of_type("Patient")] == ["fhirServer.who"]
+    given = list(collected.of_type("MedicationAdministration"))
+    assert len(given) == 3 and all(r.location.startswith("fhirServer.given.entry[") for r in given)
+
+
+def test_template_tokens() -> None:
+    context = {"patientId": "p1", "userId": "Practitioner/u9", "encounterId": "e/../x"}
+    assert resolve_template("Patient/{{context.patientId}}", context) == "Patient/p1"
+    assert resolve_template("X?who={{userPractitionerId}}", context) == "X?who=u9"
+    with pytest.raises(TemplateError, match="no value"):
+        resolve_template("X?who={{userPatientId}}", context)
+    with pytest.raises(TemplateError, match="not a FHIR id"):
+        resolve_template("Encounter/{{context.encounterId}}", context, FHIR_ID)
+    assert split_query("Observation?code=a%7Cb,c|d&date=ge2026-01-01T00:00:00+01:00") == (
+        "Observation",
+        [("code", "a|b,c|d"), ("date", "ge2026-01-01T00:00:00+01:00")],
+    )
