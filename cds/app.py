@@ -135,7 +135,11 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
                 "service": service.id,
                 "hookInstance": hook_request.hookInstance,
                 "cards": len(cards),
-                "grades": [c.get("extension", {}).get("crs", {}).get("grade") for c in cards],
+                "grades": [
+                    c["extension"]["crs"]["grade"]
+                    for c in cards
+                    if "grade" in c.get("extension", {}).get("crs", {})
+                ],
                 "ruleSetVersion": runtime.rules.version,
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },

@@ -224,7 +224,7 @@ def dosing_rule_line(knowledge: Knowledge, rules: EngineRules) -> str:
         f"{d.infusion_minutes} min, at most {fmt_mg(d.max_dose_mg)} mg a dose, at least "
         f"{d.min_interval.total_seconds() / 3600:g} h apart, at most {d.max_doses_per_24h} in "
         f"24 h and {d.max_doses_total} in all "
-        f"({knowledge.tocilizumab.citations['max_dose_mg'].citation})."
+        f"({knowledge.tocilizumab.short_citation})."
     )
     if d.rounding_mg:
         line += f" Institution rounding: nearest {d.rounding_mg:g} mg."

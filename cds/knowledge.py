@@ -162,6 +162,7 @@ class Citation(_Strict):
 class TocilizumabFile(_Strict):
     version: str
     drug: Literal["tocilizumab"]
+    short_citation: str
     route: str
     infusion_minutes: int = Field(gt=0)
     weight_threshold_kg: float = Field(gt=0)
