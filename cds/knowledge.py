@@ -69,6 +69,8 @@ class HypotensionRule(_Strict):
     map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
     citation: str
     url: str | None = None
+    adult_from_age_years: int = Field(ge=1, le=25)
+    adult_citation: str
 
 
 class VasopressorRule(_Strict):

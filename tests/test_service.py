@@ -242,3 +242,17 @@ def test_cli_evaluate_bad_file(tmp_path: Any) -> None:
     assert result.exit_code == 2
     result = CliRunner().invoke(cli_app, ["evaluate", str(path), "--at", "yesterday"])
     assert result.exit_code == 2
+
+
+def test_paediatric_patient_is_warned_about_the_adult_hypotension_threshold(
+    client: TestClient,
+) -> None:
+    obs, admins = grade2_resources()
+    pre = prefetch(obs, admins)
+    pre["patient"] = b.patient(PATIENT, birth_date=f"{hours_ago(0).year - 9}-01-01")
+    (card,) = monitor(client, hook_request("patient-view", {}, pre)).json()["cards"]
+    assert "Paediatric patient (age" in card["detail"]
+    assert any("Paediatric" in w for w in card["extension"]["crs"]["warnings"])
+    pre["patient"] = b.patient(PATIENT, birth_date="1970-01-01")
+    (card,) = monitor(client, hook_request("patient-view", {}, pre)).json()["cards"]
+    assert "Paediatric" not in card["detail"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ from cds.engine.dosing import dose_history, latest_weight, recommended_dose
 from cds.engine.exposure import Exposure, find_exposure
 from cds.engine.grading import Grading, grade
 from cds.fhir.normalise import Normalised, Normaliser
+from cds.fhir.patient import age_in_years
 from cds.fhir.reading import ResourceCollector
 from cds.protocol import HookRequest, PatientContext
 from cds.runtime import Runtime
@@ -44,6 +45,21 @@ def evaluate(
         if exposure is not None
         else None
     )
+    hypotension = runtime.knowledge.astct.hypotension
+    age = age_in_years(collected, patient_id, at)
+    if grading is not None and age is not None and age < hypotension.adult_from_age_years:
+        grading = replace(
+            grading,
+            warnings=[
+                *grading.warnings,
+                (
+                    f"Paediatric patient (age {age}): the hypotension definition in use "
+                    f"({runtime.rules.grading.hypotension_definition()}) is an adult threshold; "
+                    "judge hypotension by age-specific norms. "
+                    f"({hypotension.adult_citation.strip()})"
+                ),
+            ],
+        )
     return MonitorEvaluation(at, normalised, exposure, grading)
 
 
