@@ -19,7 +19,7 @@ from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
 from cds.fhir import models
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
-from cds.knowledge import Knowledge
+from cds.knowledge import Knowledge, NameIndex
 
 COUNTED_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 IGNORED_ADMINISTRATION_STATUSES = frozenset({"not-done", "entered-in-error"})
@@ -33,6 +33,20 @@ class Normalised:
 
     facts: Facts
     issues: list[Issue]
+
+
+class _MemoNames:
+    """A NameIndex whose matches are remembered: a chart repeats the same few texts."""
+
+    def __init__(self, index: NameIndex) -> None:
+        self.index = index
+        self.seen: dict[str, str | None] = {}
+
+    def match(self, text: str) -> str | None:
+        if text in self.seen:
+            return self.seen[text]
+        concept = self.seen[text] = self.index.match(text)
+        return concept
 
 
 @dataclass(frozen=True)
@@ -54,12 +68,20 @@ class Normaliser:
         self.patient_id = patient_id
         self.assume_tz = assume_tz
         self.issues: list[Issue] = []
+        self._reset_memos()
+
+    def _reset_memos(self) -> None:
+        """Memos of what a chart repeats (names, times), kept for one evaluation only."""
+        self._observation_names = _MemoNames(self.k.observation_names)
+        self._device_names = _MemoNames(self.k.device_names)
+        self._times: dict[str, datetime | str] = {}  # text -> instant, or why it is invalid
 
     # --- entry points --------------------------------------------------------------
 
     def normalise(self, collected: ResourceCollector) -> Normalised:
         """Facts from every Observation and MedicationAdministration collected."""
         self.issues = list(collected.issues)
+        self._reset_memos()
         medications = self._medication_index(collected.of_type("Medication"))
         measurements: list[Measurement] = []
         oxygen: list[OxygenSupport] = []
@@ -162,7 +184,7 @@ class Normaliser:
                 if concept is not None:
                     return concept
         for text in code.texts():
-            concept = self.k.observation_names.match(text)
+            concept = self._observation_names.match(text)
             if concept is not None:
                 return concept
         return None
@@ -176,7 +198,7 @@ class Normaliser:
                     break
         if concept is None:
             for text in code.texts():
-                concept = self.k.device_names.match(text)
+                concept = self._device_names.match(text)
                 if concept is not None:
                     break
         if concept is None:
@@ -330,11 +352,17 @@ class Normaliser:
     # --- shared --------------------------------------------------------------------
 
     def _time(self, text: str, location: str) -> datetime | None:
-        try:
-            return parse_fhir_datetime(text, self.assume_tz)
-        except TimeFormatError as exc:
-            self.issues.append(Issue(location, str(exc)))
+        parsed = self._times.get(text)
+        if parsed is None:
+            try:
+                parsed = parse_fhir_datetime(text, self.assume_tz)
+            except TimeFormatError as exc:
+                parsed = str(exc)
+            self._times[text] = parsed
+        if isinstance(parsed, str):
+            self.issues.append(Issue(location, parsed))
             return None
+        return parsed
 
     def _same_patient(self, raw: RawResource, subject: models.Reference | None) -> bool:
         """False (and reported) when the resource names another patient."""
