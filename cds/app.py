@@ -124,10 +124,7 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
             )
         collected = await gather(runtime, service, hook_request)
         at = datetime.now(UTC)
-        try:
-            response = await service.handler(runtime, hook_request, collected, at)
-        except ValidationError as exc:
-            raise InvalidRequest(_validation_message(exc, "context"), "context") from exc
+        response = await service.handler(runtime, hook_request, collected, at)
         cards = response.get("cards", [])
         log.info(
             "evaluated",

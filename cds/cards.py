@@ -72,9 +72,16 @@ def issues_note(issues: list[Issue]) -> str | None:
 def exposure_line(exposure: Exposure, at: datetime) -> str:
     kind = "CAR-T infusion" if exposure.kind == "car-t" else "T-cell engager dose"
     doses = f", dose {exposure.doses}" if exposure.kind == "bispecific" else ""
+    if exposure.extended_by_fever_until is not None:
+        window = (
+            f"the product's risk window closed {when(exposure.window_ends)}, but CRS fever "
+            f"continues: kept open until at least {when(exposure.extended_by_fever_until)}"
+        )
+    else:
+        window = f"risk window open until {when(exposure.window_ends)}"
     return (
         f"Day {exposure.day(at)} after {exposure.display} ({kind}{doses} at "
-        f"{when(exposure.at)}); risk window open until {when(exposure.window_ends)}."
+        f"{when(exposure.at)}); {window}."
     )
 
 
@@ -232,13 +239,13 @@ def dosing_rule_line(knowledge: Knowledge, rules: EngineRules) -> str:
 
 
 def history_line(history: DoseHistory) -> str:
-    if not history.doses:
-        return "No tocilizumab given in this CRS episode."
     last = history.last_dose_at
-    assert last is not None
+    if last is None:
+        return "No tocilizumab on record."
     return (
-        f"Tocilizumab given {history.doses_total}× this episode, {history.doses_last_24h}× in "
-        f"the last 24 h; last dose {when(last)} ({history.hours_since_last:g} h ago)."
+        f"Tocilizumab given {history.doses_total}× this CRS episode, "
+        f"{history.doses_last_24h}× in the last 24 h; last dose {when(last)} "
+        f"({history.hours_since_last:g} h ago)."
     )
 
 
@@ -253,6 +260,7 @@ def order_check_card(
     suggestions: list[dict[str, Any]],
     override_reasons: list[dict[str, str]],
     indicator: str,
+    notes: list[str] | None = None,
 ) -> dict[str, Any]:
     """The pharmacist's card for one draft tocilizumab order."""
     problems: list[str] = check["problems"]
@@ -290,6 +298,7 @@ def order_check_card(
         lines.append(
             "**Problems:**\n" + "\n".join(f"- `{p}`: {problem_text(p, rules)}" for p in problems)
         )
+    lines.extend(notes or [])
     lines.append(f"<sub>{dosing_rule_line(knowledge, rules)} Rule set {rules.version}.</sub>")
     card: dict[str, Any] = {
         "uuid": str(uuid.uuid4()),
@@ -308,12 +317,12 @@ def order_check_card(
 
 
 def unreadable_order_card(knowledge: Knowledge, issues: list[Issue]) -> dict[str, Any]:
-    """A draft tocilizumab order that could not be read: it was not checked."""
+    """A draft order that may be tocilizumab but could not be read: it was not checked."""
     rows = "\n".join(f"- `{_md(i.location)}`: {_md(i.problem)}" for i in issues)
     return {
         "uuid": str(uuid.uuid4()),
-        "summary": "A tocilizumab draft order could not be read and was NOT checked",
-        "detail": "The order is not valid FHIR where shown; check it by hand:\n\n" + rows,
+        "summary": "A draft order (possibly tocilizumab) could not be read and was NOT checked",
+        "detail": "The order could not be read where shown; check it by hand:\n\n" + rows,
         "indicator": "warning",
         "source": source(knowledge),
         "extension": {"crs": {"dataIssues": [i.as_json() for i in issues]}},

@@ -10,10 +10,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from cds.engine.dosing import DosingRules
-from cds.engine.exposure import TherapyWindow
+from cds.engine.exposure import Continuation, TherapyWindow
 from cds.engine.grading import GradingParameters
 from cds.knowledge import Knowledge, KnowledgeError
 from cds.settings import Settings
+
+DEFAULT_TOLERANCE_PERCENT = 10.0  # issue #3: ±10 %, an institution setting
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class EngineRules:
 
     grading: GradingParameters
     windows: dict[str, TherapyWindow]
+    continuation: Continuation
     dosing: DosingRules
     overrides: list[str]  # human text for each setting that replaces a cited default
     version: str
@@ -100,4 +103,15 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         tolerance_fraction=settings.tocilizumab_dose_tolerance_percent / 100,
         rounding_mg=settings.tocilizumab_rounding_mg,
     )
-    return EngineRules(grading, windows, dosing, overrides, knowledge.version)
+    if settings.tocilizumab_dose_tolerance_percent != DEFAULT_TOLERANCE_PERCENT:
+        overrides.append(
+            f"tocilizumab dose tolerance ±{settings.tocilizumab_dose_tolerance_percent:g} % "
+            f"(default ±{DEFAULT_TOLERANCE_PERCENT:g} %)"
+        )
+    if settings.tocilizumab_rounding_mg:
+        overrides.append(
+            f"tocilizumab dose rounded to the nearest {settings.tocilizumab_rounding_mg:g} mg "
+            "(default: no rounding)"
+        )
+    continuation = Continuation(grading.fever_min_celsius, grading.lookback)
+    return EngineRules(grading, windows, continuation, dosing, overrides, knowledge.version)

@@ -7,9 +7,11 @@ the fields the spec requires are required. Responses are built as plain dicts wi
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cds.errors import InvalidRequest
 
 
 class FhirAuthorization(BaseModel):
@@ -53,17 +55,41 @@ class OrderContext(PatientContext):
     selections: list[str] | None = None
 
 
+def _drop_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_nulls(v) for v in value]
+    return value
+
+
+_Context = TypeVar("_Context", bound=PatientContext)
+
+
+def parse_context(model: type[_Context], context: dict[str, Any]) -> _Context:
+    """The hook context as `model`, or InvalidRequest naming each bad field."""
+    try:
+        return model.model_validate(context)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            path = "context"
+            for part in err["loc"]:
+                path += f"[{part}]" if isinstance(part, int) else f".{part}"
+            problems.append(f"{path}: {err['msg']}")
+        raise InvalidRequest("; ".join(problems), "context") from exc
+
+
 def compact(value: Any) -> Any:
     """Drop None, "", [] and {} recursively (CDS Hooks forbids them in responses).
 
-    `extension` objects are the service's own machine-readable data and are kept as
-    built (an empty `problems` list there means "no problem").
+    Inside `extension` objects (the service's own machine-readable data) only nulls are
+    dropped: an empty `problems` list there means "no problem".
     """
     if isinstance(value, dict):
         out = {}
         for key, item in value.items():
-            if key != "extension":
-                item = compact(item)
+            item = _drop_nulls(item) if key == "extension" else compact(item)
             if item is None or item == "" or item == [] or item == {}:
                 continue
             out[key] = item

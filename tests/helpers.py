@@ -97,13 +97,24 @@ def draft_bundle(*orders: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_no_empty_fields(value: Any, path: str = "$") -> None:
-    """CDS Hooks forbids null, "", [] and {} (outside the service's own extension)."""
+    """CDS Hooks forbids null, "", [] and {} (the service's own extension: null only)."""
     if isinstance(value, dict):
         for key, item in value.items():
             if key == "extension":
+                assert_no_nulls(item, f"{path}.{key}")
                 continue
             assert item not in (None, "", [], {}), f"{path}.{key} is empty"
             assert_no_empty_fields(item, f"{path}.{key}")
     elif isinstance(value, list):
         for i, item in enumerate(value):
             assert_no_empty_fields(item, f"{path}[{i}]")
+
+
+def assert_no_nulls(value: Any, path: str) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert item is not None, f"{path}.{key} is null"
+            assert_no_nulls(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            assert_no_nulls(item, f"{path}[{i}]")

@@ -51,23 +51,31 @@ class DosingRules:
 class Dose:
     """A recommended dose and how it was reached."""
 
-    mg: float
+    mg: float  # what to give: the target, rounded when the institution rounds
     weight_kg: float
     mg_per_kg: float
-    weight_based_mg: float  # before the cap and rounding
+    weight_based_mg: float  # weight × mg/kg, before the cap and rounding
     capped: bool
+    target_mg: float  # weight-based, capped: what orders are checked against
 
 
 def recommended_dose(weight_kg: float, rules: DosingRules) -> Dose:
-    """The weight-based dose in mg, rounded as the institution asks, never above the cap."""
+    """The weight-based dose in mg, never above the cap.
+
+    Institution rounding applies only where the rounded dose stays within the dose
+    tolerance of the weight-based dose (a 100 mg step must not turn 60 mg for a 5 kg
+    child into 100 mg); otherwise the dose is given unrounded.
+    """
     per_kg = rules.mg_per_kg(weight_kg)
     weight_based = weight_kg * per_kg
-    mg = weight_based
+    capped = weight_based > rules.max_dose_mg
+    target = min(weight_based, rules.max_dose_mg)
+    mg = target
     if rules.rounding_mg:
-        mg = max(rules.rounding_mg, round(mg / rules.rounding_mg) * rules.rounding_mg)
-    capped = mg > rules.max_dose_mg
-    mg = min(mg, rules.max_dose_mg)
-    return Dose(round(mg, 3), weight_kg, per_kg, round(weight_based, 3), capped)
+        rounded = min(round(target / rules.rounding_mg) * rules.rounding_mg, rules.max_dose_mg)
+        if rounded > 0 and within_tolerance(rounded, target, rules):
+            mg = rounded
+    return Dose(round(mg, 3), weight_kg, per_kg, round(weight_based, 3), capped, round(target, 3))
 
 
 def latest_weight(facts: Facts, at: datetime) -> Measurement | None:
@@ -82,7 +90,7 @@ class DoseHistory:
 
     at: datetime
     doses: list[Administration]  # in this CRS episode, up to `at`, oldest first
-    doses_last_24h: int
+    doses_last_24h: int  # any episode: the 24 h and interval limits are about the drug
     last_dose_at: datetime | None
     next_allowed_at: datetime | None  # None: allowed now, or never (see problems)
     problems: list[str]  # what forbids a dose now: interval / 24 h / total codes
@@ -105,21 +113,19 @@ class DoseHistory:
 def dose_history(
     facts: Facts, at: datetime, episode_start: datetime | None, rules: DosingRules
 ) -> DoseHistory:
-    """Count the tocilizumab doses of the episode and check a new dose at `at`.
+    """Count the tocilizumab doses and check a new dose at `at`.
 
-    A dose within the last 24 h is one given less than 24 h before `at`; the interval
-    needs at least `min_interval` (8 h) since the last dose.
+    The interval (at least `min_interval`, 8 h, since the last dose) and the 24-hour
+    count (doses given less than 24 h before `at`) count every dose, whatever the
+    episode; the total counts the doses of this CRS episode (since `episode_start`).
     """
-    doses = [
-        a
-        for a in facts.administrations
-        if a.medication_class == "tocilizumab"
-        and a.start <= at
-        and (episode_start is None or a.start >= episode_start)
+    given = [
+        a for a in facts.administrations if a.medication_class == "tocilizumab" and a.start <= at
     ]
+    doses = [a for a in given if episode_start is None or a.start >= episode_start]
     day_ago = at - timedelta(hours=24)
-    recent = [a for a in doses if a.start > day_ago]
-    last = doses[-1].start if doses else None
+    recent = [a for a in given if a.start > day_ago]
+    last = given[-1].start if given else None
     problems: list[str] = []
     waits: list[datetime] = []
     if last is not None and at - last < rules.min_interval:
@@ -154,7 +160,11 @@ def dose_problems(ordered_mg: float | None, dose: Dose | None, rules: DosingRule
     cap_only = (
         above_cap and dose is not None and within_tolerance(ordered_mg, dose.weight_based_mg, rules)
     )
-    if dose is not None and not within_tolerance(ordered_mg, dose.mg, rules) and not cap_only:
+    if (
+        dose is not None
+        and not within_tolerance(ordered_mg, dose.target_mg, rules)
+        and not cap_only
+    ):
         problems.append(DOSE_NOT_WEIGHT_BASED)
     return problems
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from cds.engine.facts import Administration, Facts
 
 EXPOSURE_CLASSES = frozenset({"car-t", "bispecific"})
+# An end this far out (e.g. a 9999-12-31 placeholder for "no end") is open-ended.
+FAR_FUTURE = datetime.max.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -21,8 +23,22 @@ class TherapyWindow:
 
 
 @dataclass(frozen=True)
+class Continuation:
+    """Keeps a closed window open while CRS fever goes on (from rules/astct.yaml)."""
+
+    fever_min_celsius: float
+    lookback: timedelta
+
+
+@dataclass(frozen=True)
 class Exposure:
-    """The administration that opened the current risk window."""
+    """The exposure behind the current risk period.
+
+    `at` is the most recent infusion or dose (what the card counts days from);
+    `episode_start` is the first administration of the unbroken run of risk windows that
+    leads to it (step-up doses, bag changes), from which CRS findings and the episode's
+    tocilizumab doses are counted.
+    """
 
     product: str
     display: str
@@ -30,40 +46,100 @@ class Exposure:
     at: datetime
     window_ends: datetime
     source: str
-    doses: int  # administrations of this product up to `at` (step-up doses for bispecifics)
+    doses: int  # administrations of this product in the episode up to `at`
+    episode_start: datetime
+    extended_by_fever_until: datetime | None = None  # window closed, fever goes on
 
     def day(self, at: datetime) -> int:
         """Whole days elapsed since the exposure (day 0 = the day of infusion/dose)."""
         return int((at - self.at) // timedelta(days=1))
 
 
-def find_exposure(facts: Facts, windows: dict[str, TherapyWindow], at: datetime) -> Exposure | None:
-    """The most recent CAR-T infusion or antibody dose whose window contains `at`.
+def plus_hours(moment: datetime, hours: float) -> datetime:
+    """`moment + hours`, saturating at FAR_FUTURE instead of overflowing."""
+    try:
+        return moment + timedelta(hours=hours)
+    except OverflowError:
+        return FAR_FUTURE
 
-    A window runs from the start of the administration to `window_hours` after its end
-    (a running infusion has not ended). Administrations after `at` are ignored.
-    """
-    best: Administration | None = None
-    best_end: datetime | None = None
-    for admin in facts.administrations:
+
+@dataclass
+class _Episode:
+    start: datetime
+    end: datetime
+    administrations: list[Administration]
+
+
+def _episodes(facts: Facts, windows: dict[str, TherapyWindow], at: datetime) -> list[_Episode]:
+    """Risk administrations up to `at`, grouped into runs of overlapping windows."""
+    episodes: list[_Episode] = []
+    for admin in facts.administrations:  # sorted by start
         if admin.medication_class not in EXPOSURE_CLASSES or admin.start > at:
             continue
         window = windows.get(admin.concept)
         if window is None:
             continue
-        ends = admin.end_or(at) + timedelta(hours=window.window_hours)
-        if admin.start <= at <= ends and (best is None or admin.start >= best.start):
-            best, best_end = admin, ends
-    if best is None or best_end is None:
+        ends = plus_hours(admin.end_or(at), window.window_hours)
+        if episodes and admin.start <= episodes[-1].end:
+            episodes[-1].end = max(episodes[-1].end, ends)
+            episodes[-1].administrations.append(admin)
+        else:
+            episodes.append(_Episode(admin.start, ends, [admin]))
+    return episodes
+
+
+def _fever_continues(
+    facts: Facts, episode: _Episode, at: datetime, continuation: Continuation
+) -> datetime | None:
+    """Until when fevers, each within the look-back of a window or of the previous
+    fever, keep the closed window open (None if they do not reach `at`)."""
+    open_until = episode.end
+    for m in facts.of("temperature"):
+        if m.at < episode.start or m.value < continuation.fever_min_celsius:
+            continue
+        if m.at > at:
+            break
+        if m.at <= open_until:
+            open_until = max(open_until, m.at + continuation.lookback)
+    return open_until if at <= open_until else None
+
+
+def find_exposure(
+    facts: Facts,
+    windows: dict[str, TherapyWindow],
+    at: datetime,
+    continuation: Continuation | None = None,
+) -> Exposure | None:
+    """The exposure whose risk window contains `at`, or None.
+
+    A product's window runs from the start of an administration to `window_hours` after
+    its end (a running infusion has not ended). Administrations whose windows overlap
+    form one episode. With `continuation`, a window that has closed stays open while CRS
+    fever continues (a fever within the window, then each within the look-back of the
+    last): a patient with ongoing CRS never loses the card. Anything after `at` is ignored.
+    """
+    episodes = _episodes(facts, windows, at)
+    if not episodes:
         return None
-    window = windows[best.concept]
-    doses = sum(1 for a in facts.administrations if a.concept == best.concept and a.start <= at)
+    episode = episodes[-1]
+    extended: datetime | None = None
+    if at > episode.end:
+        if continuation is None:
+            return None
+        extended = _fever_continues(facts, episode, at, continuation)
+        if extended is None:
+            return None
+    latest = max(episode.administrations, key=lambda a: a.start)
+    window = windows[latest.concept]
+    doses = sum(1 for a in episode.administrations if a.concept == latest.concept)
     return Exposure(
-        product=best.concept,
+        product=latest.concept,
         display=window.display,
         kind=window.kind,
-        at=best.start,
-        window_ends=best_end,
-        source=best.source,
+        at=latest.start,
+        window_ends=episode.end,
+        source=latest.source,
         doses=doses,
+        episode_start=episode.start,
+        extended_by_fever_until=extended,
     )

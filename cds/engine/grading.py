@@ -152,7 +152,7 @@ def _findings(
 ) -> tuple[list[_Finding], list[Administration]]:
     """Hypotension and hypoxia findings between the exposure and `at`."""
     found: list[_Finding] = []
-    since = exposure.at
+    since = exposure.episode_start
     for m in _in(facts.of("systolic_bp"), since, at):
         if m.value < params.systolic_below_mmhg:
             found.append(
@@ -225,8 +225,8 @@ def _masked_since(
 
 def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParameters) -> Grading:
     """Grade CRS at `at` (ASTCT 2019) and the highest grade reached since the exposure."""
-    lookback_start = max(at - params.lookback, exposure.at)
-    temps = _in(facts.of("temperature"), exposure.at, at)
+    lookback_start = max(at - params.lookback, exposure.episode_start)
+    temps = _in(facts.of("temperature"), exposure.episode_start, at)
     fevers = [m for m in temps if m.value >= params.fever_min_celsius]
     fever_times = [m.at for m in fevers]
     first_fever = fever_times[0] if fever_times else None

@@ -14,7 +14,7 @@ from cds.engine.grading import Grading, grade
 from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.patient import age_in_years
 from cds.fhir.reading import ResourceCollector
-from cds.protocol import HookRequest, PatientContext
+from cds.protocol import HookRequest, PatientContext, parse_context
 from cds.runtime import Runtime
 from cds.services.base import PATIENT_DATA_REQUIRED, ServiceDefinition, patient_data_prefetch
 from cds.tocilizumab_order import dose_text, new_order
@@ -39,7 +39,9 @@ def evaluate(
     normalised = Normaliser(runtime.knowledge, patient_id, runtime.settings.assume_tz).normalise(
         collected
     )
-    exposure = find_exposure(normalised.facts, runtime.rules.windows, at)
+    exposure = find_exposure(
+        normalised.facts, runtime.rules.windows, at, runtime.rules.continuation
+    )
     grading = (
         grade(normalised.facts, exposure, at, runtime.rules.grading)
         if exposure is not None
@@ -104,7 +106,7 @@ def tocilizumab_advice(
         else f"grade 1 with fever for more than {tz.grade1_persistent_fever_hours:g} h"
     )
     weight = latest_weight(facts, at)
-    history = dose_history(facts, at, exposure.at, rules)
+    history = dose_history(facts, at, exposure.episode_start, rules)
     ext: dict[str, Any] = {
         "indicated": True,
         "dosesTotal": history.doses_total,
@@ -199,7 +201,7 @@ def monitor_response(
 async def handle(
     runtime: Runtime, request: HookRequest, collected: ResourceCollector, at: datetime
 ) -> dict[str, Any]:
-    context = PatientContext.model_validate(request.context)
+    context = parse_context(PatientContext, request.context)
     return monitor_response(runtime, collected, context.patientId, at, context.encounterId)
 
 

@@ -4,6 +4,7 @@ dose counts, and whether CRS criteria are met now."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -17,7 +18,7 @@ from cds.engine.facts import Measurement
 from cds.fhir import models
 from cds.fhir.normalise import MG_PER_KG_UNITS, MG_UNITS, Normaliser
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
-from cds.protocol import HookRequest, OrderContext
+from cds.protocol import HookRequest, OrderContext, parse_context
 from cds.runtime import Runtime
 from cds.services import crs_monitor
 from cds.services.base import PATIENT_DATA_REQUIRED, ServiceDefinition, patient_data_prefetch
@@ -74,15 +75,41 @@ class DraftOrder:
     order: models.MedicationRequest
 
 
+def _medication_index(*collections: ResourceCollector) -> dict[str, models.Medication]:
+    """Medication resources by `Medication/id` and fullUrl, for medicationReference."""
+    index: dict[str, models.Medication] = {}
+    for collection in collections:
+        for raw in collection.of_type("Medication"):
+            try:
+                med = models.Medication.model_validate(raw.data)
+            except ValidationError:
+                continue  # reported where the collection is normalised
+            index[raw.reference] = med
+            if raw.full_url:
+                index[raw.full_url] = med
+    return index
+
+
+def _mentions_tocilizumab(runtime: Runtime, data: dict[str, Any]) -> bool:
+    """Whether an unreadable order names tocilizumab anywhere (code or name)."""
+    text = json.dumps(data).lower()
+    toci = runtime.knowledge.medications["tocilizumab"]
+    return any(name.lower() in text for name in [toci.display, *toci.names]) or any(
+        f'"{code.code}"' in text for code in toci.codes
+    )
+
+
 def _draft_orders(
-    runtime: Runtime, context: OrderContext, normaliser: Normaliser
+    runtime: Runtime, context: OrderContext, normaliser: Normaliser, collected: ResourceCollector
 ) -> tuple[list[DraftOrder], list[Issue], list[Issue]]:
-    """Tocilizumab orders to check, issues with draftOrders, and unreadable tocilizumab orders."""
+    """Tocilizumab orders to check, issues with draftOrders, and orders not checked
+    (unreadable, or whose medication cannot be identified) that may be tocilizumab."""
     collector = ResourceCollector()
     collector.add(context.draftOrders, "context.draftOrders")
+    medications = _medication_index(collector, collected)
     selected = set(context.selections or [])
     orders: list[DraftOrder] = []
-    unreadable: list[Issue] = []
+    unchecked: list[Issue] = []
     issues = list(collector.issues)
     for raw in collector.of_type("MedicationRequest"):
         if selected and raw.reference not in selected:
@@ -92,15 +119,23 @@ def _draft_orders(
         except ValidationError as exc:
             found = validation_issues(raw.location, exc)
             issues.extend(found)
-            if runtime.knowledge.medication_names.match(str(raw.data)) == "tocilizumab":
-                unreadable.extend(found)
+            if _mentions_tocilizumab(runtime, raw.data):
+                unchecked.extend(found)
             continue
         match = normaliser.medication(
-            order.medicationCodeableConcept, order.medicationReference, order.contained, {}
+            order.medicationCodeableConcept, order.medicationReference, order.contained, medications
         )
-        if match is not None and match.medication_class == "tocilizumab":
+        if match is None and order.medicationReference is not None:
+            issue = Issue(
+                f"{raw.location}.medicationReference",
+                "the referenced Medication is not in draftOrders or the prefetch and has no "
+                "display text: the order could not be identified and was not checked",
+            )
+            issues.append(issue)
+            unchecked.append(issue)
+        elif match is not None and match.medication_class == "tocilizumab":
             orders.append(DraftOrder(raw, order))
-    return orders, issues, unreadable
+    return orders, issues, unchecked
 
 
 def check_order(
@@ -125,25 +160,36 @@ def check_order(
     problems = list(dict.fromkeys(problems))
 
     suggestions: list[dict[str, Any]] = []
+    notes: list[str] = []
     dose_wrong = {dosing.DOSE_ABOVE_CAP, dosing.DOSE_NOT_WEIGHT_BASED} & set(problems)
     if dose is not None and weight is not None and dose_wrong:
-        suggestions.append(
-            {
-                "label": f"Correct the dose to {cards.fmt_mg(dose.mg)} mg",
-                "uuid": _uuid(),
-                "isRecommended": True,
-                "actions": [
-                    {
-                        "type": "update",
-                        "description": (
-                            f"Set tocilizumab to {cards.fmt_mg(dose.mg)} mg IV over "
-                            f"{rules.infusion_minutes} minutes"
-                        ),
-                        "resource": corrected_order(draft.raw.data, dose, rules, weight),
-                    }
-                ],
-            }
-        )
+        try:
+            fixed = corrected_order(draft.raw.data, dose, rules, weight)
+        except ValueError as exc:  # the draft itself is not valid FHIR R4
+            fixed = None
+            notes.append(
+                "No corrected order offered: the draft order is not valid FHIR R4 "
+                f"({_first_error(exc)}); correct the dose by hand."
+            )
+        if fixed is not None:
+            suggestions.append(
+                {
+                    "label": f"Correct the dose to {cards.fmt_mg(dose.mg)} mg",
+                    "uuid": _uuid(),
+                    # a corrected dose is still not to be given while timing forbids a dose
+                    "isRecommended": not history.problems,
+                    "actions": [
+                        {
+                            "type": "update",
+                            "description": (
+                                f"Set tocilizumab to {cards.fmt_mg(dose.mg)} mg IV over "
+                                f"{rules.infusion_minutes} minutes"
+                            ),
+                            "resource": fixed,
+                        }
+                    ],
+                }
+            )
     check = {
         "order": draft.raw.reference,
         "problems": problems,
@@ -171,7 +217,15 @@ def check_order(
         suggestions,
         OVERRIDE_REASONS,
         indicator=_indicator(problems),
+        notes=notes,
     )
+
+
+def _first_error(exc: ValueError) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors(include_url=False, include_input=False)[0]
+        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(exc).splitlines()[0]
 
 
 def _indicator(problems: list[str]) -> str:
@@ -191,11 +245,11 @@ def order_check_response(
 ) -> dict[str, Any]:
     """Cards for every (selected) tocilizumab draft order."""
     normaliser = Normaliser(runtime.knowledge, context.patientId, runtime.settings.assume_tz)
-    orders, order_issues, unreadable = _draft_orders(runtime, context, normaliser)
+    orders, order_issues, unreadable = _draft_orders(runtime, context, normaliser, collected)
     evaluation = crs_monitor.evaluate(runtime, collected, context.patientId, at)
     facts = evaluation.normalised.facts
     weight = latest_weight(facts, at)
-    episode = evaluation.exposure.at if evaluation.exposure else None
+    episode = evaluation.exposure.episode_start if evaluation.exposure else None
     history = dose_history(facts, at, episode, runtime.rules.dosing)
     crs_met = evaluation.grading is not None and evaluation.grading.grade >= 1
     response_cards = [check_order(runtime, o, weight, history, crs_met) for o in orders]
@@ -211,7 +265,7 @@ def order_check_response(
 async def handle(
     runtime: Runtime, request: HookRequest, collected: ResourceCollector, at: datetime
 ) -> dict[str, Any]:
-    context = OrderContext.model_validate(request.context)
+    context = parse_context(OrderContext, request.context)
     if request.hook == "order-sign":
         context = context.model_copy(update={"selections": None})
     return order_check_response(runtime, context, collected, at)

@@ -67,6 +67,7 @@ EXPOSURE = Exposure(
     INFUSION + timedelta(days=20),
     "MA/x",
     1,
+    INFUSION,
 )
 
 CASES = [
