@@ -94,6 +94,7 @@ class OxygenRule(_Strict):
 
 class Spo2WarningRule(_Strict):
     below_percent: float = Field(gt=50, le=100)
+    room_air_fio2_percent: float = Field(ge=20, le=22)
     citation: str
     url: str | None = None
 

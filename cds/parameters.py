@@ -89,6 +89,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         masking_classes=frozenset(a.fever_masking.masking_classes),
         lookback=timedelta(hours=lookback),
         spo2_warning_below=spo2,
+        room_air_fio2_percent=a.spo2_warning.room_air_fio2_percent,
     )
     t = knowledge.tocilizumab
     dosing = DosingRules(

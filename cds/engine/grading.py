@@ -34,6 +34,7 @@ class GradingParameters:
     masking_classes: frozenset[str]
     lookback: timedelta
     spo2_warning_below: float
+    room_air_fio2_percent: float
 
     def hypotension_definition(self) -> str:
         """The definition used, as shown on the card."""
@@ -77,18 +78,21 @@ class Grading:
     fever_masked_since: datetime | None
     first_fever_at: datetime | None
     latest_fever_at: datetime | None
+    fever_episode_start: datetime | None  # first fever of the current unbroken febrile run
     evidence: list[Evidence] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     drivers: list[str] = field(default_factory=list)  # what set a grade >= 2
 
     @property
     def fever_duration(self) -> timedelta | None:
-        """From the first fever since exposure to the latest one, if the latest is current."""
-        if self.first_fever_at is None or self.latest_fever_at is None:
+        """How long the current fever has lasted: from the first fever of the unbroken
+        febrile run (no gap longer than the look-back between fevers) to the latest one,
+        if the latest is within the look-back."""
+        if self.fever_episode_start is None or self.latest_fever_at is None:
             return None
         if not self.fever_in_window:
             return None
-        return self.latest_fever_at - self.first_fever_at
+        return self.latest_fever_at - self.fever_episode_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,7 +222,8 @@ def _masked_since(
     for a in facts.administrations:  # sorted by start
         if a.start > at:
             break
-        if a.medication_class in params.masking_classes and a.start > first_fever:
+        # given at the same charted time as the fever counts: charting order is arbitrary
+        if a.medication_class in params.masking_classes and a.start >= first_fever:
             return a.start, a
     return None, None
 
@@ -272,6 +277,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         fever_masked_since=masked_since,
         first_fever_at=first_fever,
         latest_fever_at=fever_times[-1] if fever_times else None,
+        fever_episode_start=_febrile_run_start(fever_times, params.lookback),
         evidence=evidence,
         warnings=warnings,
         drivers=drivers if current >= 2 else [],
@@ -348,12 +354,29 @@ def _evidence(
     return items
 
 
+def _febrile_run_start(fever_times: list[datetime], gap: timedelta) -> datetime | None:
+    """The first fever of the latest run of fevers each within `gap` of the previous."""
+    if not fever_times:
+        return None
+    start = fever_times[-1]
+    for earlier in reversed(fever_times[:-1]):
+        if start - earlier > gap:
+            break
+        start = earlier
+    return start
+
+
 def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParameters) -> list[str]:
     """Findings that cannot change the grade but a clinician must see."""
     warnings: list[str] = []
     low = [m for m in _in(facts.of("spo2"), start, at) if m.value < params.spo2_warning_below]
-    has_support = any(start <= o.at <= at for o in facts.oxygen) or any(
-        m.value > 0 for m in _in(facts.of("oxygen_flow"), start, at)
+    has_support = (
+        any(start <= o.at <= at for o in facts.oxygen)
+        or any(m.value > 0 for m in _in(facts.of("oxygen_flow"), start, at))
+        or any(
+            m.value > params.room_air_fio2_percent
+            for m in _in(facts.of("inhaled_oxygen_concentration"), start, at)
+        )
     )
     if low and not has_support:
         lowest = min(low, key=lambda m: m.value)

@@ -291,3 +291,35 @@ def test_evidence_names_time_value_unit_and_source(runtime: Runtime) -> None:
     assert (fever.value, fever.unit, fever.at) == ("38.7", "Cel", h(1))
     low = next(e for e in result.evidence if e.finding == "hypotension")
     assert (low.value, low.at, low.source) == ("88", h(2), "Observation/s0")
+
+
+def test_masking_drug_charted_at_the_same_time_as_the_fever(runtime: Runtime) -> None:
+    case = Case(
+        "acetaminophen charted with the fever",
+        temps=[(30, 39.0), (1, 37.0)],
+        meds=[("acetaminophen", "antipyretic", 30)],
+        sbp=[(1, 80)],
+    )
+    assert grade(facts_of(case), EXPOSURE, AT, runtime.rules.grading).grade == 2
+
+
+def test_fever_duration_is_the_unbroken_febrile_run(runtime: Runtime) -> None:
+    broken = Case("fever 100 h ago, afebrile since, fever now", temps=[(60, 38.3), (1, 38.1)])
+    result = grade(facts_of(broken), EXPOSURE, AT, runtime.rules.grading)
+    assert result.fever_duration == timedelta(0)
+    run = Case("fever every 20 h for 60 h", temps=[(61, 38.3), (41, 38.4), (21, 38.2), (1, 38.1)])
+    result = grade(facts_of(run), EXPOSURE, AT, runtime.rules.grading)
+    assert result.fever_duration == timedelta(hours=60)
+
+
+def test_fio2_above_room_air_documents_support(runtime: Runtime) -> None:
+    case = Case("SpO2 88 on FiO2 60", temps=[(1, 38.3)], spo2=[(1, 88)])
+    facts = facts_of(case)
+    fio2 = Measurement("inhaled_oxygen_concentration", 60, "%", h(1), "Observation/fio2")
+    facts = Facts.build(
+        [*facts.measurements, fio2], list(facts.oxygen), list(facts.administrations)
+    )
+    assert grade(facts, EXPOSURE, AT, runtime.rules.grading).warnings == []
+    room_air = Measurement("inhaled_oxygen_concentration", 21, "%", h(1), "Observation/ra")
+    facts = Facts.build([*facts_of(case).measurements, room_air], [], [])
+    assert grade(facts, EXPOSURE, AT, runtime.rules.grading).warnings
