@@ -366,6 +366,10 @@ class Knowledge:
         """(system, code) of every mapped observation and panel, for searches by code."""
         return sorted(self.observation_by_code) + sorted(self.panel_codes)
 
+    def codes_of(self, concept: str) -> list[tuple[str, str]]:
+        """(system, code) of one observation concept, e.g. every body-weight code."""
+        return sorted(key for key, c in self.observation_by_code.items() if c == concept)
+
     def device_codes(self) -> list[tuple[str, str]]:
         """(system, code) of every oxygen device, for searches by coded value."""
         return sorted(self.device_by_code)

@@ -143,6 +143,7 @@ class FhirQuery:
     params: tuple[tuple[str, str], ...] = ()
     search: bool = True
     expect: str | None = None  # the resourceType a read must return
+    first_page_only: bool = False  # e.g. `_sort=-date&_count=1`: the latest one is enough
 
     @classmethod
     def read(cls, label: str, resource_type: str, resource_id: str) -> FhirQuery:
@@ -222,6 +223,8 @@ class FhirReader:
             if not isinstance(page_entries, list):
                 raise FhirQueryFailed(query.label, "Bundle.entry is not an array")
             entries.extend(page_entries)
+            if query.first_page_only:
+                break
             url, params = self._next(query.label, bundle), None
         self.pages[query.label] = pages
         return entries

@@ -209,12 +209,20 @@ def _observation_searches(
     codes = ",".join(
         dict.fromkeys([*observation_code_param(runtime.knowledge).split(","), *PANEL_CODES])
     )
+    weights = ",".join(f"{s}|{c}" for s, c in runtime.knowledge.codes_of("body_weight"))
     searches = [
         FhirQuery(
             f"Observation search for prefetch '{key}'",
             "Observation",
             (("patient", pid), ("code", codes), ("date", f"ge{since}"), ("_count", count)),
-        )
+        ),
+        # the dose needs the latest weight, however old (it may predate the risk window)
+        FhirQuery(
+            f"latest body weight for prefetch '{key}'",
+            "Observation",
+            (("patient", pid), ("code", weights), ("_sort", "-date"), ("_count", "1")),
+            first_page_only=True,
+        ),
     ]
     if not any("value-concept=" in t for k, t in service.prefetch.items() if k != key):
         devices = ",".join(f"{s}|{c}" for s, c in sorted(runtime.knowledge.device_by_code))

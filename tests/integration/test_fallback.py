@@ -393,3 +393,35 @@ def test_template_tokens() -> None:
         "Observation",
         [("code", "a|b,c|d"), ("date", "ge2026-01-01T00:00:00+01:00")],
     )
+
+
+def test_an_old_weight_is_still_found_for_the_dose(
+    runtime: Runtime, fhir_base_url: str, anchor: datetime
+) -> None:
+    """The latest weight may predate every risk window: it is fetched however old it is."""
+    from datetime import timedelta
+
+    from cds import fhirbuild as fb
+
+    pid = "old-weight-patient"
+    resources = [
+        fb.patient(pid),
+        fb.weight(pid, anchor - timedelta(days=400), 72.5),
+        fb.administration(pid, anchor - timedelta(days=3), text="Yescarta", aid=f"{pid}-axi"),
+        fb.temperature(pid, anchor - timedelta(hours=2), 38.9, oid=f"{pid}-t"),
+        fb.systolic(pid, anchor - timedelta(hours=1), 84),
+    ]
+    loaded = httpx.post(
+        fhir_base_url,
+        json=fb.transaction(resources),
+        headers={"Content-Type": "application/fhir+json"},
+        timeout=30,
+    )
+    assert loaded.status_code == 200, loaded.text[:500]
+    response = post_hook(
+        allowing(runtime, fhir_base_url), "crs-monitor", hook_body(pid, fhir_base_url)
+    )
+    (card,) = response.json()["cards"]
+    assert card["extension"]["crs"]["tocilizumab"]["weightKg"] == 72.5
+    dose = card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]
+    assert dose["doseAndRate"][0]["doseQuantity"]["value"] == 580
