@@ -87,6 +87,17 @@ class Results:
         value: float = getattr(by_size[largest], stat) / getattr(by_size[ref], stat)
         return ref, largest, value
 
+    def own_scaling(self, variant: str, stat: str) -> float | None:
+        """Scaling of the time a variant adds to the floor (its own work, without the
+        HTTP and JSON parsing every server pays): (v - floor)(largest) / (v - floor)(ref)."""
+        ref, largest = self.reference_size(), max(self.options.sizes)
+        by_size, floor = self.latency.get(variant, {}), self.latency.get("floor", {})
+        if ref == largest or not all(s in d for s in (ref, largest) for d in (by_size, floor)):
+            return None
+        own_ref = getattr(by_size[ref], stat) - getattr(floor[ref], stat)
+        own_largest = getattr(by_size[largest], stat) - getattr(floor[largest], stat)
+        return None if own_ref <= 0 else float(own_largest / own_ref)
+
     def rss_growth_mib(self) -> float | None:
         if len(self.rss_samples_mib) < 2:
             return None
@@ -158,6 +169,18 @@ class Results:
             ratios[f"{service} latency({largest})/latency({ref_size})"] = {
                 "p50": _round(p50),
                 "p99": _round(self.scaling(service, "p99_ms")[2]),
+            }
+        # Context for the scaling target: what the floor itself does (JSON parsing grows
+        # faster than the payload on small caches), and the service's own share.
+        ref_size, largest, floor_p50 = self.scaling("floor", "p50_ms")
+        ratios[f"floor latency({largest})/latency({ref_size})"] = {
+            "p50": _round(floor_p50),
+            "p99": _round(self.scaling("floor", "p99_ms")[2]),
+        }
+        for service in self.services():
+            ratios[f"{service} minus floor, {largest}/{ref_size}"] = {
+                "p50": _round(self.own_scaling(service, "p50_ms")),
+                "p99": _round(self.own_scaling(service, "p99_ms")),
             }
         ratios[f"naive/{MONITOR}"] = {
             str(size): {

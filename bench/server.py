@@ -58,6 +58,10 @@ class Server:
             "--log-level",
             "warning",
             "--no-access-log",
+            # A client may wait long between its requests on a loaded machine (10k-resource
+            # rounds of the other variants): uvicorn's 5 s default would close it mid-run.
+            "--timeout-keep-alive",
+            "600",
         ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.process = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -62,6 +63,12 @@ def cds_response(response: dict[str, Any]) -> dict[str, Any]:
 
 @asynccontextmanager
 async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+    # Everything loaded so far (knowledge, models, the framework) lives as long as the
+    # process: move it out of the collector's sight, so that the collections a large
+    # request triggers only walk that request's objects (measured: 10k resources
+    # 263 -> 200 ms in-process; see bench/).
+    gc.collect()
+    gc.freeze()
     yield
     await close_http_clients()  # the FHIR-server connection pool
 

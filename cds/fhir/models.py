@@ -8,22 +8,25 @@ because their meaning depends on a setting (CRS_ASSUME_TIMEZONE).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
-class _Lean(BaseModel):
+class Lean(BaseModel):
+    """Base of the lean models: undeclared fields are ignored, values are immutable."""
+
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class Coding(_Lean):
+class Coding(Lean):
     system: str | None = None
     code: str | None = None
     display: str | None = None
 
 
-class CodeableConcept(_Lean):
+class CodeableConcept(Lean):
     coding: list[Coding] = Field(default_factory=list)
     text: str | None = None
 
@@ -34,7 +37,7 @@ class CodeableConcept(_Lean):
         return names
 
 
-class Quantity(_Lean):
+class Quantity(Lean):
     value: float | None = None
     unit: str | None = None
     system: str | None = None
@@ -45,12 +48,12 @@ class Quantity(_Lean):
         return self.code or self.unit
 
 
-class Reference(_Lean):
+class Reference(Lean):
     reference: str | None = None
     display: str | None = None
 
 
-class Period(_Lean):
+class Period(Lean):
     start: str | None = None
     end: str | None = None
 
@@ -67,13 +70,13 @@ ObservationStatus = Literal[
 ]
 
 
-class ObservationComponent(_Lean):
+class ObservationComponent(Lean):
     code: CodeableConcept
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
 
 
-class Observation(_Lean):
+class Observation(Lean):
     resourceType: Literal["Observation"]
     id: str | None = None
     status: ObservationStatus
@@ -98,12 +101,12 @@ MedicationAdministrationStatus = Literal[
 ]
 
 
-class Dosage(_Lean):
+class Dosage(Lean):
     dose: Quantity | None = None
     text: str | None = None
 
 
-class MedicationAdministration(_Lean):
+class MedicationAdministration(Lean):
     resourceType: Literal["MedicationAdministration"]
     id: str | None = None
     status: MedicationAdministrationStatus
@@ -116,22 +119,22 @@ class MedicationAdministration(_Lean):
     contained: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class Medication(_Lean):
+class Medication(Lean):
     resourceType: Literal["Medication"]
     id: str | None = None
     code: CodeableConcept | None = None
 
 
-class DoseAndRate(_Lean):
+class DoseAndRate(Lean):
     doseQuantity: Quantity | None = None
 
 
-class DosageInstruction(_Lean):
+class DosageInstruction(Lean):
     text: str | None = None
     doseAndRate: list[DoseAndRate] = Field(default_factory=list)
 
 
-class MedicationRequest(_Lean):
+class MedicationRequest(Lean):
     """A (draft) order. Lenient: the CDS Hooks Sandbox omits `intent`, so it is optional."""
 
     resourceType: Literal["MedicationRequest"]
@@ -145,6 +148,165 @@ class MedicationRequest(_Lean):
     contained: list[dict[str, Any]] = Field(default_factory=list)
 
 
-class Patient(_Lean):
+class Patient(Lean):
     resourceType: Literal["Patient"]
     id: str | None = None
+
+
+# --- the fast path -------------------------------------------------------------------
+#
+# Validating a model per resource is most of a request's cost (a 1,000-resource chart
+# is ~1,000 validations). The checks below let a resource skip validation when they can
+# vouch that the model above would accept it and read exactly the same values: every
+# declared field is absent, null or of the exact JSON type the model reads without
+# conversion. They only ever say "plain" or "not sure": anything unexpected (another
+# type, an unknown status, a missing required field, a huge integer) is "not sure", and
+# the caller validates with the model, which stays the definition of validity and the
+# explainer of what is wrong. tests/test_fast_reading.py checks both paths agree.
+
+_ABSENT: Any = object()
+# Integers up to 2**53 are floats exactly, so reading one with float() is what the
+# model does; larger ones are left to the model.
+_EXACT_INT = 2**53
+
+OBSERVATION_STATUSES: frozenset[str] = frozenset(get_args(ObservationStatus))
+MEDICATION_ADMINISTRATION_STATUSES: frozenset[str] = frozenset(
+    get_args(MedicationAdministrationStatus)
+)
+
+
+# `type(value) in TEXT` is a `str | None` field the model reads unchanged (exact types:
+# a str subclass, bytes or a bool is left to the model).
+TEXT = frozenset({str, type(None)})
+
+
+def _number(value: Any) -> bool:
+    """A `float | None` field: a float, or an integer the model turns into the same float."""
+    kind = type(value)
+    return value is None or kind is float or (kind is int and -_EXACT_INT <= value <= _EXACT_INT)
+
+
+def _list_of(data: dict[str, Any], key: str, item: Callable[[Any], bool]) -> bool:
+    """A list field with a default: absent, or a list whose every item passes `item`."""
+    value = data.get(key, _ABSENT)
+    if value is _ABSENT:
+        return True
+    return type(value) is list and all(map(item, value))
+
+
+def plain_coding(data: Any) -> bool:
+    """`Coding`."""
+    return (
+        type(data) is dict
+        and type(data.get("system")) in TEXT
+        and type(data.get("code")) in TEXT
+        and type(data.get("display")) in TEXT
+    )
+
+
+def plain_concept(data: Any) -> bool:
+    """`CodeableConcept` (required where used)."""
+    return (
+        type(data) is dict
+        and type(data.get("text")) in TEXT
+        and _list_of(data, "coding", plain_coding)
+    )
+
+
+def _optional_concept(data: Any) -> bool:
+    return data is None or plain_concept(data)
+
+
+def _optional_quantity(data: Any) -> bool:
+    """`Quantity | None`."""
+    return data is None or (
+        type(data) is dict
+        and _number(data.get("value"))
+        and type(data.get("unit")) in TEXT
+        and type(data.get("system")) in TEXT
+        and type(data.get("code")) in TEXT
+    )
+
+
+def _optional_reference(data: Any) -> bool:
+    """`Reference | None`."""
+    return data is None or (
+        type(data) is dict
+        and type(data.get("reference")) in TEXT
+        and type(data.get("display")) in TEXT
+    )
+
+
+def _optional_period(data: Any) -> bool:
+    """`Period | None`."""
+    return data is None or (
+        type(data) is dict and type(data.get("start")) in TEXT and type(data.get("end")) in TEXT
+    )
+
+
+def _component(data: Any) -> bool:
+    """`ObservationComponent`."""
+    return (
+        type(data) is dict
+        and plain_concept(data.get("code"))
+        and _optional_quantity(data.get("valueQuantity"))
+        and _optional_concept(data.get("valueCodeableConcept"))
+    )
+
+
+def _json_object(data: Any) -> bool:
+    """`dict[str, Any]`."""
+    return type(data) is dict and all(type(key) is str for key in data)
+
+
+def plain_observation(data: dict[str, Any]) -> bool:
+    """True when `Observation` would accept `data` and read the same values from it."""
+    status = data.get("status")
+    return (
+        data.get("resourceType") == "Observation"
+        and type(status) is str
+        and status in OBSERVATION_STATUSES
+        and type(data.get("id")) in TEXT
+        and plain_concept(data.get("code"))
+        and _optional_reference(data.get("subject"))
+        and type(data.get("effectiveDateTime")) in TEXT
+        and type(data.get("effectiveInstant")) in TEXT
+        and _optional_period(data.get("effectivePeriod"))
+        and _optional_quantity(data.get("valueQuantity"))
+        and _optional_concept(data.get("valueCodeableConcept"))
+        and _list_of(data, "component", _component)
+    )
+
+
+def plain_medication_administration(data: dict[str, Any]) -> bool:
+    """True when `MedicationAdministration` would accept `data` and read the same values."""
+    status, dosage = data.get("status"), data.get("dosage")
+    return (
+        data.get("resourceType") == "MedicationAdministration"
+        and type(status) is str
+        and status in MEDICATION_ADMINISTRATION_STATUSES
+        and type(data.get("id")) in TEXT
+        and _optional_concept(data.get("medicationCodeableConcept"))
+        and _optional_reference(data.get("medicationReference"))
+        and _optional_reference(data.get("subject"))
+        and type(data.get("effectiveDateTime")) in TEXT
+        and _optional_period(data.get("effectivePeriod"))
+        and (
+            dosage is None
+            or (
+                type(dosage) is dict
+                and _optional_quantity(dosage.get("dose"))
+                and type(dosage.get("text")) in TEXT
+            )
+        )
+        and _list_of(data, "contained", _json_object)
+    )
+
+
+def plain_medication(data: dict[str, Any]) -> bool:
+    """True when `Medication` would accept `data` and read the same values from it."""
+    return (
+        data.get("resourceType") == "Medication"
+        and type(data.get("id")) in TEXT
+        and _optional_concept(data.get("code"))
+    )

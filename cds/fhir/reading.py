@@ -94,9 +94,11 @@ class ResourceCollector:
             self.issues.append(Issue(f"{location}.entry", "Bundle.entry must be an array"))
             return
         for i, entry in enumerate(entries):
-            where = f"{location}.entry[{i}]"
+            # Locations are written out only where needed: a chart has thousands of entries.
             if not isinstance(entry, dict):
-                self.issues.append(Issue(where, f"expected a Bundle entry, got {_kind(entry)}"))
+                self.issues.append(
+                    Issue(f"{location}.entry[{i}]", f"expected a Bundle entry, got {_kind(entry)}")
+                )
                 continue
             search = entry.get("search")
             if isinstance(search, dict) and search.get("mode") == "outcome":
@@ -104,10 +106,16 @@ class ResourceCollector:
             resource = entry.get("resource")
             if resource is None:
                 if "request" not in entry and "response" not in entry:
-                    self.issues.append(Issue(where, "Bundle entry has no resource"))
+                    self.issues.append(
+                        Issue(f"{location}.entry[{i}]", "Bundle entry has no resource")
+                    )
                 continue
             full_url = entry.get("fullUrl")
-            self.add(resource, f"{where}.resource", full_url if isinstance(full_url, str) else None)
+            self.add(
+                resource,
+                f"{location}.entry[{i}].resource",
+                full_url if isinstance(full_url, str) else None,
+            )
 
     def of_type(self, *types: str) -> Iterable[RawResource]:
         """The collected resources of the given types, in the order found."""
