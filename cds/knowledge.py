@@ -73,8 +73,20 @@ class HypotensionRule(_Strict):
     adult_citation: str
 
 
+class RouteCode(_Strict):
+    system: str
+    code: str
+    display: str
+
+
+class Routes(_Strict):
+    codes: list[RouteCode]
+    names: list[str]
+
+
 class VasopressorRule(_Strict):
     not_counted_toward_multiple: list[str]
+    non_intravenous_routes: Routes
     citation: str
 
 
@@ -231,6 +243,7 @@ class MedicationConcept(_Strict):
     medication_class: MedicationClass = Field(alias="class")
     display: str
     names: list[str]
+    exclude_names: list[str] = Field(default_factory=list)
     codes: list[MedicationCode]
 
 
@@ -253,18 +266,27 @@ class UnitConversion(_Strict):
     citation: str
 
 
+class Plausible(_Strict):
+    min: float
+    max: float
+    citation: str
+
+
 class ObservationConcept(_Strict):
     concept: str
     display: str
     canonical_unit: str
     codes: list[ObservationCode]
     names: list[str]
+    exclude_names: list[str] = Field(default_factory=list)
+    plausible: Plausible | None = None
     units: list[UnitConversion] = Field(min_length=1)
 
 
 class ObservationsFile(_Strict):
     version: str
     systems: dict[str, str]
+    standard_systems: list[str] = Field(default_factory=list)
     citations: dict[str, str]
     panels: list[ObservationCode] = Field(default_factory=list)
     observations: list[ObservationConcept]
@@ -356,6 +378,17 @@ class Knowledge:
     device_by_code: dict[tuple[str, str], str] = field(repr=False)
     device_names: NameIndex = field(repr=False)
     panel_codes: tuple[tuple[str, str], ...] = ()
+    standard_systems: frozenset[str] = frozenset()
+    exclusions: dict[str, NameIndex] = field(default_factory=dict, repr=False)
+    plausible: dict[str, Plausible] = field(default_factory=dict, repr=False)
+    non_iv_route_codes: frozenset[tuple[str, str]] = frozenset()
+    non_iv_route_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
+
+    def excluded(self, concept: str, text: str) -> bool:
+        """Whether `text` names another measurement or product than `concept` (e.g.
+        "Body weight change", "Lidocaine with epinephrine")."""
+        index = self.exclusions.get(concept)
+        return index is not None and index.match(text) is not None
 
     @property
     def version(self) -> str:
@@ -515,6 +548,19 @@ def load_knowledge(
         for name in dev.names:
             dev_names[name.lower()] = dev.concept
 
+    exclusions: dict[str, NameIndex] = {}
+    for obs_concept in observations.observations:
+        if obs_concept.exclude_names:
+            exclusions[obs_concept.concept] = NameIndex(
+                dict.fromkeys(obs_concept.exclude_names, obs_concept.concept)
+            )
+    for med_concept in medications.medications:
+        if med_concept.exclude_names:
+            exclusions[med_concept.concept] = NameIndex(
+                dict.fromkeys(med_concept.exclude_names, med_concept.concept)
+            )
+    routes = astct.vasopressors.non_intravenous_routes
+
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(files[name].read_bytes())
@@ -537,4 +583,12 @@ def load_knowledge(
         device_by_code=dev_by_code,
         device_names=NameIndex(dev_names),
         panel_codes=panel_codes,
+        standard_systems=frozenset(
+            _resolve_system(files["observations"], observations.systems, a)
+            for a in observations.standard_systems
+        ),
+        exclusions=exclusions,
+        plausible={o.concept: o.plausible for o in observations.observations if o.plausible},
+        non_iv_route_codes=frozenset((c.system, c.code) for c in routes.codes),
+        non_iv_route_names=NameIndex(dict.fromkeys(routes.names, "not-intravenous")),
     )

@@ -236,3 +236,94 @@ def test_oxygen_device_by_text_only(runtime: Runtime) -> None:
     obs = b.oxygen_device(P, T, "x", "HFNC 40 L")
     obs["valueCodeableConcept"] = {"text": "HFNC 40 L"}
     assert read(runtime, obs).facts.oxygen[0].support == "high-flow"
+
+
+# --- found in review: names that mean something else, implausible values, routes -------
+
+
+def test_unmapped_loinc_code_is_not_matched_by_its_text(runtime: Runtime) -> None:
+    change = b.observation(P, T, "8350-1", "Body weight change", 2, "kg")
+    pa = b.observation(P, T, "8440-0", "Pulmonary artery systolic pressure", 30, "mm[Hg]")
+    n = read(runtime, change, pa)
+    assert n.facts.measurements == () and n.issues == []
+
+
+@pytest.mark.parametrize(
+    ("text", "value", "unit"),
+    [
+        ("Weight change", 2, "kg"),
+        ("Ideal body weight", 55, "kg"),
+        ("Room temperature", 38.2, "Cel"),
+        ("Dialysate temperature", 38.2, "Cel"),
+        ("PA systolic", 30, "mm[Hg]"),
+    ],
+)
+def test_local_text_naming_another_measurement_is_ignored(
+    runtime: Runtime, text: str, value: float, unit: str
+) -> None:
+    assert read(runtime, b.observation(P, T, None, text, value, unit)).facts.measurements == ()
+
+
+@pytest.mark.parametrize(
+    ("obs", "where"),
+    [
+        (b.weight(P, T, 0.08, "g"), "body_weight"),
+        (b.temperature(P, T, 380.0), "temperature"),
+        (b.weight(P, T, 8000, "kg"), "body_weight"),
+    ],
+)
+def test_implausible_values_are_reported_not_used(
+    runtime: Runtime, obs: dict[str, Any], where: str
+) -> None:
+    n = read(runtime, obs)
+    assert n.facts.measurements == ()
+    assert n.issues[0].location == "prefetch.k0.valueQuantity.value"
+    assert f"not a plausible {where}" in n.issues[0].problem
+
+
+def test_core_and_tympanic_temperatures_are_mapped(runtime: Runtime) -> None:
+    core = b.observation(P, T, "8329-5", "Body temperature - Core", 38.4, "Cel")
+    tympanic = b.observation(P, T, "8333-7", "Tympanic membrane temperature", 38.1, "Cel")
+    assert values(read(runtime, core, tympanic), "temperature") == [38.4, 38.1]
+
+
+def test_in_progress_vasopressor_charted_as_a_moment_is_running(runtime: Runtime) -> None:
+    ma = b.administration(P, T, rxnorm="7512", text="norepinephrine", status="in-progress")
+    assert read(runtime, ma).facts.administrations[0].end is None
+    done = b.administration(P, T, rxnorm="7512", text="norepinephrine", status="completed")
+    assert read(runtime, done).facts.administrations[0].end == T
+
+
+@pytest.mark.parametrize(
+    ("route", "counted"),
+    [
+        (None, True),
+        ({"coding": [{"system": "http://snomed.info/sct", "code": "47625008"}]}, True),
+        ({"text": "IV continuous infusion"}, True),
+        ({"text": "something local"}, True),  # unknown route: counted (never under-grade)
+        ({"coding": [{"system": "http://snomed.info/sct", "code": "54485002"}]}, False),
+        ({"text": "Ophthalmic"}, False),
+        ({"text": "intramuscular"}, False),
+    ],
+)
+def test_vasopressor_routes(runtime: Runtime, route: dict[str, Any] | None, counted: bool) -> None:
+    ma = b.administration(P, T, rxnorm="8163", text="phenylephrine")
+    if route is not None:
+        ma["dosage"] = {"route": route}
+    assert bool(read(runtime, ma).facts.administrations) is counted
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Lidocaine 1% with epinephrine 1:100,000", "Phenylephrine 2.5% ophthalmic drops", "EpiPen"],
+)
+def test_non_vasopressor_products_by_name(runtime: Runtime, text: str) -> None:
+    assert read(runtime, b.administration(P, T, text=text)).facts.administrations == ()
+
+
+def test_prefetch_cut_at_its_first_page_is_reported(runtime: Runtime) -> None:
+    bundle = b.searchset([b.temperature(P, T, 37.0)])
+    bundle["link"] = [{"relation": "next", "url": "https://ehr.example/fhir?page=2"}]
+    n = read(runtime, bundle)
+    assert n.issues[0].location == "prefetch.k0.link"
+    assert "further pages" in n.issues[0].problem

@@ -104,6 +104,7 @@ MedicationAdministrationStatus = Literal[
 class Dosage(Lean):
     dose: Quantity | None = None
     text: str | None = None
+    route: CodeableConcept | None = None
 
 
 class MedicationAdministration(Lean):
@@ -297,6 +298,7 @@ def plain_medication_administration(data: dict[str, Any]) -> bool:
                 type(dosage) is dict
                 and _optional_quantity(dosage.get("dose"))
                 and type(dosage.get("text")) in TEXT
+                and _optional_concept(dosage.get("route"))
             )
         )
         and _list_of(data, "contained", _json_object)

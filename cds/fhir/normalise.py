@@ -228,17 +228,28 @@ class Normaliser:
         return meaning
 
     def _observation_concept(self, code: Json) -> str | None:
+        """By a mapped code; else, when no standard code says otherwise, by name."""
         for coding in code.get("coding") or ():
             system, value = coding.get("system"), coding.get("code")
             if system and value:
                 concept = self.k.observation_by_code.get((system, value))
                 if concept is not None:
                     return concept
+        if self._standard_coded(code):
+            return None
         for text in _texts(code):
             concept = self._observation_names.match(text)
-            if concept is not None:
+            if concept is not None and not self.k.excluded(concept, text):
                 return concept
         return None
+
+    def _standard_coded(self, code: Json) -> bool:
+        """True when a LOINC/SNOMED CT code (unmapped, or we would not be here) names it:
+        its text then describes something else ("Body weight change")."""
+        return any(
+            coding.get("system") in self.k.standard_systems and coding.get("code")
+            for coding in code.get("coding") or ()
+        )
 
     def _device(self, code: Json) -> tuple[str, str] | None:
         concept: str | None = None
@@ -248,7 +259,7 @@ class Normaliser:
                 concept = self.k.device_by_code.get((system, value))
                 if concept is not None:
                     break
-        if concept is None:
+        if concept is None and not self._standard_coded(code):
             for text in _texts(code):
                 concept = self._device_names.match(text)
                 if concept is not None:
@@ -295,6 +306,19 @@ class Normaliser:
         original = None
         if rule.factor != 1.0 or rule.offset != 0.0:
             original = f"{value:g} {code or unit_text}"
+        bounds = self.k.plausible.get(concept)
+        if bounds is not None and not bounds.min <= converted <= bounds.max:
+            # a unit or typing error (0.08 g for a weight, 380 for 38.0 °C): never dose
+            # or grade on it, say so
+            shown = f"{converted:g} {canonical}" + (f" ({original})" if original else "")
+            self.issues.append(
+                Issue(
+                    f"{raw.location}{path}.value",
+                    f"{shown} is not a plausible {concept} (data-quality bounds "
+                    f"{bounds.min:g}-{bounds.max:g} {canonical}); not used",
+                )
+            )
+            return None
         return Measurement(concept, converted, canonical, at, source, original)
 
     def _unit_rule(self, concept: str, code: str | None, unit: str | None) -> UnitRule | None:
@@ -397,10 +421,14 @@ class Normaliser:
                         )
                     )
             return None
+        dosage: Json | None = ma.get("dosage")
+        if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
+            return None  # eye drops, nasal spray, local infiltration: not for hypotension
         period: Json | None = ma.get("effectivePeriod")
         if ma.get("effectiveDateTime") is not None:
             start = self._time(ma["effectiveDateTime"], raw, ".effectiveDateTime")
-            end = start
+            # charted as a moment but still in progress: it is running (an infusion)
+            end = None if ma["status"] == "in-progress" else start
         elif period is not None and period.get("start") is not None:
             start = self._time(period["start"], raw, ".effectivePeriod.start")
             end = (
@@ -420,7 +448,6 @@ class Normaliser:
                 Issue(f"{raw.location}.effectivePeriod", "period ends before it starts")
             )
             return None
-        dosage: Json | None = ma.get("dosage")
         dose_mg, dose_mg_per_kg = _dose(dosage.get("dose") if dosage is not None else None)
         return Administration(
             concept=match.concept,
@@ -448,7 +475,19 @@ class Normaliser:
 
     def _by_name(self, text: str) -> MedicationMatch | None:
         concept = self.k.medication_names.match(text)
-        return self._concept(concept) if concept is not None else None
+        if concept is None or self.k.excluded(concept, text):
+            return None
+        return self._concept(concept)
+
+    def _not_intravenous(self, dosage: Json | None) -> bool:
+        """True only when the charted route is recognisably not intravenous."""
+        route: Json | None = dosage.get("route") if dosage is not None else None
+        if not route:
+            return False
+        for coding in route.get("coding") or ():
+            if (coding.get("system"), coding.get("code")) in self.k.non_iv_route_codes:
+                return True
+        return any(self.k.non_iv_route_names.match(text) for text in _texts(route))
 
     def _concept(self, concept: str) -> MedicationMatch:
         med = self.k.medications[concept]

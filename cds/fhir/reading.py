@@ -89,6 +89,18 @@ class ResourceCollector:
             self.resources.append(RawResource(location, value, full_url))
 
     def _add_bundle(self, bundle: dict[str, Any], location: str) -> None:
+        links = bundle.get("link")
+        if isinstance(links, list) and any(
+            isinstance(link, dict) and link.get("relation") == "next" for link in links
+        ):
+            # a prefetch cut at its first page: say so, the grade may rest on part of the data
+            self.issues.append(
+                Issue(
+                    f"{location}.link",
+                    "the Bundle has further pages (link 'next') that were not sent: only "
+                    "this page was read, so findings may be missing",
+                )
+            )
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
             self.issues.append(Issue(f"{location}.entry", "Bundle.entry must be an array"))

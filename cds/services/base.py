@@ -62,10 +62,11 @@ def patient_data_prefetch(knowledge: Knowledge) -> dict[str, str]:
     return {
         "patient": "Patient/{{context.patientId}}",
         "observations": (
-            "Observation?patient={{context.patientId}}&code=" + observation_code_param(knowledge)
+            "Observation?patient={{context.patientId}}&_sort=-date&code="
+            + observation_code_param(knowledge)
         ),
         "oxygenDevices": (
-            "Observation?patient={{context.patientId}}&value-concept="
+            "Observation?patient={{context.patientId}}&_sort=-date&value-concept="
             + device_code_param(knowledge)
         ),
         "medicationAdministrations": (
