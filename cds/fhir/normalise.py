@@ -557,7 +557,8 @@ def _dose(q: Json | None) -> tuple[float | None, float | None]:
             continue
         u = unit.strip().lower()
         if u in MG_UNITS:
-            return round(value * MG_UNITS[u], 6), None
+            mg = value * MG_UNITS[u]
+            return (round(mg, 6) if math.isfinite(mg) else None), None
         if u in MG_PER_KG_UNITS:
             return None, value
     return None, None

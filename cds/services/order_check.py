@@ -5,6 +5,7 @@ dose counts, and whether CRS criteria are met now."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -58,6 +59,10 @@ def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) ->
     unit = (quantity.code or quantity.unit or "").strip()
     written = f"{quantity.value:g} {unit}".strip()
     u = unit.lower()
+    if not math.isfinite(quantity.value) or (
+        u in MG_UNITS and not math.isfinite(quantity.value * MG_UNITS[u])
+    ):
+        return OrderedDose(None, written, "the dose is not a finite number")
     if u in MG_UNITS:
         return OrderedDose(round(quantity.value * MG_UNITS[u], 6), written)
     if u in MG_PER_KG_UNITS:
