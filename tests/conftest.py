@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
+from fastapi.testclient import TestClient
 
+from cds.app import create_app
 from cds.runtime import Runtime
 from cds.settings import Settings
 from tests.fhir_server import fhir_base_url  # noqa: F401  (session fixture)
@@ -16,9 +16,7 @@ def runtime() -> Runtime:
     return Runtime.load(Settings(_env_file=None))  # type: ignore[call-arg]
 
 
-@pytest.fixture()
-def env_clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in list(__import__("os").environ):
-        if name.startswith("CRS_") and name != "CRS_TEST_FHIR_BASE_URL":
-            monkeypatch.delenv(name)
-    yield
+@pytest.fixture(scope="session")
+def client(runtime: Runtime) -> TestClient:
+    """The service in process, with the bundled rules and default settings."""
+    return TestClient(create_app(runtime))

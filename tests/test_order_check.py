@@ -9,8 +9,6 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from cds import fhirbuild as b
-from cds.app import create_app
-from cds.runtime import Runtime
 from tests.helpers import (
     PATIENT,
     assert_no_empty_fields,
@@ -21,11 +19,6 @@ from tests.helpers import (
     hours_ago,
     prefetch,
 )
-
-
-@pytest.fixture(scope="module")
-def client(runtime: Runtime) -> TestClient:
-    return TestClient(create_app(runtime))
 
 
 def sign(

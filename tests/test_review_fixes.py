@@ -6,11 +6,9 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from fastapi.testclient import TestClient
 
 from cds import fhirbuild as b
-from cds.app import create_app
 from cds.engine.dosing import dose_history, dose_problems, recommended_dose
 from cds.engine.exposure import find_exposure
 from cds.engine.facts import Administration, Facts, Measurement
@@ -30,11 +28,6 @@ AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
 def h(hours: float) -> datetime:
     return AT - timedelta(hours=hours)
-
-
-@pytest.fixture(scope="module")
-def client(runtime: Runtime) -> TestClient:
-    return TestClient(create_app(runtime))
 
 
 def sign(
