@@ -72,10 +72,10 @@ def issues_note(issues: list[Issue]) -> str | None:
 def exposure_line(exposure: Exposure, at: datetime) -> str:
     kind = "CAR-T infusion" if exposure.kind == "car-t" else "T-cell engager dose"
     doses = f", dose {exposure.doses}" if exposure.kind == "bispecific" else ""
-    if exposure.extended_by_fever_until is not None:
+    if exposure.extended_until is not None:
         window = (
-            f"the product's risk window closed {when(exposure.window_ends)}, but CRS fever "
-            f"continues: kept open until at least {when(exposure.extended_by_fever_until)}"
+            f"the product's risk window closed {when(exposure.window_ends)}, but CRS "
+            f"activity continues: kept open until at least {when(exposure.extended_until)}"
         )
     else:
         window = f"risk window open until {when(exposure.window_ends)}"
@@ -107,7 +107,8 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
         f"(Lee et al., {knowledge.astct.url}).",
         f"Hypotension: {rules.grading.hypotension_definition()} — ASTCT gives no number; "
         "this is an institution-configurable default.",
-        f"Look-back window: {rules.grading.lookback.total_seconds() / 3600:g} h (configurable; "
+        f"Look-back window: {rules.grading.lookback.total_seconds() / 3600:g} h; CRS episode "
+        f"gap: {rules.grading.episode_gap.total_seconds() / 3600:g} h (both configurable; "
         "ASTCT is silent).",
     ]
     if rules.overrides:

@@ -116,6 +116,11 @@ class LookbackRule(_Strict):
     citation: str
 
 
+class EpisodeGapRule(_Strict):
+    hours: float = Field(gt=0, le=24 * 14)
+    citation: str
+
+
 class FeverMaskingRule(_Strict):
     masking_classes: list[MedicationClass]
     citation: str
@@ -137,6 +142,7 @@ class AstctFile(_Strict):
     oxygen: OxygenRule
     spo2_warning: Spo2WarningRule
     lookback: LookbackRule
+    episode_gap: EpisodeGapRule
     fever_masking: FeverMaskingRule
     rule_out: RuleOutRule
 
@@ -286,7 +292,6 @@ class ObservationConcept(_Strict):
 class ObservationsFile(_Strict):
     version: str
     systems: dict[str, str]
-    standard_systems: list[str] = Field(default_factory=list)
     citations: dict[str, str]
     panels: list[ObservationCode] = Field(default_factory=list)
     observations: list[ObservationConcept]
@@ -378,7 +383,6 @@ class Knowledge:
     device_by_code: dict[tuple[str, str], str] = field(repr=False)
     device_names: NameIndex = field(repr=False)
     panel_codes: tuple[tuple[str, str], ...] = ()
-    standard_systems: frozenset[str] = frozenset()
     exclusions: dict[str, NameIndex] = field(default_factory=dict, repr=False)
     plausible: dict[str, Plausible] = field(default_factory=dict, repr=False)
     non_iv_route_codes: frozenset[tuple[str, str]] = frozenset()
@@ -583,10 +587,6 @@ def load_knowledge(
         device_by_code=dev_by_code,
         device_names=NameIndex(dev_names),
         panel_codes=panel_codes,
-        standard_systems=frozenset(
-            _resolve_system(files["observations"], observations.systems, a)
-            for a in observations.standard_systems
-        ),
         exclusions=exclusions,
         plausible={o.concept: o.plausible for o in observations.observations if o.plausible},
         non_iv_route_codes=frozenset((c.system, c.code) for c in routes.codes),

@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import timedelta
 
+from cds.engine.activity import ActivityRules
 from cds.engine.dosing import DosingRules
-from cds.engine.exposure import Continuation, TherapyWindow
+from cds.engine.exposure import TherapyWindow
 from cds.engine.grading import GradingParameters
 from cds.knowledge import Knowledge, KnowledgeError
 from cds.settings import Settings
@@ -24,7 +25,7 @@ class EngineRules:
 
     grading: GradingParameters
     windows: dict[str, TherapyWindow]
-    continuation: Continuation
+    continuation: ActivityRules
     dosing: DosingRules
     overrides: list[str]  # human text for each setting that replaces a cited default
     version: str
@@ -54,6 +55,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         "mmHg",
     )
     lookback = pick("look-back window", a.lookback.hours, settings.lookback_hours, "h")
+    episode_gap = pick("CRS episode gap", a.episode_gap.hours, settings.episode_gap_hours, "h")
     spo2 = pick(
         "SpO2 warning threshold",
         a.spo2_warning.below_percent,
@@ -61,6 +63,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         "%",
     )
     assert systolic is not None and lookback is not None and spo2 is not None
+    assert episode_gap is not None
 
     windows: dict[str, TherapyWindow] = {}
     for product, therapy in knowledge.therapies.items():
@@ -88,6 +91,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         vasopressors_not_counted=frozenset(a.vasopressors.not_counted_toward_multiple),
         masking_classes=frozenset(a.fever_masking.masking_classes),
         lookback=timedelta(hours=lookback),
+        episode_gap=timedelta(hours=episode_gap),
         spo2_warning_below=spo2,
         room_air_fio2_percent=a.spo2_warning.room_air_fio2_percent,
     )
@@ -114,5 +118,5 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
             f"tocilizumab dose rounded to the nearest {settings.tocilizumab_rounding_mg:g} mg "
             "(default: no rounding)"
         )
-    continuation = Continuation(grading.fever_min_celsius, grading.lookback)
+    continuation = grading.activity()
     return EngineRules(grading, windows, continuation, dosing, overrides, knowledge.version)

@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     hypotension_systolic_below_mmhg: float | None = Field(default=None, gt=0, lt=200)
     hypotension_map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
     lookback_hours: float | None = Field(default=None, gt=0, le=336)
+    episode_gap_hours: float | None = Field(default=None, gt=0, le=336)
     spo2_warning_below_percent: float | None = Field(default=None, gt=50, le=100)
     window_hours: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 

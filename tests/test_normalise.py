@@ -327,3 +327,11 @@ def test_prefetch_cut_at_its_first_page_is_reported(runtime: Runtime) -> None:
     n = read(runtime, bundle)
     assert n.issues[0].location == "prefetch.k0.link"
     assert "further pages" in n.issues[0].problem
+
+
+def test_placeholder_dates_before_1900_are_reported(runtime: Runtime) -> None:
+    obs = b.temperature(P, T, 39.0)
+    obs["effectiveDateTime"] = "0001-01-01T00:00:00Z"
+    n = read(runtime, obs)
+    assert n.facts.measurements == ()
+    assert "not a plausible clinical time" in n.issues[0].problem

@@ -6,6 +6,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from cds import fhirbuild as b
@@ -169,6 +170,130 @@ def test_window_stays_open_while_crs_fever_continues(runtime: Runtime) -> None:
     closed = find_exposure(facts, runtime.rules.windows, AT)
     assert closed is None
     exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
-    assert exposure is not None and exposure.extended_by_fever_until is not None
+    assert exposure is not None and exposure.extended_until is not None
     no_fever = Facts.build([], [], [dose])
     assert find_exposure(no_fever, runtime.rules.windows, AT, runtime.rules.continuation) is None
+
+
+# --- second review ---------------------------------------------------------------------
+
+
+def test_unmapped_standard_codes_still_match_by_name(runtime: Runtime) -> None:
+    from cds.fhir.normalise import Normaliser
+    from cds.fhir.reading import ResourceCollector
+
+    snomed_temp = b.observation(
+        PATIENT, AT, "386725007", "Body temperature", 39.0, "Cel", system="http://snomed.info/sct"
+    )
+    art_line = b.observation(
+        PATIENT, AT, "76215-3", "Invasive Systolic blood pressure", 80, "mm[Hg]"
+    )
+    collector = ResourceCollector()
+    collector.add_prefetch({"a": snomed_temp, "b": art_line})
+    facts = Normaliser(runtime.knowledge, PATIENT, None).normalise(collector).facts
+    assert [m.concept for m in facts.measurements] == ["temperature", "systolic_bp"]
+
+
+@pytest.mark.parametrize("route", ["IV", ["IV"], {"coding": [{"code": 47625008}]}])
+def test_malformed_route_keeps_the_administration(client: TestClient, route: Any) -> None:
+    obs = [b.temperature(PATIENT, hours_ago(1), 39.0)]
+    car_t = b.administration(PATIENT, hours_ago(72), text="Yescarta")
+    car_t["dosage"] = {"route": route}
+    pressor = b.administration(
+        PATIENT,
+        hours_ago(3),
+        rxnorm="7512",
+        text="norepinephrine",
+        period=True,
+        status="in-progress",
+    )
+    pressor["dosage"] = {"route": route}
+    r = client.post(
+        "/cds-services/crs-monitor",
+        json=hook_request("patient-view", {}, prefetch(obs, [car_t, pressor])),
+    )
+    assert r.json()["cards"][0]["extension"]["crs"]["grade"] == 3
+
+
+def _weekly(hours_before: list[float]) -> list[Administration]:
+    return [_admin("talquetamab", "bispecific", x) for x in hours_before]
+
+
+def test_weekly_engager_old_tocilizumab_does_not_block_a_new_episode(runtime: Runtime) -> None:
+    weeks = [168 * k - 2 * k for k in range(8, 0, -1)]  # windows overlap: one exposure chain
+    toci = [_admin("tocilizumab", "tocilizumab", x) for x in (600, 590, 580, 570)]
+    fevers = [
+        Measurement("temperature", 39.0, "Cel", h(x), f"Observation/f{x}") for x in (605, 1.0)
+    ]
+    facts = Facts.build(
+        [*fevers, Measurement("systolic_bp", 84, "mm[Hg]", h(1), "Observation/s")],
+        [],
+        [*_weekly(weeks), *toci],
+    )
+    exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
+    assert exposure is not None
+    from cds.engine.grading import grade
+
+    g = grade(facts, exposure, AT, runtime.rules.grading)
+    assert g.grade == 2
+    history = dose_history(facts, AT, g.crs_episode_start or AT, runtime.rules.dosing)
+    assert history.doses_total == 0 and history.problems == []
+
+
+def test_masking_weeks_ago_does_not_mask_today(runtime: Runtime) -> None:
+    from cds.engine.grading import grade
+
+    weeks = [168 * k - 2 * k for k in range(8, 0, -1)]
+    facts = Facts.build(
+        [
+            Measurement("temperature", 39.0, "Cel", h(1100), "Observation/old"),
+            Measurement("systolic_bp", 86, "mm[Hg]", h(1), "Observation/s"),
+        ],
+        [],
+        [*_weekly(weeks), _admin("acetaminophen", "antipyretic", 1099)],
+    )
+    exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
+    assert exposure is not None
+    assert grade(facts, exposure, AT, runtime.rules.grading).grade == 0
+
+
+def test_masked_crs_on_pressors_keeps_a_closed_window_open(runtime: Runtime) -> None:
+    hours = runtime.rules.windows["brexucabtagene-autoleucel"].window_hours
+    facts = Facts.build(
+        [
+            Measurement("temperature", 39.0, "Cel", h(30), "Observation/f"),
+            Measurement("systolic_bp", 82, "mm[Hg]", h(0.5), "Observation/s"),
+        ],
+        [],
+        [
+            _admin("brexucabtagene-autoleucel", "car-t", hours + 4),
+            _admin("tocilizumab", "tocilizumab", 29),
+            _admin("dexamethasone", "corticosteroid", 20),
+            _admin("norepinephrine", "vasopressor", 6, None),
+        ],
+    )
+    exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
+    assert exposure is not None and exposure.extended_until is not None
+    from cds.engine.grading import grade
+
+    assert grade(facts, exposure, AT, runtime.rules.grading).grade == 3
+
+
+def test_dose_number_counts_every_dose(runtime: Runtime) -> None:
+    facts = Facts.build([], [], _weekly([168 * k for k in range(6, 0, -1)] + [0.5]))
+    exposure = find_exposure(facts, runtime.rules.windows, AT)
+    assert exposure is not None and exposure.doses == 7
+
+
+def test_order_referencing_another_drug_is_skipped_quietly(client: TestClient) -> None:
+    ond = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-ond",
+        "status": "draft",
+        "intent": "order",
+        "medicationReference": {"reference": "Medication/ond"},
+        "subject": {"reference": f"Patient/{PATIENT}"},
+    }
+    med = b.medication("ond", "Ondansetron 4 mg")
+    r = sign(client, [draft_order("mr1", 640, "mg"), ond, med])
+    assert [c["extension"]["tocilizumabCheck"]["problems"] for c in r["cards"]] == [[]]

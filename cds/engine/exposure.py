@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from cds.engine.activity import ActivityRules, activity_spans
 from cds.engine.facts import Administration, Facts
 
 EXPOSURE_CLASSES = frozenset({"car-t", "bispecific"})
@@ -23,14 +24,6 @@ class TherapyWindow:
 
 
 @dataclass(frozen=True)
-class Continuation:
-    """Keeps a closed window open while CRS fever goes on (from rules/astct.yaml)."""
-
-    fever_min_celsius: float
-    lookback: timedelta
-
-
-@dataclass(frozen=True)
 class Exposure:
     """The exposure behind the current risk period.
 
@@ -46,9 +39,9 @@ class Exposure:
     at: datetime
     window_ends: datetime
     source: str
-    doses: int  # administrations of this product in the episode up to `at`
+    doses: int  # administrations of this product up to `at`
     episode_start: datetime
-    extended_by_fever_until: datetime | None = None  # window closed, fever goes on
+    extended_until: datetime | None = None  # window closed, CRS activity goes on
 
     def day(self, at: datetime) -> int:
         """Whole days elapsed since the exposure (day 0 = the day of infusion/dose)."""
@@ -88,19 +81,17 @@ def _episodes(facts: Facts, windows: dict[str, TherapyWindow], at: datetime) -> 
     return episodes
 
 
-def _fever_continues(
-    facts: Facts, episode: _Episode, at: datetime, continuation: Continuation
+def _activity_continues(
+    facts: Facts, episode: _Episode, at: datetime, rules: ActivityRules
 ) -> datetime | None:
-    """Until when fevers, each within the look-back of a window or of the previous
-    fever, keep the closed window open (None if they do not reach `at`)."""
+    """Until when CRS activity (fever, hypotension, pressors, oxygen, masking therapy),
+    starting inside the window and each piece within the look-back of the last, keeps
+    the closed window open (None if it does not reach `at`)."""
     open_until = episode.end
-    for m in facts.of("temperature"):
-        if m.at < episode.start or m.value < continuation.fever_min_celsius:
-            continue
-        if m.at > at:
+    for start, end in activity_spans(facts, episode.start, at, rules):
+        if start > open_until:
             break
-        if m.at <= open_until:
-            open_until = max(open_until, m.at + continuation.lookback)
+        open_until = max(open_until, plus_hours(end, rules.lookback.total_seconds() / 3600))
     return open_until if at <= open_until else None
 
 
@@ -108,15 +99,16 @@ def find_exposure(
     facts: Facts,
     windows: dict[str, TherapyWindow],
     at: datetime,
-    continuation: Continuation | None = None,
+    continuation: ActivityRules | None = None,
 ) -> Exposure | None:
     """The exposure whose risk window contains `at`, or None.
 
     A product's window runs from the start of an administration to `window_hours` after
     its end (a running infusion has not ended). Administrations whose windows overlap
     form one episode. With `continuation`, a window that has closed stays open while CRS
-    fever continues (a fever within the window, then each within the look-back of the
-    last): a patient with ongoing CRS never loses the card. Anything after `at` is ignored.
+    activity continues (a fever, hypotension, a pressor, oxygen or a masking therapy
+    inside the window, then each within the look-back of the last): a patient with
+    ongoing CRS never loses the card. Anything after `at` is ignored.
     """
     episodes = _episodes(facts, windows, at)
     if not episodes:
@@ -126,12 +118,13 @@ def find_exposure(
     if at > episode.end:
         if continuation is None:
             return None
-        extended = _fever_continues(facts, episode, at, continuation)
+        extended = _activity_continues(facts, episode, at, continuation)
         if extended is None:
             return None
     latest = max(episode.administrations, key=lambda a: a.start)
     window = windows[latest.concept]
-    doses = sum(1 for a in episode.administrations if a.concept == latest.concept)
+    # every dose of the product so far: "dose 6" must not read as a first step-up dose
+    doses = sum(1 for a in facts.administrations if a.concept == latest.concept and a.start <= at)
     return Exposure(
         product=latest.concept,
         display=window.display,
@@ -141,5 +134,5 @@ def find_exposure(
         source=latest.source,
         doses=doses,
         episode_start=episode.start,
-        extended_by_fever_until=extended,
+        extended_until=extended,
     )

@@ -13,6 +13,7 @@ import bisect
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from cds.engine.activity import ActivityRules, activity_spans, episodes
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Administration, Facts, Measurement
 
@@ -33,8 +34,20 @@ class GradingParameters:
     vasopressors_not_counted: frozenset[str]
     masking_classes: frozenset[str]
     lookback: timedelta
+    episode_gap: timedelta
     spo2_warning_below: float
     room_air_fio2_percent: float
+
+    def activity(self) -> ActivityRules:
+        """What counts as CRS activity, for episodes and window continuation."""
+        return ActivityRules(
+            self.fever_min_celsius,
+            self.systolic_below_mmhg,
+            self.map_below_mmhg,
+            self.masking_classes,
+            self.lookback,
+            self.episode_gap,
+        )
 
     def hypotension_definition(self) -> str:
         """The definition used, as shown on the card."""
@@ -79,6 +92,7 @@ class Grading:
     first_fever_at: datetime | None
     latest_fever_at: datetime | None
     fever_episode_start: datetime | None  # first fever of the current unbroken febrile run
+    crs_episode_start: datetime | None  # start of the CRS activity going on now, if any
     evidence: list[Evidence] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     drivers: list[str] = field(default_factory=list)  # what set a grade >= 2
@@ -214,18 +228,54 @@ def _findings(
 
 
 def _masked_since(
-    facts: Facts, first_fever: datetime | None, at: datetime, params: GradingParameters
+    facts: Facts, first_fever: datetime | None, until: datetime, params: GradingParameters
 ) -> tuple[datetime | None, Administration | None]:
-    """When a masking therapy was first given after the first CRS fever, if it was."""
+    """When a masking therapy was first given after `first_fever` (up to `until`)."""
     if first_fever is None:
         return None, None
     for a in facts.administrations:  # sorted by start
-        if a.start > at:
+        if a.start > until:
             break
         # given at the same charted time as the fever counts: charting order is arbitrary
         if a.medication_class in params.masking_classes and a.start >= first_fever:
             return a.start, a
     return None, None
+
+
+@dataclass(frozen=True)
+class _Masking:
+    """Per CRS episode: from when fever is no longer required, and by which therapy."""
+
+    start: datetime
+    end: datetime
+    since: datetime | None
+    admin: Administration | None
+
+
+def _maskings(
+    facts: Facts,
+    fever_times: list[datetime],
+    since: datetime,
+    at: datetime,
+    params: GradingParameters,
+) -> list[_Masking]:
+    """Masking is per CRS episode: a fever and the therapy after it mask hypotension and
+    hypoxia of the same episode, not of one weeks later after a CRS-free gap."""
+    runs = episodes(activity_spans(facts, since, at, params.activity()), params.episode_gap)
+    found: list[_Masking] = []
+    for run in runs:
+        i = bisect.bisect_left(fever_times, run.start)
+        first = fever_times[i] if i < len(fever_times) and fever_times[i] <= run.end else None
+        masked, admin = _masked_since(facts, first, min(run.end, at), params)
+        found.append(_Masking(run.start, run.end, masked, admin))
+    return found
+
+
+def _episode_of(maskings: list[_Masking], moment: datetime) -> _Masking | None:
+    for m in maskings:
+        if m.start <= moment <= m.end:
+            return m
+    return None
 
 
 def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParameters) -> Grading:
@@ -236,7 +286,9 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     fever_times = [m.at for m in fevers]
     first_fever = fever_times[0] if fever_times else None
     window_fevers = [m for m in fevers if m.at >= lookback_start]
-    masked_since, masking_admin = _masked_since(facts, first_fever, at, params)
+    maskings = _maskings(facts, fever_times, exposure.episode_start, at, params)
+    now = maskings[-1] if maskings and maskings[-1].end >= at - params.episode_gap else None
+    masked_since, masking_admin = (now.since, now.admin) if now else (None, None)
 
     findings, pressors = _findings(facts, exposure, at, params)
 
@@ -260,15 +312,31 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
             continue
         last = min(f.end + params.lookback, at)
         i = bisect.bisect_left(fever_times, f.start - params.lookback)
+        run = _episode_of(maskings, f.start)
         if i < len(fever_times) and fever_times[i] <= last:
             max_grade, max_at = f.grade, max(f.start, fever_times[i])
-        elif masked_since is not None and masked_since <= last:
-            max_grade, max_at = f.grade, max(f.start, masked_since)
+        elif run is not None and run.since is not None and run.since <= last:
+            max_grade, max_at = f.grade, max(f.start, run.since)
     if current > max_grade:
         max_grade, max_at = current, at
 
     evidence = _evidence(facts, window_fevers, lookback_start, at, pressors, masking_admin, params)
     warnings = _warnings(facts, lookback_start, at, params)
+    earlier = [m for m in maskings[:-1] if m.since is not None] if now is not None else []
+    last_masked = earlier[-1] if earlier else None
+    if (
+        severity >= 2
+        and current == 0
+        and last_masked is not None
+        and last_masked.since is not None
+        and last_masked.admin is not None
+    ):
+        warnings.append(
+            f"Hypotension or hypoxia without fever: an earlier CRS fever was treated with "
+            f"{last_masked.admin.display} ({last_masked.since.isoformat()}), but more than "
+            f"{params.episode_gap.total_seconds() / 3600:g} h passed without CRS findings, so this "
+            "is graded as a new episode in which fever is required. Assess clinically."
+        )
     return Grading(
         grade=current,
         max_grade=max_grade,
@@ -278,6 +346,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         first_fever_at=first_fever,
         latest_fever_at=fever_times[-1] if fever_times else None,
         fever_episode_start=_febrile_run_start(fever_times, params.lookback),
+        crs_episode_start=now.start if now else None,
         evidence=evidence,
         warnings=warnings,
         drivers=drivers if current >= 2 else [],

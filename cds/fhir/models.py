@@ -104,7 +104,8 @@ MedicationAdministrationStatus = Literal[
 class Dosage(Lean):
     dose: Quantity | None = None
     text: str | None = None
-    route: CodeableConcept | None = None
+    # read leniently: a malformed route must not cost the administration (it is counted)
+    route: Any = None
 
 
 class MedicationAdministration(Lean):
@@ -298,7 +299,6 @@ def plain_medication_administration(data: dict[str, Any]) -> bool:
                 type(dosage) is dict
                 and _optional_quantity(dosage.get("dose"))
                 and type(dosage.get("text")) in TEXT
-                and _optional_concept(dosage.get("route"))
             )
         )
         and _list_of(data, "contained", _json_object)

@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
 from cds.fhir import models
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
-from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
+from cds.fhir.timing import EARLIEST_YEAR, TimeFormatError, parse_fhir_datetime
 from cds.knowledge import Knowledge, NameIndex, UnitRule
 
 COUNTED_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -228,28 +228,20 @@ class Normaliser:
         return meaning
 
     def _observation_concept(self, code: Json) -> str | None:
-        """By a mapped code; else, when no standard code says otherwise, by name."""
+        """By a mapped code; else by name, unless the text names another measurement
+        ("Body weight change", "Pulmonary artery systolic"): an unmapped LOINC or SNOMED
+        code may still be a body temperature or a blood pressure we must not miss."""
         for coding in code.get("coding") or ():
             system, value = coding.get("system"), coding.get("code")
             if system and value:
                 concept = self.k.observation_by_code.get((system, value))
                 if concept is not None:
                     return concept
-        if self._standard_coded(code):
-            return None
         for text in _texts(code):
             concept = self._observation_names.match(text)
             if concept is not None and not self.k.excluded(concept, text):
                 return concept
         return None
-
-    def _standard_coded(self, code: Json) -> bool:
-        """True when a LOINC/SNOMED CT code (unmapped, or we would not be here) names it:
-        its text then describes something else ("Body weight change")."""
-        return any(
-            coding.get("system") in self.k.standard_systems and coding.get("code")
-            for coding in code.get("coding") or ()
-        )
 
     def _device(self, code: Json) -> tuple[str, str] | None:
         concept: str | None = None
@@ -259,7 +251,7 @@ class Normaliser:
                 concept = self.k.device_by_code.get((system, value))
                 if concept is not None:
                     break
-        if concept is None and not self._standard_coded(code):
+        if concept is None:
             for text in _texts(code):
                 concept = self._device_names.match(text)
                 if concept is not None:
@@ -481,13 +473,23 @@ class Normaliser:
 
     def _not_intravenous(self, dosage: Json | None) -> bool:
         """True only when the charted route is recognisably not intravenous."""
-        route: Json | None = dosage.get("route") if dosage is not None else None
-        if not route:
-            return False
-        for coding in route.get("coding") or ():
-            if (coding.get("system"), coding.get("code")) in self.k.non_iv_route_codes:
+        route = dosage.get("route") if dosage is not None else None
+        if not isinstance(route, dict):
+            return False  # no route, or one we cannot read: counted (never under-grade)
+        codings = route.get("coding")
+        for coding in codings if isinstance(codings, list) else ():
+            if isinstance(coding, dict) and (
+                (coding.get("system"), coding.get("code")) in self.k.non_iv_route_codes
+            ):
                 return True
-        return any(self.k.non_iv_route_names.match(text) for text in _texts(route))
+        texts = (
+            [route.get("text")] + [c.get("display") for c in codings if isinstance(c, dict)]
+            if isinstance(codings, list)
+            else [route.get("text")]
+        )
+        return any(
+            isinstance(t, str) and self.k.non_iv_route_names.match(t) is not None for t in texts
+        )
 
     def _concept(self, concept: str) -> MedicationMatch:
         med = self.k.medications[concept]
@@ -527,9 +529,12 @@ def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:
     """The instant, or why `text` is not one (see `timing`)."""
     if _PLAIN_INSTANT.fullmatch(text):
         try:
-            return datetime.fromisoformat(text)
+            parsed = datetime.fromisoformat(text)
         except ValueError:
             pass  # e.g. a day that does not exist: the rules below say why
+        else:
+            if parsed.year >= EARLIEST_YEAR:
+                return parsed
     try:
         return parse_fhir_datetime(text, assume)
     except TimeFormatError as exc:

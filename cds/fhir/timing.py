@@ -6,6 +6,7 @@ Rules (documented in the README):
   (setting CRS_ASSUME_TIMEZONE) when one is set, and rejected otherwise.
 - A date without a time (2026-11-20, 2026-11, 2026) means the start of that day/month/
   year in the configured time zone, or UTC when none is set.
+- A year before 1900 is a placeholder, not a clinical time: rejected.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ _DATETIME = re.compile(
 )
 
 
+# A data-quality bound, not a clinical rule: earlier dates are placeholders (0001-01-01),
+# and arithmetic on them would overflow.
+EARLIEST_YEAR = 1900
+
+
 class TimeFormatError(ValueError):
     """Text that is not a usable FHIR dateTime."""
 
@@ -32,6 +38,8 @@ def parse_fhir_datetime(text: object, assume: tzinfo | None = None) -> datetime:
     if match is None:
         raise TimeFormatError(f"{text!r} is not a FHIR dateTime (YYYY-MM-DDThh:mm:ss+zz:zz)")
     parts = match.groupdict()
+    if int(parts["year"]) < EARLIEST_YEAR:
+        raise TimeFormatError(f"{text!r} is before {EARLIEST_YEAR}: not a plausible clinical time")
     try:
         year = int(parts["year"])
         month = int(parts["month"] or 1)

@@ -106,7 +106,7 @@ def tocilizumab_advice(
         else f"grade 1 with fever for more than {tz.grade1_persistent_fever_hours:g} h"
     )
     weight = latest_weight(facts, at)
-    history = dose_history(facts, at, exposure.episode_start, rules)
+    history = dose_history(facts, at, g.crs_episode_start or at, rules)
     ext: dict[str, Any] = {
         "indicated": True,
         "dosesTotal": history.doses_total,

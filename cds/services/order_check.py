@@ -104,6 +104,21 @@ def _mentions_tocilizumab(runtime: Runtime, data: dict[str, Any]) -> bool:
     )
 
 
+def _unresolvable(order: models.MedicationRequest, medications: dict[str, Any]) -> bool:
+    """A medicationReference that leads nowhere and has no display: the drug is unknown
+    (a reference to a Medication we have, of another drug, is simply not ours to check)."""
+    reference = order.medicationReference
+    if reference is None or order.medicationCodeableConcept is not None or reference.display:
+        return False
+    ref = reference.reference or ""
+    if ref.startswith("#"):
+        return not any(
+            c.get("resourceType") == "Medication" and c.get("id") == ref[1:]
+            for c in order.contained
+        )
+    return ref not in medications
+
+
 def _draft_orders(
     runtime: Runtime, context: OrderContext, normaliser: Normaliser, collected: ResourceCollector
 ) -> tuple[list[DraftOrder], list[Issue], list[Issue]]:
@@ -130,7 +145,7 @@ def _draft_orders(
         match = normaliser.medication(
             order.medicationCodeableConcept, order.medicationReference, order.contained, medications
         )
-        if match is None and order.medicationReference is not None:
+        if match is None and _unresolvable(order, medications):
             issue = Issue(
                 f"{raw.location}.medicationReference",
                 "the referenced Medication is not in draftOrders or the prefetch and has no "
@@ -254,7 +269,8 @@ def order_check_response(
     evaluation = crs_monitor.evaluate(runtime, collected, context.patientId, at)
     facts = evaluation.normalised.facts
     weight = latest_weight(facts, at)
-    episode = evaluation.exposure.episode_start if evaluation.exposure else None
+    grading = evaluation.grading
+    episode = (grading.crs_episode_start or at) if grading is not None else None
     history = dose_history(facts, at, episode, runtime.rules.dosing)
     crs_met = evaluation.grading is not None and evaluation.grading.grade >= 1
     response_cards = [check_order(runtime, o, weight, history, crs_met) for o in orders]
