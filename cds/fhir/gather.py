@@ -62,9 +62,11 @@ def missing_prefetch(service: ServiceDefinition, request: HookRequest) -> list[s
 
 
 def risk_data_since(runtime: Runtime, now: datetime) -> datetime:
-    """The earliest time any current risk window can start: now − (longest window + look-back)."""
+    """How far back to fetch: the longest risk window, plus one CRS-episode gap (a window
+    that closed during ongoing CRS stays open) and the look-back."""
     longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
-    return now - timedelta(hours=longest) - runtime.rules.grading.lookback
+    grading = runtime.rules.grading
+    return now - timedelta(hours=longest) - grading.episode_gap - grading.lookback
 
 
 async def gather(
