@@ -20,22 +20,13 @@ from pydantic import ValidationError
 from cds.errors import CdsError, InvalidRequest, UnknownService
 from cds.fhir.client import close_http_clients
 from cds.fhir.gather import gather
+from cds.fhir.reading import validation_message
 from cds.protocol import HookRequest, compact
 from cds.runtime import Runtime
 from cds.services import registry
 from cds.services.base import ServiceDefinition
 
 log = logging.getLogger("cds.app")
-
-
-def _validation_message(exc: ValidationError, root: str) -> str:
-    parts = []
-    for err in exc.errors(include_url=False, include_input=False):
-        path = root
-        for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
-        parts.append(f"{path}: {err['msg']}")
-    return "; ".join(parts)
 
 
 class JsonResponse(Response):
@@ -165,4 +156,4 @@ def _parse(body: bytes) -> HookRequest:
     try:
         return HookRequest.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(_validation_message(exc, "request"), "request") from exc
+        raise InvalidRequest(validation_message("request", exc), "request") from exc

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cds.errors import InvalidRequest
+from cds.fhir.reading import validation_message
 
 
 class FhirAuthorization(BaseModel):
@@ -71,13 +72,7 @@ def parse_context(model: type[_Context], context: dict[str, Any]) -> _Context:
     try:
         return model.model_validate(context)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False):
-            path = "context"
-            for part in err["loc"]:
-                path += f"[{part}]" if isinstance(part, int) else f".{part}"
-            problems.append(f"{path}: {err['msg']}")
-        raise InvalidRequest("; ".join(problems), "context") from exc
+        raise InvalidRequest(validation_message("context", exc), "context") from exc
 
 
 def compact(value: Any) -> Any:

@@ -135,14 +135,17 @@ class Normaliser:
         concept: models.CodeableConcept | None,
         reference: models.Reference | None,
         contained: list[dict[str, object]],
-        medications: Mapping[str, models.Medication],
+        medications: Mapping[str, Json],
     ) -> MedicationMatch | None:
-        """Recognise a medication given by code/text or by reference to a Medication."""
-        return self._medication(
-            _dump(concept),
-            _dump(reference),
-            contained,
-            {ref: med.model_dump() for ref, med in medications.items()},
+        """Recognise a medication given by code/text or by reference to a Medication
+        (`medications` as `medication_index` builds it)."""
+        return self._medication(_dump(concept), _dump(reference), contained, medications)
+
+    def medication_index(self, *collections: ResourceCollector) -> dict[str, Json]:
+        """Readable Medication resources by `Medication/id` and fullUrl, for resolving a
+        medicationReference; problems are reported where each collection is normalised."""
+        return self._medication_index(
+            (raw for c in collections for raw in c.of_type("Medication")), report=False
         )
 
     # --- reading -------------------------------------------------------------------
@@ -345,10 +348,16 @@ class Normaliser:
 
     # --- medication administrations ------------------------------------------------
 
-    def _medication_index(self, raws: Iterable[RawResource]) -> dict[str, Json]:
+    def _medication_index(
+        self, raws: Iterable[RawResource], report: bool = True
+    ) -> dict[str, Json]:
         index: dict[str, Json] = {}
         for raw in raws:
-            med = self._read(raw, models.Medication, models.plain_medication)
+            med = (
+                self._read(raw, models.Medication, models.plain_medication)
+                if report
+                else self._read_quietly(raw.data, models.Medication, models.plain_medication)
+            )
             if med is None:
                 continue
             index[raw.reference] = med

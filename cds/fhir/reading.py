@@ -59,6 +59,11 @@ def validation_issues(location: str, exc: ValidationError) -> list[Issue]:
     return issues
 
 
+def validation_message(location: str, exc: ValidationError) -> str:
+    """Every pydantic error as `path: message`, joined: for 400 answers."""
+    return "; ".join(f"{i.location}: {i.problem}" for i in validation_issues(location, exc))
+
+
 class ResourceCollector:
     """Walks prefetch values and Bundles, keeping resources and reporting the rest."""
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -80,21 +81,6 @@ class DraftOrder:
     order: models.MedicationRequest
 
 
-def _medication_index(*collections: ResourceCollector) -> dict[str, models.Medication]:
-    """Medication resources by `Medication/id` and fullUrl, for medicationReference."""
-    index: dict[str, models.Medication] = {}
-    for collection in collections:
-        for raw in collection.of_type("Medication"):
-            try:
-                med = models.Medication.model_validate(raw.data)
-            except ValidationError:
-                continue  # reported where the collection is normalised
-            index[raw.reference] = med
-            if raw.full_url:
-                index[raw.full_url] = med
-    return index
-
-
 def _mentions_tocilizumab(runtime: Runtime, data: dict[str, Any]) -> bool:
     """Whether an unreadable order names tocilizumab anywhere (code or name)."""
     text = json.dumps(data).lower()
@@ -104,7 +90,7 @@ def _mentions_tocilizumab(runtime: Runtime, data: dict[str, Any]) -> bool:
     )
 
 
-def _unresolvable(order: models.MedicationRequest, medications: dict[str, Any]) -> bool:
+def _unresolvable(order: models.MedicationRequest, medications: Mapping[str, Any]) -> bool:
     """A medicationReference that leads nowhere and has no display: the drug is unknown
     (a reference to a Medication we have, of another drug, is simply not ours to check)."""
     reference = order.medicationReference
@@ -126,7 +112,7 @@ def _draft_orders(
     (unreadable, or whose medication cannot be identified) that may be tocilizumab."""
     collector = ResourceCollector()
     collector.add(context.draftOrders, "context.draftOrders")
-    medications = _medication_index(collector, collected)
+    medications = normaliser.medication_index(collector, collected)
     selected = set(context.selections or [])
     orders: list[DraftOrder] = []
     unchecked: list[Issue] = []
@@ -243,8 +229,8 @@ def check_order(
 
 def _first_error(exc: ValueError) -> str:
     if isinstance(exc, ValidationError):
-        err = exc.errors(include_url=False, include_input=False)[0]
-        return f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+        first = validation_issues("MedicationRequest", exc)[0]
+        return f"{first.location}: {first.problem}"
     return str(exc).splitlines()[0]
 
 
