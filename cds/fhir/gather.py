@@ -5,11 +5,12 @@ with `Authorization: Bearer` from `fhirAuthorization`, asking only for what the 
 read since the earliest start of any risk window:
 
 - `patient`: `Patient/{patientId}`;
-- `observations`: `Observation?patient=…&code=<mapped codes>&date=ge…&_count=…`, and the
-  device observations by value (`value-concept=<device codes>`), merged;
+- `observations`: `Observation?patient=…&code=<mapped codes and panels>&date=ge…&_count=…`,
+  merged with the latest body weight however old (`_sort=-date&_count=1`);
 - `medicationAdministrations`: `MedicationAdministration?patient=…&effective-time=ge…`,
   then a read of every `Medication/x` they reference that is not already at hand;
-- any other key: the service's own prefetch template, filled from the context.
+- any other key (e.g. `oxygenDevices`, by `value-concept`): the service's own prefetch
+  template, filled from the context.
 
 All queries run at once on the shared connection pool, under one deadline
 (`CRS_FHIR_TIMEOUT_SECONDS`). `fhirServer` must be on `CRS_FHIR_ALLOWED_SERVERS`. Any
@@ -46,10 +47,6 @@ from cds.services.base import ServiceDefinition, observation_code_param
 log = logging.getLogger("cds.fhir.gather")
 
 FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
-LOINC = "http://loinc.org"
-# Panels whose components the rules read: `code` search matches Observation.code only, so
-# an R4 vital-signs BP panel (85354-9 with 8480-6/8462-4 components) needs its own code.
-PANEL_CODES = (f"{LOINC}|85354-9",)
 ROOT = "fhirServer"
 
 Job = Callable[[], Awaitable[Any]]
@@ -188,7 +185,7 @@ def _jobs(
             query = FhirQuery.read(f"Patient read for prefetch '{key}'", "Patient", pid)
             jobs[key] = _read_job(reader, query)
         elif key == "observations" and target == "Observation":
-            jobs[key] = _searches_job(reader, _observation_searches(runtime, service, key, pid))
+            jobs[key] = _searches_job(reader, _observation_searches(runtime, key, pid))
         elif key == "medicationAdministrations" and target == "MedicationAdministration":
             query = FhirQuery(
                 f"MedicationAdministration search for prefetch '{key}'",
@@ -201,16 +198,11 @@ def _jobs(
     return jobs
 
 
-def _observation_searches(
-    runtime: Runtime, service: ServiceDefinition, key: str, pid: str
-) -> list[FhirQuery]:
-    """By code (mapped codes and panels), and device observations by their coded value
-    unless the service prefetches those under a key of their own."""
+def _observation_searches(runtime: Runtime, key: str, pid: str) -> list[FhirQuery]:
+    """By code (mapped codes and panels), and the latest weight however old."""
     since = risk_data_since(runtime, datetime.now(UTC)).isoformat(timespec="seconds")
     count = str(runtime.settings.fhir_page_size)
-    codes = ",".join(
-        dict.fromkeys([*observation_code_param(runtime.knowledge).split(","), *PANEL_CODES])
-    )
+    codes = observation_code_param(runtime.knowledge)  # panels included (fhir_mappings)
     weights = ",".join(f"{s}|{c}" for s, c in runtime.knowledge.codes_of("body_weight"))
     searches = [
         FhirQuery(
@@ -226,20 +218,6 @@ def _observation_searches(
             first_page_only=True,
         ),
     ]
-    if not any("value-concept=" in t for k, t in service.prefetch.items() if k != key):
-        devices = ",".join(f"{s}|{c}" for s, c in sorted(runtime.knowledge.device_by_code))
-        searches.append(
-            FhirQuery(
-                f"Observation search by device (value-concept) for prefetch '{key}'",
-                "Observation",
-                (
-                    ("patient", pid),
-                    ("value-concept", devices),
-                    ("date", f"ge{since}"),
-                    ("_count", count),
-                ),
-            )
-        )
     return searches
 
 
