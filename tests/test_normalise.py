@@ -335,3 +335,9 @@ def test_placeholder_dates_before_1900_are_reported(runtime: Runtime) -> None:
     n = read(runtime, obs)
     assert n.facts.measurements == ()
     assert "not a plausible clinical time" in n.issues[0].problem
+
+
+def test_data_quality_bounds_are_inclusive(runtime: Runtime) -> None:
+    n = read(runtime, b.weight(P, T, 0.2), b.weight(P, T, 700), b.temperature(P, T, 47.0))
+    assert values(n, "body_weight") == [0.2, 700] and values(n, "temperature") == [47.0]
+    assert n.issues == []
