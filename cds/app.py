@@ -21,6 +21,7 @@ from cds.errors import CdsError, InvalidRequest, UnknownService
 from cds.fhir.client import close_http_clients
 from cds.fhir.gather import gather
 from cds.fhir.reading import validation_message
+from cds.fhir.structs import decode_body
 from cds.protocol import HookRequest, compact
 from cds.runtime import Runtime
 from cds.services import registry
@@ -147,12 +148,23 @@ def create_app(runtime: Runtime | None = None) -> FastAPI:
 def _parse(body: bytes) -> HookRequest:
     if not body:
         raise InvalidRequest("empty request body: expected a CDS Hooks request (JSON)")
+    decoded = decode_body(body)
+    if decoded is not None:
+        # One pass: parsed, typed and the prefetch built as resources. The envelope is
+        # still validated by the model, which names what is wrong.
+        return _validated(decoded.members())
+    # Not as the structs read it (invalid JSON, a prefetch value that is not a resource,
+    # a field of another type…): parse it as plain JSON, which locates every problem.
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
+    return _validated(data)
+
+
+def _validated(data: dict[str, Any]) -> HookRequest:
     try:
         return HookRequest.model_validate(data)
     except ValidationError as exc:

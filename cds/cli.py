@@ -119,7 +119,7 @@ def serve(
 
 
 def _bundle_patient_id(collected: ResourceCollector) -> str | None:
-    patients = {r.data.get("id") for r in collected.of_type("Patient")}
+    patients = {r.get("id") for r in collected.of_type("Patient")}
     patients.discard(None)
     return str(next(iter(patients))) if len(patients) == 1 else None
 

@@ -9,6 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cds import fhirbuild as b
+from cds.engine.facts import CONCEPTS_READ
 from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.reading import ResourceCollector
 from cds.runtime import Runtime
@@ -57,7 +58,21 @@ def test_unknown_unit_is_reported_not_guessed(runtime: Runtime) -> None:
 def test_bp_panel_components_are_read(runtime: Runtime) -> None:
     n = read(runtime, b.blood_pressure(P, T, 88, 52))
     assert values(n, "systolic_bp") == [88]
-    assert values(n, "diastolic_bp") == [52]
+    # diastolic is recognised but no rule reads it: no fact is made of it
+    assert [m.concept for m in n.facts.measurements] == ["systolic_bp"]
+
+
+def test_concepts_no_rule_reads_make_no_facts_and_no_issues(runtime: Runtime) -> None:
+    hr = b.heart_rate(P, T, 120)
+    hr["valueQuantity"]["unit"] = hr["valueQuantity"]["code"] = "furlongs"
+    n = read(runtime, hr)
+    assert n.facts.measurements == () and n.issues == []
+    with pytest.raises(KeyError, match="CONCEPTS_READ"):
+        n.facts.of("heart_rate")
+
+
+def test_every_concept_read_is_mapped(runtime: Runtime) -> None:
+    assert set(runtime.knowledge.observations) >= CONCEPTS_READ
 
 
 def test_local_code_with_text_only_is_recognised(runtime: Runtime) -> None:

@@ -4,12 +4,14 @@ Only the fields the service uses are declared; everything else is ignored. Each 
 validates what it declares (status codes, value types), so a bad entry is reported with
 the path of the offending field. Times stay text here and are parsed by `timing`,
 because their meaning depends on a setting (CRS_ASSUME_TIMEZONE).
+
+The service reads resources as the msgspec structs of `structs`, which mirror these
+models; a resource the structs refuse is validated here, which says what is wrong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -153,162 +155,3 @@ class MedicationRequest(Lean):
 class Patient(Lean):
     resourceType: Literal["Patient"]
     id: str | None = None
-
-
-# --- the fast path -------------------------------------------------------------------
-#
-# Validating a model per resource is most of a request's cost (a 1,000-resource chart
-# is ~1,000 validations). The checks below let a resource skip validation when they can
-# vouch that the model above would accept it and read exactly the same values: every
-# declared field is absent, null or of the exact JSON type the model reads without
-# conversion. They only ever say "plain" or "not sure": anything unexpected (another
-# type, an unknown status, a missing required field, a huge integer) is "not sure", and
-# the caller validates with the model, which stays the definition of validity and the
-# explainer of what is wrong. tests/test_fast_reading.py checks both paths agree.
-
-_ABSENT: Any = object()
-# Integers up to 2**53 are floats exactly, so reading one with float() is what the
-# model does; larger ones are left to the model.
-_EXACT_INT = 2**53
-
-OBSERVATION_STATUSES: frozenset[str] = frozenset(get_args(ObservationStatus))
-MEDICATION_ADMINISTRATION_STATUSES: frozenset[str] = frozenset(
-    get_args(MedicationAdministrationStatus)
-)
-
-
-# `type(value) in TEXT` is a `str | None` field the model reads unchanged (exact types:
-# a str subclass, bytes or a bool is left to the model).
-TEXT = frozenset({str, type(None)})
-
-
-def _number(value: Any) -> bool:
-    """A `float | None` field: a float, or an integer the model turns into the same float."""
-    kind = type(value)
-    return value is None or kind is float or (kind is int and -_EXACT_INT <= value <= _EXACT_INT)
-
-
-def _list_of(data: dict[str, Any], key: str, item: Callable[[Any], bool]) -> bool:
-    """A list field with a default: absent, or a list whose every item passes `item`."""
-    value = data.get(key, _ABSENT)
-    if value is _ABSENT:
-        return True
-    return type(value) is list and all(map(item, value))
-
-
-def plain_coding(data: Any) -> bool:
-    """`Coding`."""
-    return (
-        type(data) is dict
-        and type(data.get("system")) in TEXT
-        and type(data.get("code")) in TEXT
-        and type(data.get("display")) in TEXT
-    )
-
-
-def plain_concept(data: Any) -> bool:
-    """`CodeableConcept` (required where used)."""
-    return (
-        type(data) is dict
-        and type(data.get("text")) in TEXT
-        and _list_of(data, "coding", plain_coding)
-    )
-
-
-def _optional_concept(data: Any) -> bool:
-    return data is None or plain_concept(data)
-
-
-def _optional_quantity(data: Any) -> bool:
-    """`Quantity | None`."""
-    return data is None or (
-        type(data) is dict
-        and _number(data.get("value"))
-        and type(data.get("unit")) in TEXT
-        and type(data.get("system")) in TEXT
-        and type(data.get("code")) in TEXT
-    )
-
-
-def _optional_reference(data: Any) -> bool:
-    """`Reference | None`."""
-    return data is None or (
-        type(data) is dict
-        and type(data.get("reference")) in TEXT
-        and type(data.get("display")) in TEXT
-    )
-
-
-def _optional_period(data: Any) -> bool:
-    """`Period | None`."""
-    return data is None or (
-        type(data) is dict and type(data.get("start")) in TEXT and type(data.get("end")) in TEXT
-    )
-
-
-def _component(data: Any) -> bool:
-    """`ObservationComponent`."""
-    return (
-        type(data) is dict
-        and plain_concept(data.get("code"))
-        and _optional_quantity(data.get("valueQuantity"))
-        and _optional_concept(data.get("valueCodeableConcept"))
-    )
-
-
-def _json_object(data: Any) -> bool:
-    """`dict[str, Any]`."""
-    return type(data) is dict and all(type(key) is str for key in data)
-
-
-def plain_observation(data: dict[str, Any]) -> bool:
-    """True when `Observation` would accept `data` and read the same values from it."""
-    status = data.get("status")
-    return (
-        data.get("resourceType") == "Observation"
-        and type(status) is str
-        and status in OBSERVATION_STATUSES
-        and type(data.get("id")) in TEXT
-        and plain_concept(data.get("code"))
-        and _optional_reference(data.get("subject"))
-        and type(data.get("effectiveDateTime")) in TEXT
-        and type(data.get("effectiveInstant")) in TEXT
-        and _optional_period(data.get("effectivePeriod"))
-        and _optional_quantity(data.get("valueQuantity"))
-        and _optional_concept(data.get("valueCodeableConcept"))
-        and _list_of(data, "component", _component)
-    )
-
-
-def plain_medication_administration(data: dict[str, Any]) -> bool:
-    """True when `MedicationAdministration` would accept `data` and read the same values."""
-    status, dosage = data.get("status"), data.get("dosage")
-    return (
-        data.get("resourceType") == "MedicationAdministration"
-        and type(status) is str
-        and status in MEDICATION_ADMINISTRATION_STATUSES
-        and type(data.get("id")) in TEXT
-        and _optional_concept(data.get("medicationCodeableConcept"))
-        and _optional_reference(data.get("medicationReference"))
-        and _optional_reference(data.get("subject"))
-        and type(data.get("effectiveDateTime")) in TEXT
-        and _optional_period(data.get("effectivePeriod"))
-        and (
-            dosage is None
-            or (
-                type(dosage) is dict
-                and _optional_quantity(dosage.get("dose"))
-                and type(dosage.get("text")) in TEXT
-            )
-        )
-        and _list_of(data, "contained", _json_object)
-    )
-
-
-def plain_medication(data: dict[str, Any]) -> bool:
-    """True when `Medication` would accept `data` and read the same values from it."""
-    return (
-        data.get("resourceType") == "Medication"
-        and type(data.get("id")) in TEXT
-        and _optional_concept(data.get("code"))
-    )

@@ -7,9 +7,10 @@ Codes that are not mapped are ignored (most of a chart is irrelevant to CRS); a 
 concept with an unusable value, unit or time is reported, and so is a value that is not
 a finite number in its canonical unit (e.g. 1e308 mg/dL, which overflows in mg/L).
 
-Each resource is read as a plain JSON object once `models.plain_*` vouches that its lean
-model would read the same values; anything else is validated by the lean model (which
-reports what is wrong). Both give the same facts and issues; the model path alone is
+Each resource is read as a `structs.Resource`: decoded with the request body, or
+converted from a JSON object, whenever the struct types and `structs.checked` accept it.
+Anything else is validated by its lean model (which reports what is wrong) and read from
+the model's values. Both give the same facts and issues; the model path alone is
 `Normaliser(..., fast=False)`, the reference the fast path is tested against.
 """
 
@@ -17,16 +18,26 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
-from typing import Any
 
 from pydantic import ValidationError
 
-from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
+from cds.engine.facts import CONCEPTS_READ, Administration, Facts, Measurement, OxygenSupport
 from cds.fhir import models
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
+from cds.fhir.structs import (
+    CodeableConcept,
+    Component,
+    Dosage,
+    Quantity,
+    Reference,
+    Resource,
+    checked,
+    from_json,
+)
 from cds.fhir.timing import EARLIEST_YEAR, TimeFormatError, parse_fhir_datetime
 from cds.knowledge import Knowledge, NameIndex, UnitRule
 
@@ -35,9 +46,6 @@ IGNORED_ADMINISTRATION_STATUSES = frozenset({"not-done", "entered-in-error"})
 MG_UNITS = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram": 1000.0}
 MG_PER_KG_UNITS = frozenset({"mg/kg", "mg/kg/dose", "mg/kg{dose}"})
 
-# A resource (or a part of one) as read: the JSON object itself on the fast path, the lean
-# model's dump otherwise. Absent and null fields read alike (`.get`), as in the models.
-Json = dict[str, Any]
 
 # The shape of nearly every time a FHIR server sends (seconds and an offset in range),
 # which the C parser reads ~10x faster. Anything else, and any surprise (30 February),
@@ -46,6 +54,14 @@ _PLAIN_INSTANT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
 )
+
+
+# How a value in one unit becomes canonical: (rule, canonical unit, lowest and highest
+# plausible value, whether the value is converted, the values converted so far);
+# _NO_UNIT for a unit not recognised.
+_UnitPlan = tuple[UnitRule, str, float, float, bool, dict[float, float]]
+_NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, {})  # (never in bounds)
+_FINITE = sys.float_info.max
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,8 @@ class MedicationMatch:
 class Normaliser:
     """Turns collected resources into facts for one patient.
 
-    `fast=False` validates every resource with its lean model instead of reading plain
-    resources directly: slower, same results (the reference for tests of the fast path).
+    `fast=False` validates every resource with its lean model instead of reading it as a
+    struct directly: slower, same results (the reference for tests of the fast path).
     """
 
     def __init__(
@@ -102,13 +118,18 @@ class Normaliser:
         self._reset_memos()
 
     def _reset_memos(self) -> None:
-        """Memos of what a chart repeats (names, times), kept for one evaluation only."""
+        """Memos of what a chart repeats (names, codes, units, times, subjects), kept for
+        one evaluation only."""
         self._observation_names = _MemoNames(self.k.observation_names)
         self._device_names = _MemoNames(self.k.device_names)
         self._times: dict[str, datetime | str] = {}  # text -> instant, or why it is invalid
-        # What an Observation.code means: (concept, device), by the parts that decide it.
-        self._codes: dict[tuple[object, ...], tuple[str | None, tuple[str, str] | None]] = {}
+        # What an Observation.code means: (concept, device)
+        self._codes: dict[CodeableConcept, tuple[str | None, tuple[str, str] | None]] = {}
+        self._concepts: dict[CodeableConcept, str | None] = {}  # component codes
+        self._devices: dict[CodeableConcept, tuple[str, str] | None] = {}  # coded values
         self._unit_rules: dict[tuple[str, str | None, str | None], UnitRule | None] = {}
+        self._unit_plans: dict[tuple[str, str | None, str | None], _UnitPlan] = {}
+        self._subjects: dict[str | None, bool] = {}  # subject reference -> the hook's patient?
 
     # --- entry points --------------------------------------------------------------
 
@@ -135,13 +156,18 @@ class Normaliser:
         concept: models.CodeableConcept | None,
         reference: models.Reference | None,
         contained: list[dict[str, object]],
-        medications: Mapping[str, Json],
+        medications: Mapping[str, Resource],
     ) -> MedicationMatch | None:
         """Recognise a medication given by code/text or by reference to a Medication
         (`medications` as `medication_index` builds it)."""
-        return self._medication(_dump(concept), _dump(reference), contained, medications)
+        return self._medication(
+            None if concept is None else CodeableConcept.of(concept.model_dump()),
+            None if reference is None else Reference.of(reference.model_dump()),
+            contained,
+            medications,
+        )
 
-    def medication_index(self, *collections: ResourceCollector) -> dict[str, Json]:
+    def medication_index(self, *collections: ResourceCollector) -> dict[str, Resource]:
         """Readable Medication resources by `Medication/id` and fullUrl, for resolving a
         medicationReference; problems are reported where each collection is normalised."""
         return self._medication_index(
@@ -151,111 +177,154 @@ class Normaliser:
     # --- reading -------------------------------------------------------------------
 
     def _read(
-        self, raw: RawResource, model: type[models.Lean], plain: Callable[[Json], bool]
-    ) -> Json | None:
-        """The resource as its lean model reads it, or None (and the issues) if invalid."""
-        if self.fast and plain(raw.data):
-            return raw.data  # vouched for: the model would read exactly this
+        self, raw: RawResource, model: type[models.Lean], report: bool = True
+    ) -> Resource | None:
+        """The resource as its lean model reads it, or None (and the issues, if `report`)
+        when it is invalid."""
+        data = raw.data
+        resource_type = raw.resource_type
+        if self.fast:
+            resource = data if type(data) is Resource else from_json(data)
+            if resource is not None and checked(resource, resource_type):
+                return resource
         try:
-            return model.model_validate(raw.data).model_dump()
+            valid = model.model_validate(raw.json())
         except ValidationError as exc:
-            self.issues.extend(validation_issues(raw.location, exc))
+            if report:
+                self.issues.extend(validation_issues(raw.location, exc))
             return None
+        return Resource.of(valid.model_dump())
 
-    def _read_quietly(
-        self, data: Json, model: type[models.Lean], plain: Callable[[Json], bool]
-    ) -> Json | None:
-        """As `_read`, for data whose problems are not reported (contained resources)."""
-        if self.fast and plain(data):
-            return data
-        try:
-            return model.model_validate(data).model_dump()
-        except ValidationError:
+    def _contained_medication(self, data: object) -> Resource | None:
+        """A contained resource read as a Medication (problems not reported)."""
+        if type(data) is not dict:
             return None
+        return self._read(RawResource.of("contained", data), models.Medication, report=False)
 
     # --- observations --------------------------------------------------------------
 
     def _observation(
         self, raw: RawResource, measurements: list[Measurement], oxygen: list[OxygenSupport]
     ) -> None:
-        obs = self._read(raw, models.Observation, models.plain_observation)
-        if obs is None:
+        # The hot path of a request (a chart is mostly Observations): the common case is
+        # read with memos of what a chart repeats, anything else by the general methods.
+        obs = raw.data
+        if not (
+            self.fast
+            and type(obs) is Resource
+            and obs.status in COUNTED_OBSERVATION_STATUSES
+            and type(obs.code) is CodeableConcept
+        ):  # (a decoded Observation with these is valid and counted)
+            read = self._read(raw, models.Observation)
+            if read is None:
+                return
+            if read.status not in COUNTED_OBSERVATION_STATUSES:
+                return
+            obs = read
+        subject = obs.subject
+        if (
+            subject is not None
+            and self._subjects.get(subject.reference) is not True
+            and not self._same_patient(raw, subject)
+        ):
             return
-        if obs["status"] not in COUNTED_OBSERVATION_STATUSES:
-            return
-        if not self._same_patient(raw, obs.get("subject")):
-            return
-        concept, device = self._code_meaning(obs["code"])
-        value_concept: Json | None = obs.get("valueCodeableConcept")
+        code = obs.code
+        if not isinstance(code, CodeableConcept):
+            return  # (never: the model and the check above require one)
+        meaning = self._codes.get(code)
+        if meaning is None:
+            meaning = self._codes[code] = (self._observation_concept(code), self._device(code))
+        concept, device = meaning
+        value_concept = obs.valueCodeableConcept
         if device is None and value_concept is not None:
-            device = self._device(value_concept)
-        parts = obs.get("component")
-        components = (
-            [(i, c, self._observation_concept(c["code"])) for i, c in enumerate(parts)]
-            if parts
-            else []
-        )
-        if concept is None and device is None and not any(c for _, _, c in components):
+            device = self._coded_device(value_concept)
+        components = obs.component
+        if components:
+            concepts = self._concepts
+            parts = [
+                (i, part, concepts[part.code] if part.code in concepts else self._part(part))
+                for i, part in enumerate(components)
+            ]
+            parts = [part for part in parts if part[2] is not None]
+        else:
+            parts = []
+        if concept is None and device is None and not parts:
             return
-        at = self._effective(raw, obs)
-        if at is None:
-            return
-        source = raw.reference
+        text = obs.effectiveDateTime
+        at = self._times.get(text) if text is not None else None
+        if type(at) is not datetime:
+            at = self._effective(raw, obs)
+            if at is None:
+                return
+        rid = obs.id
+        source = "Observation/" + rid if rid else raw.reference
         if device is not None:
             oxygen.append(OxygenSupport(device[0], device[1], at, source))
-        quantity: Json | None = obs.get("valueQuantity")
+        quantity = obs.valueQuantity
         if concept is not None and quantity is not None:
             m = self._measurement(concept, quantity, at, source, raw, ".valueQuantity")
             if m is not None:
                 measurements.append(m)
-        for i, component, comp_concept in components:
-            quantity = component.get("valueQuantity")
-            if comp_concept is None or quantity is None:
-                continue
-            m = self._measurement(
-                comp_concept, quantity, at, source, raw, f".component[{i}].valueQuantity"
-            )
-            if m is not None:
-                measurements.append(m)
+        for i, part, part_concept in parts:
+            quantity = part.valueQuantity
+            if quantity is not None:
+                m = self._measurement(
+                    part_concept,  # type: ignore[arg-type]  # (not None, above)
+                    quantity,
+                    at,
+                    source,
+                    raw,
+                    f".component[{i}].valueQuantity",
+                )
+                if m is not None:
+                    measurements.append(m)
 
-    def _code_meaning(self, code: Json) -> tuple[str | None, tuple[str, str] | None]:
+    def _code_meaning(self, code: CodeableConcept) -> tuple[str | None, tuple[str, str] | None]:
         """(observation concept, oxygen device) of an Observation.code; a chart repeats a
-        few codes, so the answer is remembered by the text and codings that decide it."""
-        key = (
-            code.get("text"),
-            *[(c.get("system"), c.get("code"), c.get("display")) for c in code.get("coding") or ()],
-        )
-        meaning = self._codes.get(key)
+        few codes, so the answer is remembered by the concept (text and codings)."""
+        meaning = self._codes.get(code)
         if meaning is None:
-            meaning = self._codes[key] = (self._observation_concept(code), self._device(code))
+            meaning = self._codes[code] = (self._observation_concept(code), self._device(code))
         return meaning
 
-    def _observation_concept(self, code: Json) -> str | None:
+    def _part(self, component: Component) -> str | None:
+        """The concept of a component's code (remembered)."""
+        concept = self._concepts[component.code] = self._observation_concept(component.code)
+        return concept
+
+    def _coded_device(self, value: CodeableConcept) -> tuple[str, str] | None:
+        if value in self._devices:
+            return self._devices[value]
+        device = self._devices[value] = self._device(value)
+        return device
+
+    def _observation_concept(self, code: CodeableConcept) -> str | None:
         """By a mapped code; else by name, unless the text names another measurement
         ("Body weight change", "Pulmonary artery systolic"): an unmapped LOINC or SNOMED
-        code may still be a body temperature or a blood pressure we must not miss."""
-        for coding in code.get("coding") or ():
-            system, value = coding.get("system"), coding.get("code")
+        code may still be a body temperature or a blood pressure we must not miss.
+        None for a concept no rule reads (a heart rate): nothing to make a fact of."""
+        for coding in code.coding:
+            system, value = coding.system, coding.code
             if system and value:
                 concept = self.k.observation_by_code.get((system, value))
                 if concept is not None:
-                    return concept
-        for text in _texts(code):
+                    return concept if concept in CONCEPTS_READ else None
+        for text in code.texts():
             concept = self._observation_names.match(text)
             if concept is not None and not self.k.excluded(concept, text):
-                return concept
+                return concept if concept in CONCEPTS_READ else None
         return None
 
-    def _device(self, code: Json) -> tuple[str, str] | None:
+    def _device(self, code: CodeableConcept) -> tuple[str, str] | None:
         concept: str | None = None
-        for coding in code.get("coding") or ():
-            system, value = coding.get("system"), coding.get("code")
+        for coding in code.coding:
+            system, value = coding.system, coding.code
             if system and value:
                 concept = self.k.device_by_code.get((system, value))
                 if concept is not None:
                     break
         if concept is None:
-            for text in _texts(code):
+            for text in code.texts():
                 concept = self._device_names.match(text)
                 if concept is not None:
                     break
@@ -265,13 +334,50 @@ class Normaliser:
         return device.support, device.display
 
     def _measurement(
-        self, concept: str, q: Json, at: datetime, source: str, raw: RawResource, path: str
+        self, concept: str, q: Quantity, at: datetime, source: str, raw: RawResource, path: str
     ) -> Measurement | None:
         """The quantity at `path` in `raw` in the concept's canonical unit, or None."""
-        if q.get("value") is None:
+        value = q.value
+        if value is None:
             return None  # a dataAbsentReason, or nothing measured
-        value = float(q["value"])  # the model reads integers as floats
-        code, unit_text = q.get("code"), q.get("unit")
+        code, unit_text = q.code, q.unit
+        plan = self._unit_plans.get((concept, code, unit_text))
+        if plan is None:
+            plan = self._unit_plans[(concept, code, unit_text)] = self._unit_plan(
+                concept, code, unit_text
+            )
+        if plan is not _NO_UNIT:
+            rule, canonical, low, high, converts, seen = plan
+            converted = seen.get(value)  # (charts repeat values; rounding is slow)
+            if converted is None:
+                converted = seen[value] = rule.to_canonical(value)
+            if low <= converted <= high:  # in bounds, so finite (nan compares False)
+                original = f"{value:g} {code or unit_text}" if converts else None
+                return Measurement(concept, converted, canonical, at, source, original)
+        self._unusable(concept, value, code, unit_text, raw, path)
+        return None
+
+    def _unit_plan(self, concept: str, code: str | None, unit: str | None) -> _UnitPlan:
+        """How a value of `concept` in (`code`, `unit`) becomes canonical, with the
+        bounds it must fall in; _NO_UNIT when the unit is not recognised."""
+        rule = self._unit_rule(concept, code, unit)
+        if rule is None:
+            return _NO_UNIT
+        bounds = self.k.plausible.get(concept)
+        low, high = (bounds.min, bounds.max) if bounds is not None else (-_FINITE, _FINITE)
+        converts = rule.factor != 1.0 or rule.offset != 0.0
+        return rule, self.k.observations[concept].canonical_unit, low, high, converts, {}
+
+    def _unusable(
+        self,
+        concept: str,
+        value: float,
+        code: str | None,
+        unit_text: str | None,
+        raw: RawResource,
+        path: str,
+    ) -> None:
+        """Report why a value of `concept` cannot be used (unit, finiteness, bounds)."""
         rule = self._unit_rule(concept, code, unit_text)
         canonical = self.k.observations[concept].canonical_unit
         if rule is None:
@@ -301,20 +407,18 @@ class Normaliser:
         original = None
         if rule.factor != 1.0 or rule.offset != 0.0:
             original = f"{value:g} {code or unit_text}"
-        bounds = self.k.plausible.get(concept)
-        if bounds is not None and not bounds.min <= converted <= bounds.max:
-            # a unit or typing error (0.08 g for a weight, 380 for 38.0 °C): never dose
-            # or grade on it, say so
-            shown = f"{converted:g} {canonical}" + (f" ({original})" if original else "")
-            self.issues.append(
-                Issue(
-                    f"{raw.location}{path}.value",
-                    f"{shown} is not a plausible {concept} (data-quality bounds "
-                    f"{bounds.min:g}-{bounds.max:g} {canonical}); not used",
-                )
+        # a unit or typing error (0.08 g for a weight, 380 for 38.0 °C): never dose or
+        # grade on it, say so
+        bounds = self.k.plausible[concept]
+        shown = f"{converted:g} {canonical}" + (f" ({original})" if original else "")
+        self.issues.append(
+            Issue(
+                f"{raw.location}{path}.value",
+                f"{shown} is not a plausible {concept} (data-quality bounds "
+                f"{bounds.min:g}-{bounds.max:g} {canonical}); not used",
             )
-            return None
-        return Measurement(concept, converted, canonical, at, source, original)
+        )
+        return None
 
     def _unit_rule(self, concept: str, code: str | None, unit: str | None) -> UnitRule | None:
         """The conversion to the canonical unit: by the UCUM code, else by the unit text."""
@@ -331,17 +435,17 @@ class Normaliser:
         self._unit_rules[key] = rule
         return rule
 
-    def _effective(self, raw: RawResource, obs: Json) -> datetime | None:
-        if (text := obs.get("effectiveDateTime")) is not None:
+    def _effective(self, raw: RawResource, obs: Resource) -> datetime | None:
+        if (text := obs.effectiveDateTime) is not None:
             return self._time(text, raw, ".effectiveDateTime")
-        if (text := obs.get("effectiveInstant")) is not None:
+        if (text := obs.effectiveInstant) is not None:
             return self._time(text, raw, ".effectiveInstant")
-        period: Json | None = obs.get("effectivePeriod")
+        period = obs.effectivePeriod
         if period is not None:
             # A value over a period is taken at its end (or its start while open).
-            if (text := period.get("end")) is not None:
+            if (text := period.end) is not None:
                 return self._time(text, raw, ".effectivePeriod.end")
-            if (text := period.get("start")) is not None:
+            if (text := period.start) is not None:
                 return self._time(text, raw, ".effectivePeriod.start")
         self.issues.append(Issue(f"{raw.location}.effective[x]", "no effective time"))
         return None
@@ -350,14 +454,10 @@ class Normaliser:
 
     def _medication_index(
         self, raws: Iterable[RawResource], report: bool = True
-    ) -> dict[str, Json]:
-        index: dict[str, Json] = {}
+    ) -> dict[str, Resource]:
+        index: dict[str, Resource] = {}
         for raw in raws:
-            med = (
-                self._read(raw, models.Medication, models.plain_medication)
-                if report
-                else self._read_quietly(raw.data, models.Medication, models.plain_medication)
-            )
+            med = self._read(raw, models.Medication, report)
             if med is None:
                 continue
             index[raw.reference] = med
@@ -367,52 +467,54 @@ class Normaliser:
 
     def _medication(
         self,
-        concept: Json | None,
-        reference: Json | None,
-        contained: list[dict[str, object]],
-        medications: Mapping[str, Json],
+        concept: CodeableConcept | None,
+        reference: Reference | None,
+        contained: Iterable[object],
+        medications: Mapping[str, Resource],
     ) -> MedicationMatch | None:
-        candidates: list[Json] = []
+        candidates: list[CodeableConcept] = []
         if concept is not None:
             candidates.append(concept)
-        ref = reference.get("reference") if reference is not None else None
+        ref = reference.reference if reference is not None else None
         if ref:
-            med: Json | None = None
+            med: Resource | None = None
             if ref.startswith("#"):
                 for item in contained:
-                    if item.get("resourceType") == "Medication" and item.get("id") == ref[1:]:
-                        med = self._read_quietly(item, models.Medication, models.plain_medication)
+                    if (
+                        isinstance(item, dict)
+                        and item.get("resourceType") == "Medication"
+                        and item.get("id") == ref[1:]
+                    ):
+                        med = self._contained_medication(item)
                         break
             else:
                 med = medications.get(ref) or medications.get(ref.rsplit("/_history", 1)[0])
-            if med is not None and med.get("code") is not None:
-                candidates.append(med["code"])
+            if med is not None and isinstance(med.code, CodeableConcept):
+                candidates.append(med.code)
         for cc in candidates:
             match = self._match_medication(cc)
             if match is not None:
                 return match
-        if reference is not None and reference.get("display"):
-            return self._by_name(reference["display"])
+        if reference is not None and reference.display:
+            return self._by_name(reference.display)
         return None
 
     def _administration(
-        self, raw: RawResource, medications: dict[str, Json]
+        self, raw: RawResource, medications: Mapping[str, Resource]
     ) -> Administration | None:
-        ma = self._read(
-            raw, models.MedicationAdministration, models.plain_medication_administration
-        )
+        ma = self._read(raw, models.MedicationAdministration)
         if ma is None:
             return None
-        if ma["status"] in IGNORED_ADMINISTRATION_STATUSES:
+        if ma.status in IGNORED_ADMINISTRATION_STATUSES:
             return None
-        if not self._same_patient(raw, ma.get("subject")):
+        if ma.subject is not None and not self._same_patient(raw, ma.subject):
             return None
-        concept: Json | None = ma.get("medicationCodeableConcept")
-        reference: Json | None = ma.get("medicationReference")
-        match = self._medication(concept, reference, ma.get("contained") or [], medications)
+        concept = ma.medicationCodeableConcept
+        reference = ma.medicationReference
+        match = self._medication(concept, reference, ma.contained, medications)
         if match is None:
             if reference is not None and concept is None:
-                ref = reference.get("reference") or ""
+                ref = reference.reference or ""
                 if ref and not ref.startswith("#") and ref not in medications:
                     self.issues.append(
                         Issue(
@@ -422,22 +524,22 @@ class Normaliser:
                         )
                     )
             return None
-        dosage: Json | None = ma.get("dosage")
+        dosage = ma.dosage
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
             return None  # eye drops, nasal spray, local infiltration: not for hypotension
-        period: Json | None = ma.get("effectivePeriod")
-        if ma.get("effectiveDateTime") is not None:
-            start = self._time(ma["effectiveDateTime"], raw, ".effectiveDateTime")
+        period = ma.effectivePeriod
+        if ma.effectiveDateTime is not None:
+            start = self._time(ma.effectiveDateTime, raw, ".effectiveDateTime")
             # charted as a moment but still in progress: it is running (an infusion)
-            end = None if ma["status"] == "in-progress" else start
-        elif period is not None and period.get("start") is not None:
-            start = self._time(period["start"], raw, ".effectivePeriod.start")
+            end = None if ma.status == "in-progress" else start
+        elif period is not None and period.start is not None:
+            start = self._time(period.start, raw, ".effectivePeriod.start")
             end = (
-                self._time(period["end"], raw, ".effectivePeriod.end")
-                if period.get("end") is not None
+                self._time(period.end, raw, ".effectivePeriod.end")
+                if period.end is not None
                 else None
             )
-            if period.get("end") is not None and end is None:
+            if period.end is not None and end is None:
                 return None
         else:
             self.issues.append(Issue(f"{raw.location}.effective[x]", "no effective time"))
@@ -449,7 +551,7 @@ class Normaliser:
                 Issue(f"{raw.location}.effectivePeriod", "period ends before it starts")
             )
             return None
-        dose_mg, dose_mg_per_kg = _dose(dosage.get("dose") if dosage is not None else None)
+        dose_mg, dose_mg_per_kg = _dose(dosage.dose if dosage is not None else None)
         return Administration(
             concept=match.concept,
             medication_class=match.medication_class,
@@ -461,14 +563,14 @@ class Normaliser:
             dose_mg_per_kg=dose_mg_per_kg,
         )
 
-    def _match_medication(self, cc: Json) -> MedicationMatch | None:
-        for coding in cc.get("coding") or ():
-            system, value = coding.get("system"), coding.get("code")
+    def _match_medication(self, cc: CodeableConcept) -> MedicationMatch | None:
+        for coding in cc.coding:
+            system, value = coding.system, coding.code
             if system and value:
                 concept = self.k.medication_by_code.get((system, value))
                 if concept is not None:
                     return self._concept(concept)
-        for text in _texts(cc):
+        for text in cc.texts():
             match = self._by_name(text)
             if match is not None:
                 return match
@@ -480,9 +582,9 @@ class Normaliser:
             return None
         return self._concept(concept)
 
-    def _not_intravenous(self, dosage: Json | None) -> bool:
+    def _not_intravenous(self, dosage: Dosage | None) -> bool:
         """True only when the charted route is recognisably not intravenous."""
-        route = dosage.get("route") if dosage is not None else None
+        route = dosage.route if dosage is not None else None
         if not isinstance(route, dict):
             return False  # no route, or one we cannot read: counted (never under-grade)
         codings = route.get("coding")
@@ -516,22 +618,25 @@ class Normaliser:
             return None
         return parsed
 
-    def _same_patient(self, raw: RawResource, subject: Json | None) -> bool:
+    def _same_patient(self, raw: RawResource, subject: Reference) -> bool:
         """False (and reported) when the resource names another patient."""
-        if self.patient_id is None or subject is None:
-            return True
-        ref = subject.get("reference")
-        if not ref or "Patient/" not in ref:
-            return True
-        if ref.rsplit("Patient/", 1)[1].split("/")[0] == self.patient_id:
-            return True
-        self.issues.append(
-            Issue(
-                f"{raw.location}.subject.reference",
-                "resource belongs to another patient than context.patientId; skipped",
+        ref = subject.reference
+        same = self._subjects.get(ref)
+        if same is None:
+            same = self._subjects[ref] = (
+                self.patient_id is None
+                or not ref
+                or "Patient/" not in ref
+                or ref.rsplit("Patient/", 1)[1].split("/")[0] == self.patient_id
             )
-        )
-        return False
+        if not same:
+            self.issues.append(
+                Issue(
+                    f"{raw.location}.subject.reference",
+                    "resource belongs to another patient than context.patientId; skipped",
+                )
+            )
+        return same
 
 
 def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:
@@ -550,23 +655,12 @@ def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:
         return str(exc)
 
 
-def _texts(concept: Json) -> list[str]:
-    """The human-readable names in a CodeableConcept: text, then the codings' displays."""
-    names = [concept["text"]] if concept.get("text") else []
-    names.extend(c["display"] for c in concept.get("coding") or () if c.get("display"))
-    return names
-
-
-def _dump(model: models.Lean | None) -> Json | None:
-    return None if model is None else model.model_dump()
-
-
-def _dose(q: Json | None) -> tuple[float | None, float | None]:
+def _dose(q: Quantity | None) -> tuple[float | None, float | None]:
     """(mg, mg/kg) from a dose quantity; unknown units give neither."""
-    if q is None or q.get("value") is None:
+    if q is None or q.value is None:
         return None, None
-    value = float(q["value"])  # the model reads integers as floats
-    for unit in (q.get("code"), q.get("unit")):
+    value = q.value
+    for unit in (q.code, q.unit):
         if unit is None:
             continue
         u = unit.strip().lower()

@@ -12,7 +12,7 @@ _BIRTH_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 
 def age_in_years(collected: ResourceCollector, patient_id: str | None, at: datetime) -> int | None:
     """Whole years of age at `at` from Patient.birthDate (full dates only), if known."""
-    patients = [r.data for r in collected.of_type("Patient")]
+    patients = list(collected.of_type("Patient"))
     if patient_id is not None:
         patients = [p for p in patients if p.get("id") in (patient_id, None)] or patients
     if len(patients) != 1:

@@ -4,6 +4,9 @@ A prefetch value may be a single resource, a Bundle (searchset, collection,
 transaction…), or null. Search entries with `search.mode = outcome` are skipped.
 Anything that is not a resource is reported as an `Issue` with its location and never
 stops the evaluation.
+
+Values come as parsed JSON (dicts) or already decoded into `structs.Resource` (a request
+body decoded in one pass); both are walked alike, and a resource is kept as it came.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from msgspec import UNSET, Struct
 from pydantic import ValidationError
+
+from cds.fhir.structs import Resource, to_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,22 +33,53 @@ class Issue:
         return {"location": self.location, "problem": self.problem}
 
 
-@dataclass(frozen=True, slots=True)
-class RawResource:
-    """A resource as received, with where it was found."""
+class RawResource(Struct, gc=False):
+    """A resource as received (a JSON object or a decoded `Resource`), with where it was
+    found: `where` itself, or entry `index` of the Bundle at `where`. A chart has
+    thousands of entries and few problems, so the location is written out when asked."""
 
-    location: str
-    data: dict[str, Any]
+    where: str
+    data: dict[str, Any] | Resource
+    resource_type: str
     full_url: str | None = None
+    index: int = -1
+
+    @classmethod
+    def of(
+        cls,
+        location: str,
+        data: dict[str, Any] | Resource,
+        full_url: str | None = None,
+        index: int = -1,
+    ) -> RawResource:
+        """`data` found at `location` (or in entry `index` of the Bundle there)."""
+        kind = data.resourceType if isinstance(data, Resource) else str(data.get("resourceType"))
+        return cls(location, data, kind, full_url, index)
 
     @property
-    def resource_type(self) -> str:
-        return str(self.data.get("resourceType"))
+    def location(self) -> str:
+        """The FHIR path of the resource in the request."""
+        if self.index < 0:
+            return self.where
+        return f"{self.where}.entry[{self.index}].resource"
+
+    def get(self, name: str) -> Any:
+        """A top-level field as received (None when absent); of a decoded Resource only
+        the fields it declares."""
+        data = self.data
+        if isinstance(data, Resource):
+            return getattr(data, name, None)
+        return data.get(name)
+
+    def json(self) -> dict[str, Any]:
+        """The resource as a JSON object (of a decoded Resource, the fields it declares)."""
+        data = self.data
+        return to_json(data) if isinstance(data, Resource) else data
 
     @property
     def reference(self) -> str:
         """`Type/id` when the resource has an id, else its fullUrl or location."""
-        rid = self.data.get("id")
+        rid = self.get("id")
         if isinstance(rid, str) and rid:
             return f"{self.resource_type}/{rid}"
         return self.full_url or self.location
@@ -79,6 +116,9 @@ class ResourceCollector:
 
     def add(self, value: Any, location: str, full_url: str | None = None) -> None:
         """Add a resource or a Bundle found at `location`."""
+        if type(value) is Resource:
+            self._add_decoded(value, location, full_url)
+            return
         if not isinstance(value, dict):
             self.issues.append(
                 Issue(location, f"expected a FHIR resource or Bundle, got {_kind(value)}")
@@ -91,21 +131,14 @@ class ResourceCollector:
         if resource_type == "Bundle":
             self._add_bundle(value, location)
         elif resource_type != "OperationOutcome":
-            self.resources.append(RawResource(location, value, full_url))
+            self.resources.append(RawResource.of(location, value, full_url))
 
     def _add_bundle(self, bundle: dict[str, Any], location: str) -> None:
         links = bundle.get("link")
         if isinstance(links, list) and any(
             isinstance(link, dict) and link.get("relation") == "next" for link in links
         ):
-            # a prefetch cut at its first page: say so, the grade may rest on part of the data
-            self.issues.append(
-                Issue(
-                    f"{location}.link",
-                    "the Bundle has further pages (link 'next') that were not sent: only "
-                    "this page was read, so findings may be missing",
-                )
-            )
+            self.issues.append(Issue(f"{location}.link", _NOT_SENT))
         entries = bundle.get("entry", [])
         if not isinstance(entries, list):
             self.issues.append(Issue(f"{location}.entry", "Bundle.entry must be an array"))
@@ -134,9 +167,48 @@ class ResourceCollector:
                 full_url if isinstance(full_url, str) else None,
             )
 
+    def _add_decoded(self, value: Resource, location: str, full_url: str | None) -> None:
+        """`add` for a decoded Resource: the same walk, on fields already typed."""
+        kind = value.resourceType
+        if kind == "Bundle":
+            self._add_decoded_bundle(value, location)
+        elif not kind:
+            self.issues.append(Issue(f"{location}.resourceType", "missing resourceType"))
+        elif kind != "OperationOutcome":
+            self.resources.append(RawResource(location, value, kind, full_url))
+
+    def _add_decoded_bundle(self, bundle: Resource, location: str) -> None:
+        links = bundle.link
+        if links and any(link.relation == "next" for link in links):
+            self.issues.append(Issue(f"{location}.link", _NOT_SENT))
+        append = self.resources.append
+        for i, entry in enumerate(bundle.entry or ()):
+            resource = entry.resource
+            search = entry.search
+            if search is not None and search.mode == "outcome":
+                continue
+            if resource is None:
+                if entry.request is UNSET and entry.response is UNSET:
+                    self.issues.append(
+                        Issue(f"{location}.entry[{i}]", "Bundle entry has no resource")
+                    )
+                continue
+            kind = resource.resourceType
+            if kind == "Bundle" or not kind:
+                self._add_decoded(resource, f"{location}.entry[{i}].resource", entry.fullUrl)
+            elif kind != "OperationOutcome":
+                append(RawResource(location, resource, kind, entry.fullUrl, i))
+
     def of_type(self, *types: str) -> Iterable[RawResource]:
         """The collected resources of the given types, in the order found."""
         return (r for r in self.resources if r.resource_type in types)
+
+
+# a prefetch cut at its first page: say so, the grade may rest on part of the data
+_NOT_SENT = (
+    "the Bundle has further pages (link 'next') that were not sent: only this page was "
+    "read, so findings may be missing"
+)
 
 
 def _kind(value: Any) -> str:

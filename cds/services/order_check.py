@@ -121,11 +121,11 @@ def _draft_orders(
         if selected and raw.reference not in selected:
             continue
         try:
-            order = models.MedicationRequest.model_validate(raw.data)
+            order = models.MedicationRequest.model_validate(raw.json())
         except ValidationError as exc:
             found = validation_issues(raw.location, exc)
             issues.extend(found)
-            if _mentions_tocilizumab(runtime, raw.data):
+            if _mentions_tocilizumab(runtime, raw.json()):
                 unchecked.extend(found)
             continue
         match = normaliser.medication(
@@ -170,7 +170,7 @@ def check_order(
     dose_wrong = {dosing.DOSE_ABOVE_CAP, dosing.DOSE_NOT_WEIGHT_BASED} & set(problems)
     if dose is not None and weight is not None and dose_wrong:
         try:
-            fixed = corrected_order(draft.raw.data, dose, rules, weight)
+            fixed = corrected_order(draft.raw.json(), dose, rules, weight)
         except ValueError as exc:  # the draft itself is not valid FHIR R4
             fixed = None
             notes.append(
