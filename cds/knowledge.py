@@ -385,6 +385,9 @@ class Knowledge:
     panel_codes: tuple[tuple[str, str], ...] = ()
     exclusions: dict[str, NameIndex] = field(default_factory=dict, repr=False)
     plausible: dict[str, Plausible] = field(default_factory=dict, repr=False)
+    # What the readers derive from this knowledge alone (what a code means, how a unit
+    # converts), remembered across requests by `fhir.normalise`.
+    memos: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     non_iv_route_codes: frozenset[tuple[str, str]] = frozenset()
     non_iv_route_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
 

@@ -356,3 +356,19 @@ def test_data_quality_bounds_are_inclusive(runtime: Runtime) -> None:
     n = read(runtime, b.weight(P, T, 0.2), b.weight(P, T, 700), b.temperature(P, T, 47.0))
     assert values(n, "body_weight") == [0.2, 700] and values(n, "temperature") == [47.0]
     assert n.issues == []
+
+
+def test_memos_shared_by_requests_are_bounded() -> None:
+    from cds.fhir.normalise import MEMO_LIMIT, _Memo
+
+    memo: _Memo[int, int] = _Memo()
+    for i in range(MEMO_LIMIT + 5):
+        assert memo.put(i, i * 2) == i * 2
+    assert len(memo) == 5 and memo[MEMO_LIMIT + 4] == (MEMO_LIMIT + 4) * 2
+
+
+def test_a_second_request_reads_alike_from_the_shared_memos(runtime: Runtime) -> None:
+    chart = {"k0": b.temperature_f(P, T, 101.1), "k1": b.blood_pressure(P, T, 88, 52)}
+    first, second = read(runtime, *chart.values()), read(runtime, *chart.values())
+    assert repr(first.facts) == repr(second.facts) and first.issues == second.issues
+    assert values(first, "temperature") == [38.388889]

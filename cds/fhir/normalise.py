@@ -22,6 +22,7 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
@@ -59,8 +60,7 @@ _PLAIN_INSTANT = re.compile(
 # How a value in one unit becomes canonical: (rule, canonical unit, lowest and highest
 # plausible value, whether the value is converted, the values converted so far);
 # _NO_UNIT for a unit not recognised.
-_UnitPlan = tuple[UnitRule, str, float, float, bool, dict[float, float]]
-_NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, {})  # (never in bounds)
+_UnitPlan = tuple[UnitRule, str, float, float, bool, "_Memo[float, float]"]
 _FINITE = sys.float_info.max
 
 
@@ -72,18 +72,43 @@ class Normalised:
     issues: list[Issue]
 
 
-class _MemoNames:
-    """A NameIndex whose matches are remembered: a chart repeats the same few texts."""
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+# Entries a memo shared by all requests may hold: codes, texts and values seen in charts
+# repeat, but a client sending endless distinct ones must not grow it without bound.
+MEMO_LIMIT = 20_000
 
-    def __init__(self, index: NameIndex) -> None:
+
+class _Memo(dict[_K, _V]):
+    """A memo shared by the requests of the process, emptied when it reaches MEMO_LIMIT."""
+
+    def put(self, key: _K, value: _V) -> _V:
+        if len(self) >= MEMO_LIMIT:
+            self.clear()
+        self[key] = value
+        return value
+
+
+def _shared(knowledge: Knowledge, name: str) -> _Memo[Any, Any]:
+    """The memo `name` of what is derived from `knowledge` alone."""
+    memo: _Memo[Any, Any] = knowledge.memos.setdefault(name, _Memo())
+    return memo
+
+
+_NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, _Memo())  # (never in bounds)
+
+
+class _MemoNames:
+    """A NameIndex whose matches are remembered: charts repeat the same few texts."""
+
+    def __init__(self, index: NameIndex, seen: _Memo[str, str | None]) -> None:
         self.index = index
-        self.seen: dict[str, str | None] = {}
+        self.seen = seen
 
     def match(self, text: str) -> str | None:
         if text in self.seen:
             return self.seen[text]
-        concept = self.seen[text] = self.index.match(text)
-        return concept
+        return self.seen.put(text, self.index.match(text))
 
 
 @dataclass(frozen=True)
@@ -118,17 +143,22 @@ class Normaliser:
         self._reset_memos()
 
     def _reset_memos(self) -> None:
-        """Memos of what a chart repeats (names, codes, units, times, subjects), kept for
-        one evaluation only."""
-        self._observation_names = _MemoNames(self.k.observation_names)
-        self._device_names = _MemoNames(self.k.device_names)
-        self._times: dict[str, datetime | str] = {}  # text -> instant, or why it is invalid
+        """Memos of what charts repeat. What follows from the knowledge alone (names,
+        codes, units, converted values) is shared by all requests; what depends on the
+        request (times: the timezone setting; subjects: the patient) is kept for one."""
+        k = self.k
+        self._observation_names = _MemoNames(k.observation_names, _shared(k, "observation names"))
+        self._device_names = _MemoNames(k.device_names, _shared(k, "device names"))
         # What an Observation.code means: (concept, device)
-        self._codes: dict[CodeableConcept, tuple[str | None, tuple[str, str] | None]] = {}
-        self._concepts: dict[CodeableConcept, str | None] = {}  # component codes
-        self._devices: dict[CodeableConcept, tuple[str, str] | None] = {}  # coded values
-        self._unit_rules: dict[tuple[str, str | None, str | None], UnitRule | None] = {}
-        self._unit_plans: dict[tuple[str, str | None, str | None], _UnitPlan] = {}
+        self._codes: _Memo[CodeableConcept, tuple[str | None, tuple[str, str] | None]] = _shared(
+            k, "observation codes"
+        )
+        self._concepts: _Memo[CodeableConcept, str | None] = _shared(k, "component codes")
+        self._devices: _Memo[CodeableConcept, tuple[str, str] | None] = _shared(k, "values")
+        self._unit_plans: _Memo[tuple[str, str | None, str | None], _UnitPlan] = _shared(
+            k, "unit plans"
+        )
+        self._times: dict[str, datetime | str] = {}  # text -> instant, or why it is invalid
         self._subjects: dict[str | None, bool] = {}  # subject reference -> the hook's patient?
 
     # --- entry points --------------------------------------------------------------
@@ -233,7 +263,7 @@ class Normaliser:
             return  # (never: the model and the check above require one)
         meaning = self._codes.get(code)
         if meaning is None:
-            meaning = self._codes[code] = (self._observation_concept(code), self._device(code))
+            meaning = self._codes.put(code, (self._observation_concept(code), self._device(code)))
         concept, device = meaning
         value_concept = obs.valueCodeableConcept
         if device is None and value_concept is not None:
@@ -279,24 +309,14 @@ class Normaliser:
                 if m is not None:
                     measurements.append(m)
 
-    def _code_meaning(self, code: CodeableConcept) -> tuple[str | None, tuple[str, str] | None]:
-        """(observation concept, oxygen device) of an Observation.code; a chart repeats a
-        few codes, so the answer is remembered by the concept (text and codings)."""
-        meaning = self._codes.get(code)
-        if meaning is None:
-            meaning = self._codes[code] = (self._observation_concept(code), self._device(code))
-        return meaning
-
     def _part(self, component: Component) -> str | None:
         """The concept of a component's code (remembered)."""
-        concept = self._concepts[component.code] = self._observation_concept(component.code)
-        return concept
+        return self._concepts.put(component.code, self._observation_concept(component.code))
 
     def _coded_device(self, value: CodeableConcept) -> tuple[str, str] | None:
         if value in self._devices:
             return self._devices[value]
-        device = self._devices[value] = self._device(value)
-        return device
+        return self._devices.put(value, self._device(value))
 
     def _observation_concept(self, code: CodeableConcept) -> str | None:
         """By a mapped code; else by name, unless the text names another measurement
@@ -343,14 +363,14 @@ class Normaliser:
         code, unit_text = q.code, q.unit
         plan = self._unit_plans.get((concept, code, unit_text))
         if plan is None:
-            plan = self._unit_plans[(concept, code, unit_text)] = self._unit_plan(
-                concept, code, unit_text
+            plan = self._unit_plans.put(
+                (concept, code, unit_text), self._unit_plan(concept, code, unit_text)
             )
         if plan is not _NO_UNIT:
             rule, canonical, low, high, converts, seen = plan
             converted = seen.get(value)  # (charts repeat values; rounding is slow)
             if converted is None:
-                converted = seen[value] = rule.to_canonical(value)
+                converted = seen.put(value, rule.to_canonical(value))
             if low <= converted <= high:  # in bounds, so finite (nan compares False)
                 original = f"{value:g} {code or unit_text}" if converts else None
                 return Measurement(concept, converted, canonical, at, source, original)
@@ -366,7 +386,7 @@ class Normaliser:
         bounds = self.k.plausible.get(concept)
         low, high = (bounds.min, bounds.max) if bounds is not None else (-_FINITE, _FINITE)
         converts = rule.factor != 1.0 or rule.offset != 0.0
-        return rule, self.k.observations[concept].canonical_unit, low, high, converts, {}
+        return rule, self.k.observations[concept].canonical_unit, low, high, converts, _Memo()
 
     def _unusable(
         self,
@@ -422,9 +442,6 @@ class Normaliser:
 
     def _unit_rule(self, concept: str, code: str | None, unit: str | None) -> UnitRule | None:
         """The conversion to the canonical unit: by the UCUM code, else by the unit text."""
-        key = (concept, code, unit)
-        if key in self._unit_rules:
-            return self._unit_rules[key]
         table = self.k.units[concept]
         rule = None
         for given in (code, unit):
@@ -432,7 +449,6 @@ class Normaliser:
                 rule = table.get(given.strip().lower())
                 if rule is not None:
                     break
-        self._unit_rules[key] = rule
         return rule
 
     def _effective(self, raw: RawResource, obs: Resource) -> datetime | None:

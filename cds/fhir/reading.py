@@ -107,6 +107,8 @@ class ResourceCollector:
     def __init__(self) -> None:
         self.resources: list[RawResource] = []
         self.issues: list[Issue] = []
+        self._by_type: dict[str, list[RawResource]] | None = None
+        self._indexed = 0  # how many resources `_by_type` holds
 
     def add_prefetch(self, prefetch: Mapping[str, Any], root: str = "prefetch") -> None:
         """Add every non-null prefetch value."""
@@ -201,6 +203,14 @@ class ResourceCollector:
 
     def of_type(self, *types: str) -> Iterable[RawResource]:
         """The collected resources of the given types, in the order found."""
+        if self._by_type is None or self._indexed != len(self.resources):
+            # (asked for a few rare types, of thousands of Observations: indexed once)
+            self._by_type = {}
+            for r in self.resources:
+                self._by_type.setdefault(r.resource_type, []).append(r)
+            self._indexed = len(self.resources)
+        if len(types) == 1:
+            return tuple(self._by_type.get(types[0], ()))
         return (r for r in self.resources if r.resource_type in types)
 
 
