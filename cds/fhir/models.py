@@ -32,22 +32,11 @@ class CodeableConcept(Lean):
     coding: list[Coding] = Field(default_factory=list)
     text: str | None = None
 
-    def texts(self) -> list[str]:
-        """The human-readable names in this concept: text, then the codings' displays."""
-        names = [self.text] if self.text else []
-        names.extend(c.display for c in self.coding if c.display)
-        return names
-
 
 class Quantity(Lean):
     value: float | None = None
     unit: str | None = None
-    system: str | None = None
-    code: str | None = None
-
-    def unit_text(self) -> str | None:
-        """The UCUM code when given, else the human unit."""
-        return self.code or self.unit
+    code: str | None = None  # (the UCUM code; `system` is not read)
 
 
 class Reference(Lean):

@@ -74,6 +74,7 @@ class Normalised:
 
 _K = TypeVar("_K")
 _V = TypeVar("_V")
+_UNSEEN: Any = object()  # not in a memo yet
 # Entries a memo shared by all requests may hold: codes, texts and values seen in charts
 # repeat, but a client sending endless distinct ones must not grow it without bound.
 MEMO_LIMIT = 20_000
@@ -268,16 +269,15 @@ class Normaliser:
         value_concept = obs.valueCodeableConcept
         if device is None and value_concept is not None:
             device = self._coded_device(value_concept)
-        components = obs.component
-        if components:
+        parts: list[tuple[int, Component, str]] = []
+        if obs.component:
             concepts = self._concepts
-            parts = [
-                (i, part, concepts[part.code] if part.code in concepts else self._part(part))
-                for i, part in enumerate(components)
-            ]
-            parts = [part for part in parts if part[2] is not None]
-        else:
-            parts = []
+            for i, part in enumerate(obs.component):
+                part_concept = concepts.get(part.code, _UNSEEN)
+                if part_concept is _UNSEEN:
+                    part_concept = self._part(part)
+                if part_concept is not None:
+                    parts.append((i, part, part_concept))
         if concept is None and device is None and not parts:
             return
         text = obs.effectiveDateTime
@@ -298,14 +298,8 @@ class Normaliser:
         for i, part, part_concept in parts:
             quantity = part.valueQuantity
             if quantity is not None:
-                m = self._measurement(
-                    part_concept,  # type: ignore[arg-type]  # (not None, above)
-                    quantity,
-                    at,
-                    source,
-                    raw,
-                    f".component[{i}].valueQuantity",
-                )
+                path = f".component[{i}].valueQuantity"
+                m = self._measurement(part_concept, quantity, at, source, raw, path)
                 if m is not None:
                     measurements.append(m)
 

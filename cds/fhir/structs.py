@@ -55,7 +55,6 @@ class CodeableConcept(_Frozen, frozen=True, gc=False, omit_defaults=True):
 class Quantity(_Frozen, frozen=True, gc=False, omit_defaults=True):
     value: float | None = None
     unit: str | None = None
-    system: str | None = None
     code: str | None = None
 
 
