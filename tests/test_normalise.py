@@ -359,12 +359,39 @@ def test_data_quality_bounds_are_inclusive(runtime: Runtime) -> None:
 
 
 def test_memos_shared_by_requests_are_bounded() -> None:
-    from cds.fhir.normalise import MEMO_LIMIT, _Memo
+    from cds.fhir.normalise import MEMO_KEY_CHARS, _Memo
 
-    memo: _Memo[int, int] = _Memo()
-    for i in range(MEMO_LIMIT + 5):
+    memo: _Memo[int, int] = _Memo(limit=100)
+    for i in range(105):
         assert memo.put(i, i * 2) == i * 2
-    assert len(memo) == 5 and memo[MEMO_LIMIT + 4] == (MEMO_LIMIT + 4) * 2
+    assert len(memo) == 5 and memo[104] == 208
+    assert memo.put(-1, 7, chars=MEMO_KEY_CHARS + 1) == 7 and -1 not in memo
+
+
+def test_huge_or_endless_distinct_codes_do_not_grow_the_shared_memos(runtime: Runtime) -> None:
+    from cds.fhir.normalise import MEMO_ENTRIES, UNIT_PLANS
+
+    huge = b.observation(P, T, None, "Body temperature " + "x" * 100_000, 38.4, "Cel")
+    assert values(read(runtime, huge), "temperature") == [38.4]
+    odd_units = []
+    for i in range(UNIT_PLANS + 10):
+        obs = b.temperature(P, T, 38.0 + i / 1000)
+        obs["valueQuantity"]["unit"] = f"unit {i}"  # read by its UCUM code, Cel
+        odd_units.append(obs)
+    assert len(values(read(runtime, *odd_units), "temperature")) == UNIT_PLANS + 10
+    memos = runtime.knowledge.memos
+    assert sum(len(key) for key in memos["observation names"]) < 100_000
+    assert len(memos["unit plans"]) <= UNIT_PLANS
+    assert all(len(memo) <= MEMO_ENTRIES for memo in memos.values())
+
+
+def test_zero_and_negative_zero_read_as_written_whatever_came_before(runtime: Runtime) -> None:
+    def flow(v: float) -> float:
+        n = read(runtime, b.oxygen_flow(P, T, v))
+        return values(n, "oxygen_flow")[0]
+
+    assert repr(flow(-0.0)) == "-0.0" and repr(flow(0.0)) == "0.0"
+    assert repr(flow(-0.0)) == "-0.0"
 
 
 def test_a_second_request_reads_alike_from_the_shared_memos(runtime: Runtime) -> None:

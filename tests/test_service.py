@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from cds import fhirbuild as b
 from cds.cli import app as cli_app
+from cds.fhir.structs import decode_body
 from tests.helpers import (
     PATIENT,
     assert_no_empty_fields,
@@ -119,6 +121,15 @@ def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
     ("body", "status", "message"),
     [
         (b"{not json", 400, "not valid JSON"),
+        (b'{"hook":"\xff"}', 400, "not valid JSON"),  # invalid UTF-8 in a member read
+        (
+            b'{"hook":"patient-view","hookInstance":"h","context":{"patientId":"p","x":'
+            + b"[" * 1100
+            + b"]" * 1100
+            + b"}}",
+            400,
+            "not valid JSON",  # nested deeper than either parser goes
+        ),
         (b"", 400, "empty request body"),
         (b"[]", 400, "must be a JSON object"),
         (json.dumps({"hook": "patient-view", "context": {}}).encode(), 400, "request.hookInstance"),
@@ -249,3 +260,21 @@ def test_paediatric_patient_is_warned_about_the_adult_hypotension_threshold(
     pre["patient"] = b.patient(PATIENT, birth_date="1970-01-01")
     (card,) = monitor(client, hook_request("patient-view", {}, pre)).json()["cards"]
     assert "Paediatric" not in card["detail"]
+
+
+def test_nesting_the_one_pass_decoder_refuses_is_read_as_plain_json(client: TestClient) -> None:
+    # 340 Bundles one in another: too deep for the one-pass decoder, fine as plain JSON
+    depth = 340
+    bundle = b'{"resourceType":"Bundle","entry":[{"resource":' * depth
+    bundle += b'{"resourceType":"Bundle"}' + b"}]}" * depth
+    body = (
+        b'{"hook":"patient-view","hookInstance":"h","context":{"patientId":"p"},"prefetch":'
+        b'{"observations":' + bundle + b',"oxygenDevices":' + bundle
+        + b',"medicationAdministrations":' + bundle + b"}}"
+    )  # fmt: skip
+    assert decode_body(body) is None
+    orjson.loads(body)  # (valid, and within the plain parser's depth)
+    r = client.post(
+        "/cds-services/crs-monitor", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 200 and r.json() == {"cards": []}

@@ -75,25 +75,43 @@ class Normalised:
 _K = TypeVar("_K")
 _V = TypeVar("_V")
 _UNSEEN: Any = object()  # not in a memo yet
-# Entries a memo shared by all requests may hold: codes, texts and values seen in charts
-# repeat, but a client sending endless distinct ones must not grow it without bound.
-MEMO_LIMIT = 20_000
+# Memos shared by all requests remember what charts repeat (codes, names, units, values).
+# A client sending endless distinct or huge codes must not grow them: each holds at most
+# its `limit` of entries (emptied when full), and a key holding more than MEMO_KEY_CHARS
+# characters of text is worked out every time instead of remembered.
+MEMO_ENTRIES = 4_096
+MEMO_KEY_CHARS = 512
+UNIT_PLANS = 64  # (concept, code, unit) conversions remembered
+VALUES_PER_UNIT = 512  # converted values remembered per conversion
 
 
 class _Memo(dict[_K, _V]):
-    """A memo shared by the requests of the process, emptied when it reaches MEMO_LIMIT."""
+    """A memo shared by the requests of the process, emptied when it reaches `limit`."""
 
-    def put(self, key: _K, value: _V) -> _V:
-        if len(self) >= MEMO_LIMIT:
-            self.clear()
-        self[key] = value
+    def __init__(self, limit: int = MEMO_ENTRIES) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def put(self, key: _K, value: _V, chars: int = 0) -> _V:
+        """Remember `value` for `key` (whose text is `chars` long); returns `value`."""
+        if chars <= MEMO_KEY_CHARS:
+            if len(self) >= self.limit:
+                self.clear()
+            self[key] = value
         return value
 
 
-def _shared(knowledge: Knowledge, name: str) -> _Memo[Any, Any]:
+def _shared(knowledge: Knowledge, name: str, limit: int = MEMO_ENTRIES) -> _Memo[Any, Any]:
     """The memo `name` of what is derived from `knowledge` alone."""
-    memo: _Memo[Any, Any] = knowledge.memos.setdefault(name, _Memo())
+    memo: _Memo[Any, Any] = knowledge.memos.setdefault(name, _Memo(limit))
     return memo
+
+
+def _chars(concept: CodeableConcept) -> int:
+    """The characters of text a CodeableConcept holds: its size as a memo key."""
+    return len(concept.text or "") + sum(
+        len(c.system or "") + len(c.code or "") + len(c.display or "") for c in concept.coding
+    )
 
 
 _NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, _Memo())  # (never in bounds)
@@ -109,7 +127,7 @@ class _MemoNames:
     def match(self, text: str) -> str | None:
         if text in self.seen:
             return self.seen[text]
-        return self.seen.put(text, self.index.match(text))
+        return self.seen.put(text, self.index.match(text), len(text))
 
 
 @dataclass(frozen=True)
@@ -157,7 +175,7 @@ class Normaliser:
         self._concepts: _Memo[CodeableConcept, str | None] = _shared(k, "component codes")
         self._devices: _Memo[CodeableConcept, tuple[str, str] | None] = _shared(k, "values")
         self._unit_plans: _Memo[tuple[str, str | None, str | None], _UnitPlan] = _shared(
-            k, "unit plans"
+            k, "unit plans", UNIT_PLANS
         )
         self._times: dict[str, datetime | str] = {}  # text -> instant, or why it is invalid
         self._subjects: dict[str | None, bool] = {}  # subject reference -> the hook's patient?
@@ -264,7 +282,8 @@ class Normaliser:
             return  # (never: the model and the check above require one)
         meaning = self._codes.get(code)
         if meaning is None:
-            meaning = self._codes.put(code, (self._observation_concept(code), self._device(code)))
+            meaning = (self._observation_concept(code), self._device(code))
+            self._codes.put(code, meaning, _chars(code))
         concept, device = meaning
         value_concept = obs.valueCodeableConcept
         if device is None and value_concept is not None:
@@ -305,12 +324,13 @@ class Normaliser:
 
     def _part(self, component: Component) -> str | None:
         """The concept of a component's code (remembered)."""
-        return self._concepts.put(component.code, self._observation_concept(component.code))
+        code = component.code
+        return self._concepts.put(code, self._observation_concept(code), _chars(code))
 
     def _coded_device(self, value: CodeableConcept) -> tuple[str, str] | None:
         if value in self._devices:
             return self._devices[value]
-        return self._devices.put(value, self._device(value))
+        return self._devices.put(value, self._device(value), _chars(value))
 
     def _observation_concept(self, code: CodeableConcept) -> str | None:
         """By a mapped code; else by name, unless the text names another measurement
@@ -358,13 +378,19 @@ class Normaliser:
         plan = self._unit_plans.get((concept, code, unit_text))
         if plan is None:
             plan = self._unit_plans.put(
-                (concept, code, unit_text), self._unit_plan(concept, code, unit_text)
+                (concept, code, unit_text),
+                self._unit_plan(concept, code, unit_text),
+                len(code or "") + len(unit_text or ""),
             )
         if plan is not _NO_UNIT:
             rule, canonical, low, high, converts, seen = plan
-            converted = seen.get(value)  # (charts repeat values; rounding is slow)
+            # charts repeat values, and rounding is slow; 0.0 and -0.0 are one key, so
+            # zeros are not remembered
+            converted = seen.get(value) if value else None
             if converted is None:
-                converted = seen.put(value, rule.to_canonical(value))
+                converted = rule.to_canonical(value)
+                if value and low <= converted <= high:
+                    seen.put(value, converted)
             if low <= converted <= high:  # in bounds, so finite (nan compares False)
                 original = f"{value:g} {code or unit_text}" if converts else None
                 return Measurement(concept, converted, canonical, at, source, original)
@@ -380,7 +406,8 @@ class Normaliser:
         bounds = self.k.plausible.get(concept)
         low, high = (bounds.min, bounds.max) if bounds is not None else (-_FINITE, _FINITE)
         converts = rule.factor != 1.0 or rule.offset != 0.0
-        return rule, self.k.observations[concept].canonical_unit, low, high, converts, _Memo()
+        canonical = self.k.observations[concept].canonical_unit
+        return rule, canonical, low, high, converts, _Memo(VALUES_PER_UNIT)
 
     def _unusable(
         self,

@@ -68,7 +68,8 @@ class RawResource(Struct, gc=False):
         the fields it declares."""
         data = self.data
         if isinstance(data, Resource):
-            return getattr(data, name, None)
+            value = getattr(data, name, None)
+            return None if value is UNSET else value
         return data.get(name)
 
     def json(self) -> dict[str, Any]:

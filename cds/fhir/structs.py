@@ -144,7 +144,6 @@ class Body(Struct, gc=False):
 
 
 _BODY = msgspec.json.Decoder(Body)
-_CONVERT_ERRORS = (msgspec.ValidationError,)
 
 OBSERVATION_STATUSES = frozenset(
     {
@@ -169,7 +168,9 @@ def decode_body(body: bytes) -> Body | None:
     which locates every problem."""
     try:
         return _BODY.decode(body)
-    except msgspec.DecodeError:  # ValidationError included
+    except (msgspec.DecodeError, ValueError, RecursionError):
+        # (ValidationError is a DecodeError; invalid UTF-8 a ValueError; nesting deeper
+        # than the decoder goes a RecursionError)
         return None
 
 
@@ -177,7 +178,7 @@ def from_json(data: Any) -> Resource | None:
     """A JSON object (as parsed) as a Resource, or None if a field is not as read."""
     try:
         return msgspec.convert(data, Resource)
-    except _CONVERT_ERRORS:
+    except (msgspec.ValidationError, RecursionError):
         return None
 
 
