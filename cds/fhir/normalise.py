@@ -125,9 +125,10 @@ class _MemoNames:
         self.seen = seen
 
     def match(self, text: str) -> str | None:
-        if text in self.seen:
-            return self.seen[text]
-        return self.seen.put(text, self.index.match(text), len(text))
+        concept: str | None = self.seen.get(text, _UNSEEN)
+        if concept is _UNSEEN:
+            concept = self.seen.put(text, self.index.match(text), len(text))
+        return concept
 
 
 @dataclass(frozen=True)
@@ -328,9 +329,10 @@ class Normaliser:
         return self._concepts.put(code, self._observation_concept(code), _chars(code))
 
     def _coded_device(self, value: CodeableConcept) -> tuple[str, str] | None:
-        if value in self._devices:
-            return self._devices[value]
-        return self._devices.put(value, self._device(value), _chars(value))
+        device: tuple[str, str] | None = self._devices.get(value, _UNSEEN)
+        if device is _UNSEEN:
+            device = self._devices.put(value, self._device(value), _chars(value))
+        return device
 
     def _observation_concept(self, code: CodeableConcept) -> str | None:
         """By a mapped code; else by name, unless the text names another measurement

@@ -19,10 +19,12 @@ be remembered by the concept itself.
 
 from __future__ import annotations
 
-from typing import Any, Self
+from typing import Any, Self, get_args
 
 import msgspec
 from msgspec import UNSET, Struct, UnsetType
+
+from cds.fhir import models
 
 
 class _Frozen(Struct, frozen=True, gc=False, omit_defaults=True):
@@ -145,21 +147,8 @@ class Body(Struct, gc=False):
 
 _BODY = msgspec.json.Decoder(Body)
 
-OBSERVATION_STATUSES = frozenset(
-    {
-        "registered",
-        "preliminary",
-        "final",
-        "amended",
-        "corrected",
-        "cancelled",
-        "entered-in-error",
-        "unknown",
-    }
-)
-MEDICATION_ADMINISTRATION_STATUSES = frozenset(
-    {"in-progress", "not-done", "on-hold", "completed", "entered-in-error", "stopped", "unknown"}
-)
+OBSERVATION_STATUSES = frozenset(get_args(models.ObservationStatus))
+MEDICATION_ADMINISTRATION_STATUSES = frozenset(get_args(models.MedicationAdministrationStatus))
 
 
 def decode_body(body: bytes) -> Body | None:
