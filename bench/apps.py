@@ -15,13 +15,22 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import Response
 from fhir.resources.R4B import get_fhir_model_class
 
 from cds.fhir.reading import ResourceCollector
 from cds.protocol import HookRequest, PatientContext, compact
 from cds.runtime import Runtime
 from cds.services.crs_monitor import monitor_response
+
+
+class ORJSONResponse(Response):
+    """JSON rendered by orjson, as the service renders it (FastAPI's own is deprecated)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
 
 
 def _health(app: FastAPI) -> None:
