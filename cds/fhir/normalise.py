@@ -114,7 +114,7 @@ def _chars(concept: CodeableConcept) -> int:
     )
 
 
-_NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, _Memo())  # (never in bounds)
+_NO_UNIT: _UnitPlan = (UnitRule(1.0, 0.0), "", 0.0, -1.0, False, _Memo())  # (told by identity)
 
 
 class _MemoNames:
@@ -384,19 +384,39 @@ class Normaliser:
                 self._unit_plan(concept, code, unit_text),
                 len(code or "") + len(unit_text or ""),
             )
-        if plan is not _NO_UNIT:
-            rule, canonical, low, high, converts, seen = plan
-            # charts repeat values, and rounding is slow; 0.0 and -0.0 are one key, so
-            # zeros are not remembered
-            converted = seen.get(value) if value else None
-            if converted is None:
-                converted = rule.to_canonical(value)
-                if value and low <= converted <= high:
-                    seen.put(value, converted)
-            if low <= converted <= high:  # in bounds, so finite (nan compares False)
-                original = f"{value:g} {code or unit_text}" if converts else None
-                return Measurement(concept, converted, canonical, at, source, original)
-        self._unusable(concept, value, code, unit_text, raw, path)
+        if plan is _NO_UNIT:
+            self._unknown_unit(concept, code or unit_text, raw, path)
+            return None
+        rule, canonical, low, high, converts, seen = plan
+        # charts repeat values, and rounding is slow; 0.0 and -0.0 are one key, so zeros
+        # are not remembered
+        converted = seen.get(value) if value else None
+        if converted is None:
+            converted = rule.to_canonical(value)
+            if value and low <= converted <= high:
+                seen.put(value, converted)
+        original = f"{value:g} {code or unit_text}" if converts else None
+        if low <= converted <= high:  # in bounds, so finite (nan compares False)
+            return Measurement(concept, converted, canonical, at, source, original)
+        if not math.isfinite(converted):
+            # inf/nan would compare as a fever or a hypotension: report, never grade on it.
+            problem = (
+                "not a finite number"
+                if not math.isfinite(value)
+                else f"not a finite number in {canonical} ({value:g} {code or unit_text})"
+            )
+            self.issues.append(Issue(f"{raw.location}{path}.value", problem))
+            return None
+        # a unit or typing error (0.08 g for a weight, 380 for 38.0 °C): never dose or
+        # grade on it, say so (finite values are out of bounds only where bounds are set)
+        shown = f"{converted:g} {canonical}" + (f" ({original})" if original else "")
+        self.issues.append(
+            Issue(
+                f"{raw.location}{path}.value",
+                f"{shown} is not a plausible {concept} (data-quality bounds "
+                f"{low:g}-{high:g} {canonical}); not used",
+            )
+        )
         return None
 
     def _unit_plan(self, concept: str, code: str | None, unit: str | None) -> _UnitPlan:
@@ -411,57 +431,17 @@ class Normaliser:
         canonical = self.k.observations[concept].canonical_unit
         return rule, canonical, low, high, converts, _Memo(VALUES_PER_UNIT)
 
-    def _unusable(
-        self,
-        concept: str,
-        value: float,
-        code: str | None,
-        unit_text: str | None,
-        raw: RawResource,
-        path: str,
-    ) -> None:
-        """Report why a value of `concept` cannot be used (unit, finiteness, bounds)."""
-        rule = self._unit_rule(concept, code, unit_text)
-        canonical = self.k.observations[concept].canonical_unit
-        if rule is None:
-            given = code or unit_text
-            accepted = ", ".join(
-                u for conv in self.k.observations[concept].units for u in conv.units[:2]
-            )
-            problem = (
-                f"no unit for {concept}"
-                if given is None
-                else f"unit {given!r} not recognised for {concept}"
-            )
-            self.issues.append(
-                Issue(f"{raw.location}{path}.unit", f"{problem} (accepted: {accepted})")
-            )
-            return None
-        converted = rule.to_canonical(value)
-        if not math.isfinite(converted):
-            # inf/nan would compare as a fever or a hypotension: report, never grade on it.
-            problem = (
-                "not a finite number"
-                if not math.isfinite(value)
-                else f"not a finite number in {canonical} ({value:g} {code or unit_text})"
-            )
-            self.issues.append(Issue(f"{raw.location}{path}.value", problem))
-            return None
-        original = None
-        if rule.factor != 1.0 or rule.offset != 0.0:
-            original = f"{value:g} {code or unit_text}"
-        # a unit or typing error (0.08 g for a weight, 380 for 38.0 °C): never dose or
-        # grade on it, say so
-        bounds = self.k.plausible[concept]
-        shown = f"{converted:g} {canonical}" + (f" ({original})" if original else "")
-        self.issues.append(
-            Issue(
-                f"{raw.location}{path}.value",
-                f"{shown} is not a plausible {concept} (data-quality bounds "
-                f"{bounds.min:g}-{bounds.max:g} {canonical}); not used",
-            )
+    def _unknown_unit(self, concept: str, given: str | None, raw: RawResource, path: str) -> None:
+        """Report a quantity of `concept` whose unit is missing or not recognised."""
+        accepted = ", ".join(
+            u for conv in self.k.observations[concept].units for u in conv.units[:2]
         )
-        return None
+        problem = (
+            f"no unit for {concept}"
+            if given is None
+            else f"unit {given!r} not recognised for {concept}"
+        )
+        self.issues.append(Issue(f"{raw.location}{path}.unit", f"{problem} (accepted: {accepted})"))
 
     def _unit_rule(self, concept: str, code: str | None, unit: str | None) -> UnitRule | None:
         """The conversion to the canonical unit: by the UCUM code, else by the unit text."""
