@@ -326,8 +326,14 @@ def unreadable_order_card(knowledge: Knowledge, issues: list[Issue]) -> dict[str
         "detail": "The order could not be read where shown; check it by hand:\n\n" + rows,
         "indicator": "warning",
         "source": source(knowledge),
-        "extension": {"crs": {"dataIssues": [i.as_json() for i in issues]}},
+        "extension": data_issues_extension(issues),
     }
+
+
+def data_issues_extension(issues: list[Issue]) -> dict[str, Any]:
+    """`extension` naming what could not be read (`crs.dataIssues`), for the EHR's
+    integrators."""
+    return {"crs": {"dataIssues": [i.as_json() for i in issues]}}
 
 
 def steroid_section(knowledge: Knowledge, grade: int) -> str | None:

@@ -194,7 +194,7 @@ def monitor_response(
         )
     elif issues:
         # No card, but the EHR's integrators must still see what could not be read.
-        response["extension"] = {"crs": {"dataIssues": [i.as_json() for i in issues]}}
+        response["extension"] = cards.data_issues_extension(issues)
     return response
 
 

@@ -265,7 +265,7 @@ def order_check_response(
     issues = evaluation.normalised.issues + order_issues
     response: dict[str, Any] = {"cards": response_cards}
     if issues:
-        response["extension"] = {"crs": {"dataIssues": [i.as_json() for i in issues]}}
+        response["extension"] = cards.data_issues_extension(issues)
     return response
 
 
