@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
@@ -33,6 +42,68 @@ class KnowledgeError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Verification(_Strict):
+    """Whether a cited value was checked against its source: `confirmed` names what was
+    read (`source`) and when (`read`); `unconfirmed` says `why` not. Start-up logs every
+    unconfirmed value, and /healthz counts them."""
+
+    status: Literal["confirmed", "unconfirmed"]
+    source: str | None = None
+    read: date | None = None
+    why: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> Verification:
+        if self.status == "confirmed" and not (self.source and self.read):
+            raise ValueError("a confirmed value needs `source` (what was read) and `read` (when)")
+        if self.status == "unconfirmed" and not self.why:
+            raise ValueError("an unconfirmed value needs `why` it could not be confirmed")
+        return self
+
+
+class Source(_Strict):
+    """A citation shared by several entries of a mapping file (referred to by key)."""
+
+    text: str
+    verification: Verification
+
+
+@dataclass(frozen=True)
+class UnconfirmedValue:
+    """A cited value not (yet) confirmed against its source: where it is, and why."""
+
+    file: str
+    path: str
+    why: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"file": self.file, "path": self.path, "why": self.why}
+
+
+def _verifications(value: Any, path: str) -> Iterator[tuple[str, Verification]]:
+    """Every Verification inside a loaded model, with its dotted path."""
+    if isinstance(value, Verification):
+        yield path, value
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _verifications(getattr(value, name), f"{path}.{name}" if path else name)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _verifications(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield from _verifications(item, f"{path}[{_item_name(item, i)}]")
+
+
+def _item_name(item: Any, index: int) -> str:
+    """How a path names a list item: by its identifying field where it has one."""
+    for name in ("product", "concept", "code", "grade"):
+        key = getattr(item, name, None)
+        if key is not None:
+            return f"{name}={key}"
+    return str(index)
 
 
 # --- rules/ruleset.yaml ------------------------------------------------------------
@@ -62,6 +133,7 @@ MedicationClass = Literal[
 class FeverRule(_Strict):
     min_celsius: float = Field(gt=35, lt=42)
     citation: str
+    verification: Verification
 
 
 class HypotensionRule(_Strict):
@@ -69,8 +141,10 @@ class HypotensionRule(_Strict):
     map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
     citation: str
     url: str | None = None
+    verification: Verification
     adult_from_age_years: int = Field(ge=1, le=25)
     adult_citation: str
+    adult_verification: Verification
 
 
 class RouteCode(_Strict):
@@ -88,12 +162,14 @@ class VasopressorRule(_Strict):
     not_counted_toward_multiple: list[str]
     non_intravenous_routes: Routes
     citation: str
+    verification: Verification
 
 
 class OxygenRule(_Strict):
     low_flow_max_l_per_min: float = Field(gt=0)
     grade_by_support: dict[SupportClass, int]
     citation: str
+    verification: Verification
 
     @field_validator("grade_by_support")
     @classmethod
@@ -108,27 +184,32 @@ class Spo2WarningRule(_Strict):
     below_percent: float = Field(gt=50, le=100)
     room_air_fio2_percent: float = Field(ge=20, le=22)
     citation: str
+    verification: Verification
     url: str | None = None
 
 
 class LookbackRule(_Strict):
     hours: float = Field(gt=0, le=24 * 14)
     citation: str
+    verification: Verification
 
 
 class EpisodeGapRule(_Strict):
     hours: float = Field(gt=0, le=24 * 14)
     citation: str
+    verification: Verification
 
 
 class FeverMaskingRule(_Strict):
     masking_classes: list[MedicationClass]
     citation: str
+    verification: Verification
 
 
 class RuleOutRule(_Strict):
     text: str
     citation: str
+    verification: Verification
 
 
 class AstctFile(_Strict):
@@ -136,6 +217,7 @@ class AstctFile(_Strict):
     grading_system: str
     citation: str
     url: str
+    verification: Verification
     fever: FeverRule
     hypotension: HypotensionRule
     vasopressors: VasopressorRule
@@ -161,6 +243,7 @@ class Therapy(_Strict):
     onset: str
     monitoring: str
     citation: str
+    verification: Verification
     url: str
     note: str | None = None
 
@@ -176,6 +259,7 @@ class TherapiesFile(_Strict):
 
 class Citation(_Strict):
     citation: str
+    verification: Verification
     url: str | None = None
     quote: str | None = None
 
@@ -224,6 +308,7 @@ class SteroidGuidance(_Strict):
     guidance: str
     short_citation: str  # as shown on the card
     citation: str  # full provenance
+    verification: Verification
     url: str | None = None
 
 
@@ -242,6 +327,7 @@ class MedicationCode(_Strict):
     display: str
     tty: str
     citation: str
+    verification: Verification
 
 
 class MedicationConcept(_Strict):
@@ -276,6 +362,7 @@ class Plausible(_Strict):
     min: float
     max: float
     citation: str
+    verification: Verification
 
 
 class ObservationConcept(_Strict):
@@ -292,7 +379,7 @@ class ObservationConcept(_Strict):
 class ObservationsFile(_Strict):
     version: str
     systems: dict[str, str]
-    citations: dict[str, str]
+    citations: dict[str, Source]
     panels: list[ObservationCode] = Field(default_factory=list)
     observations: list[ObservationConcept]
 
@@ -316,7 +403,7 @@ class DeviceConcept(_Strict):
 class OxygenDevicesFile(_Strict):
     version: str
     systems: dict[str, str]
-    citations: dict[str, str]
+    citations: dict[str, Source]
     devices: list[DeviceConcept]
 
 
@@ -390,6 +477,7 @@ class Knowledge:
     memos: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     non_iv_route_codes: frozenset[tuple[str, str]] = frozenset()
     non_iv_route_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
+    unconfirmed: tuple[UnconfirmedValue, ...] = ()
 
     def excluded(self, concept: str, text: str) -> bool:
         """Whether `text` names another measurement or product than `concept` (e.g.
@@ -455,7 +543,7 @@ def _resolve_system(path: Path, systems: dict[str, str], alias: str) -> str:
         raise KnowledgeError(f"{path}: field systems: unknown code system {alias!r}") from None
 
 
-def _check_citation_keys(path: Path, citations: dict[str, str], used: list[str]) -> None:
+def _check_citation_keys(path: Path, citations: dict[str, Source], used: list[str]) -> None:
     for key in used:
         if key not in citations:
             raise KnowledgeError(f"{path}: field citation: unknown citation key {key!r}")
@@ -571,6 +659,22 @@ def load_knowledge(
     digest = hashlib.sha256()
     for name in sorted(files):
         digest.update(files[name].read_bytes())
+    loaded: dict[str, BaseModel] = {
+        "ruleset": ruleset,
+        "astct": astct,
+        "therapies": therapies,
+        "tocilizumab": tocilizumab,
+        "corticosteroids": steroids,
+        "medications": medications,
+        "observations": observations,
+        "devices": devices,
+    }
+    unconfirmed = tuple(
+        UnconfirmedValue(f"{files[name].parent.name}/{files[name].name}", path, verification.why or "")
+        for name, model in loaded.items()
+        for path, verification in _verifications(model, "")
+        if verification.status == "unconfirmed"
+    )
 
     return Knowledge(
         ruleset=ruleset,
@@ -594,4 +698,5 @@ def load_knowledge(
         plausible={o.concept: o.plausible for o in observations.observations if o.plausible},
         non_iv_route_codes=frozenset((c.system, c.code) for c in routes.codes),
         non_iv_route_names=NameIndex(dict.fromkeys(routes.names, "not-intravenous")),
+        unconfirmed=unconfirmed,
     )
