@@ -503,6 +503,11 @@ class Knowledge:
         return sorted(self.device_by_code)
 
 
+def _shown(path: Path) -> str:
+    """`rules/therapies.yaml`: a knowledge file as messages name it."""
+    return f"{path.parent.name}/{path.name}"
+
+
 def _load_yaml(path: Path) -> Any:
     try:
         text = path.read_text(encoding="utf-8")
@@ -670,7 +675,7 @@ def load_knowledge(
         "devices": devices,
     }
     unconfirmed = tuple(
-        UnconfirmedValue(f"{files[name].parent.name}/{files[name].name}", path, verification.why or "")
+        UnconfirmedValue(_shown(files[name]), path, verification.why or "")
         for name, model in loaded.items()
         for path, verification in _verifications(model, "")
         if verification.status == "unconfirmed"
