@@ -119,8 +119,12 @@ class RuleSetFile(_Strict):
 SupportClass = Literal[
     "low-flow", "high-flow", "facemask", "non-rebreather", "venturi", "positive-pressure"
 ]
+# The kinds of product that open a CRS risk window: CAR-T and TCR-T cell therapies, and
+# T-cell-engaging antibodies (bispecific, or monovalent like tebentafusp).
+TherapyKind = Literal["car-t", "tcr-t", "bispecific"]
 MedicationClass = Literal[
     "car-t",
+    "tcr-t",
     "bispecific",
     "tocilizumab",
     "corticosteroid",
@@ -206,6 +210,15 @@ class FeverMaskingRule(_Strict):
     verification: Verification
 
 
+class PremedicationMaskingRule(_Strict):
+    """Fever possibly masked by premedication: how long before a dose a masking drug counts
+    as premedication, for products whose label states no timing (see therapies.yaml)."""
+
+    default_before_dose_hours: float = Field(gt=0, le=72)
+    citation: str
+    verification: Verification
+
+
 class RuleOutRule(_Strict):
     text: str
     citation: str
@@ -226,17 +239,27 @@ class AstctFile(_Strict):
     lookback: LookbackRule
     episode_gap: EpisodeGapRule
     fever_masking: FeverMaskingRule
+    premedication_masking: PremedicationMaskingRule
     rule_out: RuleOutRule
 
 
 # --- rules/therapies.yaml ------------------------------------------------------------
 
 
+class Premedication(_Strict):
+    """The label's premedication before a dose: how long before it may be given."""
+
+    before_dose_hours: float = Field(gt=0, le=72)
+    drugs: str  # as the label lists them, e.g. "dexamethasone, acetaminophen, an antihistamine"
+    citation: str
+    verification: Verification
+
+
 class Therapy(_Strict):
     product: str
     display: str
     brand: str
-    kind: Literal["car-t", "bispecific"]
+    kind: TherapyKind
     target: str
     anchor: Literal["infusion", "latest-dose"]
     window_hours: int = Field(gt=0)
