@@ -269,6 +269,7 @@ class Therapy(_Strict):
     verification: Verification
     url: str
     note: str | None = None
+    premedication: Premedication | None = None  # None: the default of rules/astct.yaml
 
 
 class TherapiesFile(_Strict):
