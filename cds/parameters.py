@@ -65,6 +65,12 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
     assert systolic is not None and lookback is not None and spo2 is not None
     assert episode_gap is not None
 
+    default_premedication = pick(
+        "premedication interval before a dose",
+        a.premedication_masking.default_before_dose_hours,
+        settings.premedication_hours,
+        "h",
+    )
     windows: dict[str, TherapyWindow] = {}
     for product, therapy in knowledge.therapies.items():
         hours = float(therapy.window_hours)
@@ -74,7 +80,16 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
             )
             or hours
         )
-        windows[product] = TherapyWindow(product, therapy.display, therapy.kind, hours)
+        # The setting overrides every product; else the label's own timing, else the default.
+        premedication = (
+            settings.premedication_hours
+            or (therapy.premedication.before_dose_hours if therapy.premedication else None)
+            or default_premedication
+        )
+        assert premedication is not None
+        windows[product] = TherapyWindow(
+            product, therapy.display, therapy.kind, hours, premedication
+        )
     unknown = sorted(set(settings.window_hours) - set(knowledge.therapies))
     if unknown:
         raise KnowledgeError(
@@ -94,6 +109,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         episode_gap=timedelta(hours=episode_gap),
         spo2_warning_below=spo2,
         room_air_fio2_percent=a.spo2_warning.room_air_fio2_percent,
+        premedication_hours={p: w.premedication_hours for p, w in windows.items()},
     )
     t = knowledge.tocilizumab
     dosing = DosingRules(

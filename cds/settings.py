@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     episode_gap_hours: float | None = Field(default=None, gt=0, le=336)
     spo2_warning_below_percent: float | None = Field(default=None, gt=50, le=100)
     window_hours: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
+    premedication_hours: float | None = Field(default=None, gt=0, le=72)
 
     # Tocilizumab (pharmacist checks and the physician's order).
     tocilizumab_dose_tolerance_percent: float = Field(default=10.0, ge=0, le=50)

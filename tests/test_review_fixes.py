@@ -137,7 +137,7 @@ def test_new_bispecific_dose_keeps_the_episode_masking_and_findings(runtime: Run
     )
     exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
     assert exposure is not None
-    assert (exposure.at, exposure.episode_start, exposure.doses) == (h(10), h(60), 2)
+    assert (exposure.at, exposure.risk_period_start, exposure.doses) == (h(10), h(60), 2)
     result = grade(facts, exposure, AT, runtime.rules.grading)
     assert result.grade == 2  # masked by tocilizumab after the fever of the first dose
 

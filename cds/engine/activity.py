@@ -28,8 +28,8 @@ class ActivityRules:
 
 
 @dataclass(frozen=True)
-class Episode:
-    """An unbroken run of CRS activity."""
+class CrsEpisode:
+    """An unbroken run of CRS activity (no gap longer than the episode gap)."""
 
     start: datetime
     end: datetime
@@ -65,13 +65,13 @@ def activity_spans(
     return spans
 
 
-def episodes(spans: list[tuple[datetime, datetime]], gap: timedelta) -> list[Episode]:
-    """Spans merged into episodes: a span starting within `gap` of the last one joins it."""
-    runs: list[Episode] = []
+def crs_episodes(spans: list[tuple[datetime, datetime]], gap: timedelta) -> list[CrsEpisode]:
+    """Spans merged into CRS episodes: a span starting within `gap` of the last one joins it."""
+    runs: list[CrsEpisode] = []
     for start, end in spans:
         if runs and start <= runs[-1].end + gap:
             if end > runs[-1].end:
-                runs[-1] = Episode(runs[-1].start, end)
+                runs[-1] = CrsEpisode(runs[-1].start, end)
         else:
-            runs.append(Episode(start, end))
+            runs.append(CrsEpisode(start, end))
     return runs

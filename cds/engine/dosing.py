@@ -111,18 +111,18 @@ class DoseHistory:
 
 
 def dose_history(
-    facts: Facts, at: datetime, episode_start: datetime | None, rules: DosingRules
+    facts: Facts, at: datetime, crs_episode_start: datetime | None, rules: DosingRules
 ) -> DoseHistory:
     """Count the tocilizumab doses and check a new dose at `at`.
 
     The interval (at least `min_interval`, 8 h, since the last dose) and the 24-hour
     count (doses given less than 24 h before `at`) count every dose, whatever the
-    episode; the total counts the doses of this CRS episode (since `episode_start`).
+    episode; the total counts the doses of this CRS episode (since `crs_episode_start`).
     """
     given = [
         a for a in facts.administrations if a.medication_class == "tocilizumab" and a.start <= at
     ]
-    doses = [a for a in given if episode_start is None or a.start >= episode_start]
+    doses = [a for a in given if crs_episode_start is None or a.start >= crs_episode_start]
     day_ago = at - timedelta(hours=24)
     recent = [a for a in given if a.start > day_ago]
     last = given[-1].start if given else None

@@ -65,8 +65,6 @@ class Administration(Struct, frozen=True, gc=False):
     start: datetime
     end: datetime | None
     source: str
-    dose_mg: float | None = None
-    dose_mg_per_kg: float | None = None
 
     def end_or(self, at: datetime) -> datetime:
         """The end of the administration, or `at` when it is still running."""

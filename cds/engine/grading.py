@@ -13,7 +13,7 @@ import bisect
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from cds.engine.activity import ActivityRules, activity_spans, episodes
+from cds.engine.activity import ActivityRules, activity_spans, crs_episodes
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Administration, Facts, Measurement
 
@@ -37,6 +37,8 @@ class GradingParameters:
     episode_gap: timedelta
     spo2_warning_below: float
     room_air_fio2_percent: float
+    # product -> hours before a dose within which a masking drug is its premedication
+    premedication_hours: dict[str, float] = field(default_factory=dict)
 
     def activity(self) -> ActivityRules:
         """What counts as CRS activity, for episodes and window continuation."""
@@ -89,24 +91,28 @@ class Grading:
     max_grade_at: datetime | None
     fever_in_window: bool
     fever_masked_since: datetime | None
-    first_fever_at: datetime | None
     latest_fever_at: datetime | None
-    fever_episode_start: datetime | None  # first fever of the current unbroken febrile run
+    febrile_run_start: datetime | None  # first fever of the current unbroken febrile run
     crs_episode_start: datetime | None  # start of the CRS activity going on now, if any
     evidence: list[Evidence] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     drivers: list[str] = field(default_factory=list)  # what set a grade >= 2
+    # Hypotension or hypoxia without fever after premedication (a masking drug before a
+    # dose, or in the risk period before any CRS fever): the grade those findings would
+    # give, and the drug that may mask the fever. The ASTCT grade itself stays 0.
+    possible_grade: int | None = None
+    fever_possibly_masked_by: Administration | None = None
 
     @property
     def fever_duration(self) -> timedelta | None:
         """How long the current fever has lasted: from the first fever of the unbroken
         febrile run (no gap longer than the look-back between fevers) to the latest one,
         if the latest is within the look-back."""
-        if self.fever_episode_start is None or self.latest_fever_at is None:
+        if self.febrile_run_start is None or self.latest_fever_at is None:
             return None
         if not self.fever_in_window:
             return None
-        return self.latest_fever_at - self.fever_episode_start
+        return self.latest_fever_at - self.febrile_run_start
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +176,7 @@ def _findings(
 ) -> tuple[list[_Finding], list[Administration]]:
     """Hypotension and hypoxia findings between the exposure and `at`."""
     found: list[_Finding] = []
-    since = exposure.episode_start
+    since = exposure.risk_period_start
     for m in _in(facts.of("systolic_bp"), since, at):
         if m.value < params.systolic_below_mmhg:
             found.append(
@@ -261,7 +267,7 @@ def _maskings(
 ) -> list[_Masking]:
     """Masking is per CRS episode: a fever and the therapy after it mask hypotension and
     hypoxia of the same episode, not of one weeks later after a CRS-free gap."""
-    runs = episodes(activity_spans(facts, since, at, params.activity()), params.episode_gap)
+    runs = crs_episodes(activity_spans(facts, since, at, params.activity()), params.episode_gap)
     found: list[_Masking] = []
     for run in runs:
         i = bisect.bisect_left(fever_times, run.start)
@@ -280,13 +286,13 @@ def _episode_of(maskings: list[_Masking], moment: datetime) -> _Masking | None:
 
 def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParameters) -> Grading:
     """Grade CRS at `at` (ASTCT 2019) and the highest grade reached since the exposure."""
-    lookback_start = max(at - params.lookback, exposure.episode_start)
-    temps = _in(facts.of("temperature"), exposure.episode_start, at)
+    lookback_start = max(at - params.lookback, exposure.risk_period_start)
+    temps = _in(facts.of("temperature"), exposure.risk_period_start, at)
     fevers = [m for m in temps if m.value >= params.fever_min_celsius]
     fever_times = [m.at for m in fevers]
     first_fever = fever_times[0] if fever_times else None
     window_fevers = [m for m in fevers if m.at >= lookback_start]
-    maskings = _maskings(facts, fever_times, exposure.episode_start, at, params)
+    maskings = _maskings(facts, fever_times, exposure.risk_period_start, at, params)
     now = maskings[-1] if maskings and maskings[-1].end >= at - params.episode_gap else None
     masked_since, masking_admin = (now.since, now.admin) if now else (None, None)
 
@@ -320,7 +326,32 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     if current > max_grade:
         max_grade, max_at = current, at
 
+    possible_grade, premedication = (
+        _possible_grade(facts, exposure, current_findings, fever_times, at, params)
+        if current == 0 and severity >= HYPOTENSION_GRADE
+        else (None, None)
+    )
+    if premedication is not None:
+        drivers = list(
+            dict.fromkeys(
+                f.label
+                for f in current_findings
+                if f.grade == possible_grade and f.end >= premedication.start
+            )
+        )
+
     evidence = _evidence(facts, window_fevers, lookback_start, at, pressors, masking_admin, params)
+    if premedication is not None:
+        evidence.append(
+            Evidence(
+                "premedication",
+                f"{premedication.display} (premedication)",
+                "may mask fever",
+                "",
+                premedication.start,
+                premedication.source,
+            )
+        )
     warnings = _warnings(facts, lookback_start, at, params)
     earlier = [m for m in maskings[:-1] if m.since is not None] if now is not None else []
     last_masked = earlier[-1] if earlier else None
@@ -343,14 +374,63 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         max_grade_at=max_at,
         fever_in_window=bool(window_fevers),
         fever_masked_since=masked_since,
-        first_fever_at=first_fever,
         latest_fever_at=fever_times[-1] if fever_times else None,
-        fever_episode_start=_febrile_run_start(fever_times, params.lookback),
+        febrile_run_start=_febrile_run_start(fever_times, params.lookback),
         crs_episode_start=now.start if now else None,
         evidence=evidence,
         warnings=warnings,
-        drivers=drivers if current >= 2 else [],
+        drivers=drivers if current >= 2 or possible_grade is not None else [],
+        possible_grade=possible_grade,
+        fever_possibly_masked_by=premedication,
     )
+
+
+def _is_premedication(
+    admin: Administration,
+    exposure: Exposure,
+    fever_times: list[datetime],
+    params: GradingParameters,
+) -> bool:
+    """A masking drug given within the premedication interval before a dose of the risk
+    period, or in the risk period before any CRS fever."""
+    for dose in exposure.risk_doses:
+        hours = params.premedication_hours.get(dose.concept)
+        if hours is not None and dose.start - timedelta(hours=hours) <= admin.start <= dose.start:
+            return True
+    return admin.start >= exposure.risk_period_start and not (
+        fever_times and fever_times[0] <= admin.start
+    )
+
+
+def _possible_grade(
+    facts: Facts,
+    exposure: Exposure,
+    current: list[_Finding],
+    fever_times: list[datetime],
+    at: datetime,
+    params: GradingParameters,
+) -> tuple[int | None, Administration | None]:
+    """The grade that hypotension or hypoxia (now, without fever) would give if fever was
+    masked by premedication, and the premedication; (None, None) when none was given.
+    Findings count from the premedication on; the highest grade wins, then the latest drug.
+    """
+    earliest = exposure.risk_period_start - timedelta(
+        hours=max(params.premedication_hours.values(), default=0.0)
+    )
+    best: tuple[int, Administration] | None = None
+    for admin in facts.administrations:  # sorted by start
+        if admin.start > at:
+            break
+        if (
+            admin.medication_class not in params.masking_classes
+            or admin.start < earliest
+            or not _is_premedication(admin, exposure, fever_times, params)
+        ):
+            continue
+        grade_after = max((f.grade for f in current if f.end >= admin.start), default=0)
+        if grade_after >= HYPOTENSION_GRADE and (best is None or grade_after >= best[0]):
+            best = (grade_after, admin)
+    return (best[0], best[1]) if best is not None else (None, None)
 
 
 def _measurement_evidence(finding: str, label: str, m: Measurement) -> Evidence:

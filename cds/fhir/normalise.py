@@ -570,7 +570,6 @@ class Normaliser:
                 Issue(f"{raw.location}.effectivePeriod", "period ends before it starts")
             )
             return None
-        dose_mg, dose_mg_per_kg = _dose(dosage.dose if dosage is not None else None)
         return Administration(
             concept=match.concept,
             medication_class=match.medication_class,
@@ -578,8 +577,6 @@ class Normaliser:
             start=start,
             end=end,
             source=raw.reference,
-            dose_mg=dose_mg,
-            dose_mg_per_kg=dose_mg_per_kg,
         )
 
     def _match_medication(self, cc: CodeableConcept) -> MedicationMatch | None:
@@ -672,20 +669,3 @@ def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:
         return parse_fhir_datetime(text, assume)
     except TimeFormatError as exc:
         return str(exc)
-
-
-def _dose(q: Quantity | None) -> tuple[float | None, float | None]:
-    """(mg, mg/kg) from a dose quantity; unknown units give neither."""
-    if q is None or q.value is None:
-        return None, None
-    value = q.value
-    for unit in (q.code, q.unit):
-        if unit is None:
-            continue
-        u = unit.strip().lower()
-        if u in MG_UNITS:
-            mg = value * MG_UNITS[u]
-            return (round(mg, 6) if math.isfinite(mg) else None), None
-        if u in MG_PER_KG_UNITS:
-            return None, value
-    return None, None

@@ -125,7 +125,9 @@ def test_rounding_is_an_institution_setting(rules: DosingRules) -> None:
     assert recommended_dose(73, rules).mg == 584
 
 
-def _history(rules: DosingRules, hours_before: list[float], episode_start: datetime | None = None):
+def _history(
+    rules: DosingRules, hours_before: list[float], crs_episode_start: datetime | None = None
+):
     admins = [
         Administration(
             "tocilizumab",
@@ -137,7 +139,7 @@ def _history(rules: DosingRules, hours_before: list[float], episode_start: datet
         )
         for i, h in enumerate(hours_before)
     ]
-    return dose_history(Facts.build([], [], admins), AT, episode_start, rules)
+    return dose_history(Facts.build([], [], admins), AT, crs_episode_start, rules)
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,7 @@ def test_interval_and_count_table(
 
 
 def test_doses_before_the_episode_do_not_count(rules: DosingRules) -> None:
-    history = _history(rules, [200, 190, 180, 170], episode_start=AT - timedelta(hours=100))
+    history = _history(rules, [200, 190, 180, 170], crs_episode_start=AT - timedelta(hours=100))
     assert (history.doses_total, history.problems) == (0, [])
 
 

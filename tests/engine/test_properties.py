@@ -76,7 +76,7 @@ def test_grading_is_total_and_consistent(
     event("in a risk window" if exposure is not None else "no exposure")
     if exposure is None:
         return
-    assert exposure.at <= AT and exposure.episode_start <= exposure.at
+    assert exposure.at <= AT and exposure.risk_period_start <= exposure.at
     result = grade(facts, exposure, AT, runtime.rules.grading)
     assert 0 <= result.grade <= result.max_grade <= 4
     event(f"grade {result.grade}")
