@@ -11,7 +11,8 @@ import pytest
 from cds import fhirbuild as b
 from cds.engine.facts import CONCEPTS_READ
 from cds.fhir.normalise import Normalised, Normaliser
-from cds.fhir.reading import ResourceCollector
+from cds.fhir.reading import ResourceCollector, Truncated
+from cds.fhir.structs import from_json
 from cds.runtime import Runtime
 
 T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
@@ -336,12 +337,19 @@ def test_non_vasopressor_products_by_name(runtime: Runtime, text: str) -> None:
     assert read(runtime, b.administration(P, T, text=text)).facts.administrations == ()
 
 
-def test_prefetch_cut_at_its_first_page_is_reported(runtime: Runtime) -> None:
+def test_prefetch_cut_at_its_first_page_is_recorded_not_an_issue(runtime: Runtime) -> None:
     bundle = b.searchset([b.temperature(P, T, 37.0)])
     bundle["link"] = [{"relation": "next", "url": "https://ehr.example/fhir?page=2"}]
-    n = read(runtime, bundle)
-    assert n.issues[0].location == "prefetch.k0.link"
-    assert "further pages" in n.issues[0].problem
+    bundle["total"] = 45
+    for decoded in (False, True):
+        collector = ResourceCollector()
+        value = from_json(bundle) if decoded else bundle
+        collector.add(value, "prefetch.observations")
+        assert collector.issues == []
+        assert collector.truncated == [
+            Truncated("prefetch.observations", "https://ehr.example/fhir?page=2", 1, 45)
+        ]
+        assert collector.truncated[0].describe() == "1 of 45 entries of prefetch.observations"
 
 
 def test_placeholder_dates_before_1900_are_reported(runtime: Runtime) -> None:

@@ -178,7 +178,7 @@ def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
                 }
             ).encode(),
             412,
-            "absent or null",
+            "prefetch oxygenDevices is absent",
         ),
     ],
 )

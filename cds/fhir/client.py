@@ -206,28 +206,52 @@ class FhirReader:
     async def search(self, query: FhirQuery) -> list[dict[str, Any]]:
         """Every entry of every page of the search (outcome entries included; readers skip
         them), following `next` links as given by the server."""
+        return await self._pages(
+            query.label, f"{self.base_url}/{query.path}", query.params, query.first_page_only
+        )
+
+    async def rest_of(self, label: str, next_url: str) -> list[dict[str, Any]]:
+        """The entries of a search from its `next` link on (a prefetch Bundle the client
+        sent with its first page only). The link must lead back into this server."""
+        return await self._pages(label, self.within(label, next_url), None, False)
+
+    async def _pages(
+        self,
+        label: str,
+        url: str | None,
+        params: Sequence[tuple[str, str]] | None,
+        first_page_only: bool,
+    ) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []
-        url: str | None = f"{self.base_url}/{query.path}"
-        params: Sequence[tuple[str, str]] | None = query.params
         pages = 0
         while url is not None:
             pages += 1
             if pages > self.max_pages:
-                raise FhirQueryFailed(query.label, f"more than {self.max_pages} pages")
-            bundle = await self._get(query.label, url, params)
+                raise FhirQueryFailed(label, f"more than {self.max_pages} pages")
+            bundle = await self._get(label, url, params)
             if bundle.get("resourceType") != "Bundle":
                 raise FhirQueryFailed(
-                    query.label, f"expected a Bundle, got {bundle.get('resourceType')!r}"
+                    label, f"expected a Bundle, got {bundle.get('resourceType')!r}"
                 )
             page_entries = bundle.get("entry", [])
             if not isinstance(page_entries, list):
-                raise FhirQueryFailed(query.label, "Bundle.entry is not an array")
+                raise FhirQueryFailed(label, "Bundle.entry is not an array")
             entries.extend(page_entries)
-            if query.first_page_only:
+            if first_page_only:
                 break
-            url, params = self._next(query.label, bundle), None
-        self.pages[query.label] = pages
+            url, params = self._next(label, bundle), None
+        self.pages[label] = pages
         return entries
+
+    def within(self, label: str, href: str) -> str:
+        """`href` made absolute against the base URL, if it stays under it; else
+        FhirQueryFailed (a link elsewhere must never receive the bearer token)."""
+        absolute = urljoin(self.base_url + "/", href)
+        if absolute != self.base_url and not absolute.startswith(
+            (self.base_url + "/", self.base_url + "?")
+        ):
+            raise FhirQueryFailed(label, "the next-page link points outside fhirServer")
+        return absolute
 
     def _next(self, label: str, bundle: Mapping[str, Any]) -> str | None:
         links = bundle.get("link", [])
@@ -238,13 +262,7 @@ class FhirReader:
                 href = link.get("url")
                 if not isinstance(href, str) or not href:
                     return None
-                absolute = urljoin(self.base_url + "/", href)
-                # Only follow links back into the allow-listed server.
-                if absolute != self.base_url and not absolute.startswith(
-                    (self.base_url + "/", self.base_url + "?")
-                ):
-                    raise FhirQueryFailed(label, "the next-page link points outside fhirServer")
-                return absolute
+                return self.within(label, href)
         return None
 
 
@@ -277,12 +295,14 @@ _PHRASES = {
 
 
 class QueriesTimedOut(Exception):
-    """The overall deadline passed; `labels` are the queries still running."""
+    """The overall deadline passed; `labels` are the queries still running, `results`
+    those that had finished."""
 
-    def __init__(self, labels: list[str], seconds: float) -> None:
+    def __init__(self, labels: list[str], seconds: float, results: dict[str, Any]) -> None:
         super().__init__(f"{', '.join(labels)} timed out after {seconds:g} s")
         self.labels = labels
         self.seconds = seconds
+        self.results = results
 
 
 async def run_all(
@@ -308,7 +328,7 @@ async def run_all(
     except TimeoutError as exc:
         if deadline_seconds is None:
             raise
-        raise QueriesTimedOut(sorted(pending), deadline_seconds) from exc
+        raise QueriesTimedOut(sorted(pending), deadline_seconds, results) from exc
     except BaseExceptionGroup as group_error:
         failed = _first_failure(group_error)
         if failed is None:

@@ -39,7 +39,7 @@ from cds.fhir.client import (
     run_all,
     split_query,
 )
-from cds.fhir.reading import ResourceCollector
+from cds.fhir.reading import ResourceCollector, Truncated, reports_failure
 from cds.protocol import HookRequest
 from cds.runtime import Runtime
 from cds.services.base import ServiceDefinition, observation_code_param
@@ -53,9 +53,14 @@ Job = Callable[[], Awaitable[Any]]
 
 
 def missing_prefetch(service: ServiceDefinition, request: HookRequest) -> list[str]:
-    """Prefetch keys the service needs that are absent or null."""
+    """Prefetch keys the service asked for that must be fetched (CDS Hooks 2.0): a key
+    that is **absent** (the client did not fetch it), or whose value reports an error in
+    fetching (an OperationOutcome). A key whose value is `null` was fetched and holds no
+    data: nothing to fetch."""
     prefetch = request.prefetch or {}
-    return [key for key in service.prefetch if prefetch.get(key) is None]
+    return [
+        key for key in service.prefetch if key not in prefetch or reports_failure(prefetch[key])
+    ]
 
 
 def risk_data_since(runtime: Runtime, now: datetime) -> datetime:
@@ -69,14 +74,24 @@ def risk_data_since(runtime: Runtime, now: datetime) -> datetime:
 async def gather(
     runtime: Runtime, service: ServiceDefinition, request: HookRequest
 ) -> ResourceCollector:
-    """Collect the resources: prefetch values, and fetch what is missing from fhirServer."""
+    """Collect the resources: prefetch values; what is missing, and the further pages of a
+    prefetch Bundle sent with its first page only, from fhirServer.
+
+    A missing key the service needs that cannot be fetched is a 412. Further pages that
+    cannot be fetched are not: they stay in `collected.truncated`, and the cards say the
+    data are incomplete.
+    """
     collected = ResourceCollector()
-    collected.add_prefetch(request.prefetch or {})
+    prefetch = request.prefetch or {}
     missing = missing_prefetch(service, request)
-    if not missing:
+    for key, value in prefetch.items():
+        if value is not None and key not in missing:
+            collected.add(value, f"prefetch.{key}")
+    pages = [t for t in collected.truncated if t.next_url]
+    if not missing and not pages:
         return collected
     needed = [key for key in missing if key in service.required_prefetch]
-    what = f"prefetch {', '.join(needed)} is absent or null"
+    what = f"prefetch {', '.join(needed)} is absent or reports an error (OperationOutcome)"
     if not request.fhirServer:
         if needed:
             raise PrefetchUnavailable(
@@ -87,7 +102,7 @@ async def gather(
     base_url = allowed_base_url(request.fhirServer, allowed)
     if base_url is None:
         if not needed:
-            return collected  # only optional data is missing: go on without it
+            return collected  # only optional data or further pages missing: go on without
         if not allowed:
             raise PrefetchUnavailable(
                 f"{what} and fetching from fhirServer is disabled on this service "
@@ -105,33 +120,61 @@ async def gather(
     timeout = runtime.settings.fhir_timeout_seconds
     reader = FhirReader(http_client(), base_url, token, request_timeout=timeout)
     jobs = _jobs(runtime, service, request, missing, reader, collected)
+    page_jobs = {_page_label(t): _rest_job(reader, t) for t in pages}
     started = time.perf_counter()
     try:
-        results = await run_all(jobs, timeout)
+        results = await run_all({**jobs, **page_jobs}, timeout)
     except FhirQueryFailed as exc:
         _log_failure(service, request, missing, started, exc.reason)
         raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
     except QueriesTimedOut as exc:
-        _log_failure(service, request, missing, started, f"timed out after {timeout:g} s")
-        raise PrefetchUnavailable(
-            f"{ROOT}: the queries for prefetch {', '.join(exc.labels)} timed out after "
-            f"{timeout:g} s (the overall deadline for fhirServer queries, setting "
-            "CRS_FHIR_TIMEOUT_SECONDS)",
-            ROOT,
-        ) from exc
+        late = [label for label in exc.labels if label in jobs]
+        if late:
+            _log_failure(service, request, missing, started, f"timed out after {timeout:g} s")
+            raise PrefetchUnavailable(
+                f"{ROOT}: the queries for prefetch {', '.join(late)} timed out after "
+                f"{timeout:g} s (the overall deadline for fhirServer queries, setting "
+                "CRS_FHIR_TIMEOUT_SECONDS)",
+                ROOT,
+            ) from exc
+        results = exc.results  # only further pages were late: the data stay incomplete
     for key in missing:
         if key in results and results[key] is not None:
             collected.add(results[key], f"{ROOT}.{key}")
+    for truncated in pages:
+        entries = results.get(_page_label(truncated))
+        if entries is not None:
+            collected.truncated.remove(truncated)
+            collected.add(_searchset(entries), f"{truncated.location}.next")
     log.info(
         "fhirServer fallback",
         extra={
             "service": service.id,
             "hookInstance": request.hookInstance,
-            "query": ",".join(missing),
+            "query": ",".join([*missing, *(t.location for t in pages)]),
             "ms": round((time.perf_counter() - started) * 1000, 2),
         },
     )
     return collected
+
+
+def _page_label(truncated: Truncated) -> str:
+    return f"further pages of {truncated.location}"
+
+
+def _rest_job(reader: FhirReader, truncated: Truncated) -> Job:
+    """The rest of a prefetch search, or None when it cannot be had (the data then stay
+    incomplete, which the card says; never a 412: what was sent is still read)."""
+
+    async def job() -> list[dict[str, Any]] | None:
+        assert truncated.next_url is not None
+        try:
+            return await reader.rest_of(_page_label(truncated), truncated.next_url)
+        except FhirQueryFailed as exc:
+            log.warning(f"further prefetch pages not fetched: {exc.reason}")
+            return None
+
+    return job
 
 
 def _log_failure(

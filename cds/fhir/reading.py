@@ -33,6 +33,29 @@ class Issue:
         return {"location": self.location, "problem": self.problem}
 
 
+@dataclass(frozen=True, slots=True)
+class Truncated:
+    """A Bundle sent with a `next` link: only its first page(s) arrived. `received` entries
+    were read; `total` is the Bundle's own count of matches, when it gives one."""
+
+    location: str  # e.g. "prefetch.observations"
+    next_url: str | None
+    received: int
+    total: int | None
+
+    def as_json(self) -> dict[str, Any]:
+        """As reported in the response (`total` only when the Bundle gave it)."""
+        out: dict[str, Any] = {"location": self.location, "entriesRead": self.received}
+        if self.total is not None:
+            out["total"] = self.total
+        return out
+
+    def describe(self) -> str:
+        """ "20 of 45 entries of prefetch.observations" for the card."""
+        of = f" of {self.total}" if self.total is not None else ""
+        return f"{self.received}{of} entries of {self.location}"
+
+
 class RawResource(Struct, gc=False):
     """A resource as received (a JSON object or a decoded `Resource`), with where it was
     found: `where` itself, or entry `index` of the Bundle at `where`. A chart has
@@ -108,6 +131,8 @@ class ResourceCollector:
     def __init__(self) -> None:
         self.resources: list[RawResource] = []
         self.issues: list[Issue] = []
+        # Bundles cut at a page (a `next` link): fetched further, or reported as incomplete
+        self.truncated: list[Truncated] = []
         self._by_type: dict[str, list[RawResource]] | None = None
         self._indexed = 0  # how many resources `_by_type` holds
 
@@ -137,12 +162,20 @@ class ResourceCollector:
             self.resources.append(RawResource.of(location, value, full_url))
 
     def _add_bundle(self, bundle: dict[str, Any], location: str) -> None:
-        links = bundle.get("link")
-        if isinstance(links, list) and any(
-            isinstance(link, dict) and link.get("relation") == "next" for link in links
-        ):
-            self.issues.append(Issue(f"{location}.link", _NOT_SENT))
         entries = bundle.get("entry", [])
+        links = bundle.get("link")
+        for link in links if isinstance(links, list) else ():
+            if isinstance(link, dict) and link.get("relation") == "next":
+                url, total = link.get("url"), bundle.get("total")
+                self.truncated.append(
+                    Truncated(
+                        location,
+                        url if isinstance(url, str) and url else None,
+                        len(entries) if isinstance(entries, list) else 0,
+                        total if type(total) is int else None,
+                    )
+                )
+                break
         if not isinstance(entries, list):
             self.issues.append(Issue(f"{location}.entry", "Bundle.entry must be an array"))
             return
@@ -181,9 +214,12 @@ class ResourceCollector:
             self.resources.append(RawResource(location, value, kind, full_url))
 
     def _add_decoded_bundle(self, bundle: Resource, location: str) -> None:
-        links = bundle.link
-        if links and any(link.relation == "next" for link in links):
-            self.issues.append(Issue(f"{location}.link", _NOT_SENT))
+        for link in bundle.link or ():
+            if link.relation == "next":
+                url = link.url if isinstance(link.url, str) and link.url else None
+                total = bundle.total if type(bundle.total) is int else None
+                self.truncated.append(Truncated(location, url, len(bundle.entry or ()), total))
+                break
         append = self.resources.append
         for i, entry in enumerate(bundle.entry or ()):
             resource = entry.resource
@@ -215,11 +251,42 @@ class ResourceCollector:
         return (r for r in self.resources if r.resource_type in types)
 
 
-# a prefetch cut at its first page: say so, the grade may rest on part of the data
-_NOT_SENT = (
-    "the Bundle has further pages (link 'next') that were not sent: only this page was "
-    "read, so findings may be missing"
-)
+FAILED_SEVERITIES = frozenset({"error", "fatal"})
+
+
+def reports_failure(value: Any) -> bool:
+    """Whether a prefetch value reports an error in fetching it (CDS Hooks 2.0): an
+    OperationOutcome, or a Bundle carrying one with an issue of severity error or fatal.
+    (Outcome entries with warnings or information accompany ordinary searches.)"""
+    if type(value) is Resource:
+        if value.resourceType == "OperationOutcome":
+            return True
+        entries = value.entry if type(value.entry) is tuple else ()
+        return any(
+            e.resource is not None
+            and e.resource.resourceType == "OperationOutcome"
+            and _failed(e.resource.issue)
+            for e in entries
+        )
+    if not isinstance(value, dict):
+        return False
+    kind = value.get("resourceType")
+    if kind == "OperationOutcome":
+        return True
+    listed = value.get("entry") if kind == "Bundle" else None
+    return isinstance(listed, list) and any(
+        isinstance(e, dict)
+        and isinstance(e.get("resource"), dict)
+        and e["resource"].get("resourceType") == "OperationOutcome"
+        and _failed(e["resource"].get("issue"))
+        for e in listed
+    )
+
+
+def _failed(issues: Any) -> bool:
+    return isinstance(issues, list | tuple) and any(
+        isinstance(i, dict) and i.get("severity") in FAILED_SEVERITIES for i in issues
+    )
 
 
 def _kind(value: Any) -> str:

@@ -88,6 +88,7 @@ class Search(_Frozen, frozen=True, gc=False, omit_defaults=True):
 
 class Link(_Frozen, frozen=True, gc=False, omit_defaults=True):
     relation: Any = None
+    url: Any = None
 
 
 class Resource(_Frozen, frozen=True, gc=False, omit_defaults=True):
@@ -115,6 +116,8 @@ class Resource(_Frozen, frozen=True, gc=False, omit_defaults=True):
     birthDate: Any = None  # patient.py reads full dates only, whatever else is there
     entry: tuple[Entry, ...] | UnsetType = UNSET
     link: tuple[Link, ...] | UnsetType = UNSET
+    total: Any = None  # Bundle.total, read leniently (only an integer is used)
+    issue: Any = None  # OperationOutcome.issue, read leniently (severity only)
 
 
 class Entry(_Frozen, frozen=True, gc=False, omit_defaults=True):

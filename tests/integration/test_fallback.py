@@ -96,15 +96,31 @@ def test_local_codes_are_not_found_by_code_search(
     assert card_outcome("crs-monitor", response) == scenario.expect
 
 
+OPERATION_OUTCOME = {
+    "resourceType": "OperationOutcome",
+    "issue": [{"severity": "error", "code": "timeout", "diagnostics": "search timed out"}],
+}
+BUNDLE_WITH_ERROR = {
+    "resourceType": "Bundle",
+    "type": "searchset",
+    "entry": [{"resource": OPERATION_OUTCOME, "search": {"mode": "outcome"}}],
+}
+
+
+@pytest.mark.parametrize("how", ["absent", "operation-outcome", "bundle-with-error-outcome"])
 @pytest.mark.parametrize("key", KEYS)
 def test_fallback_fetches_the_one_missing_key(
-    runtime: Runtime, loaded: str, anchor: datetime, key: str
+    runtime: Runtime, loaded: str, anchor: datetime, key: str, how: str
 ) -> None:
     # Abecma, grade 4: phenylephrine is a medicationReference, so the administrations
-    # fallback must also read the Medication.
+    # fallback must also read the Medication. A key that is absent, or whose value
+    # reports an error in fetching it, is fetched (CDS Hooks 2.0).
     scenario = get("g4-idecel-two-pressors")
     prefetch: dict[str, Any] = dict(scenario.prefetch(anchor))
-    prefetch[key] = None
+    if how == "absent":
+        del prefetch[key]
+    else:
+        prefetch[key] = OPERATION_OUTCOME if how == "operation-outcome" else BUNDLE_WITH_ERROR
     rt = allowing(runtime, loaded)
     body = body_for(scenario, anchor, loaded, prefetch=prefetch)
 
@@ -127,11 +143,31 @@ def test_fallback_fetches_the_one_missing_key(
     assert card_outcome("crs-monitor", response) == scenario.expect
 
 
-def test_partial_prefetch_null_and_absent_keys(
+def test_null_prefetch_is_no_data_and_never_fetched(
+    runtime: Runtime, stub: StubServer, anchor: datetime
+) -> None:
+    # `null`: the client fetched and found nothing. No query (the stub would fail it),
+    # no 412; the grade is read from what was sent.
+    scenario = get("g3-lisocel-norepinephrine")
+    prefetch: dict[str, Any] = dict(scenario.prefetch(anchor))
+    prefetch["oxygenDevices"] = None
+    prefetch["patient"] = None
+    before = len(stub.seen)
+    server = stub.base("error500")
+    response = post_hook(
+        allowing(runtime, server),
+        "crs-monitor",
+        body_for(scenario, anchor, server, prefetch=prefetch),
+    )
+    assert len(stub.seen) == before
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_partial_prefetch_absent_keys_are_fetched(
     runtime: Runtime, loaded: str, anchor: datetime
 ) -> None:
     scenario = get("g3-lisocel-norepinephrine")
-    prefetch = {"patient": scenario.prefetch(anchor)["patient"], "observations": None}
+    prefetch = {"patient": scenario.prefetch(anchor)["patient"]}
     response = post_hook(
         allowing(runtime, loaded),
         "crs-monitor",

@@ -1,0 +1,72 @@
+"""Builders shared by the tests: one fixed evaluation time, facts, and hook bodies."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from cds.engine.facts import Administration, Measurement, OxygenSupport
+
+AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+
+UNITS = {
+    "temperature": "Cel",
+    "systolic_bp": "mm[Hg]",
+    "mean_arterial_pressure": "mm[Hg]",
+    "oxygen_flow": "L/min",
+    "spo2": "%",
+    "inhaled_oxygen_concentration": "%",
+    "body_weight": "kg",
+    "crp": "mg/L",
+    "ferritin": "ng/mL",
+    "il6": "pg/mL",
+}
+
+
+def h(hours_before: float) -> datetime:
+    """The time `hours_before` hours before AT (negative: after it)."""
+    return AT - timedelta(hours=hours_before)
+
+
+def measurement(concept: str, hours_before: float, value: float) -> Measurement:
+    """A measurement of `concept` in its canonical unit."""
+    return Measurement(
+        concept, value, UNITS[concept], h(hours_before), f"Observation/{concept}-{hours_before}"
+    )
+
+
+def temperature(hours_before: float, celsius: float) -> Measurement:
+    return measurement("temperature", hours_before, celsius)
+
+
+def systolic(hours_before: float, mmhg: float) -> Measurement:
+    return measurement("systolic_bp", hours_before, mmhg)
+
+
+def device(hours_before: float, support: str) -> OxygenSupport:
+    return OxygenSupport(support, support, h(hours_before), f"Observation/device-{hours_before}")
+
+
+def given(
+    concept: str,
+    medication_class: str,
+    hours_before: float,
+    until_hours_before: float | str | None = "instant",
+) -> Administration:
+    """An administration: an instant by default, `None` to leave it running, or a period
+    ending `until_hours_before`."""
+    start = h(hours_before)
+    end = (
+        start
+        if until_hours_before == "instant"
+        else None
+        if until_hours_before is None
+        else h(float(until_hours_before))
+    )
+    return Administration(
+        concept,
+        medication_class,
+        concept,
+        start,
+        end,
+        f"MedicationAdministration/{concept}-{hours_before}",
+    )
