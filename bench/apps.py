@@ -18,10 +18,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fhir.resources.R4B import get_fhir_model_class
 
+from cds.app import new_uuid
 from cds.fhir.reading import ResourceCollector
-from cds.protocol import HookRequest, PatientContext, compact
+from cds.pipeline import decide_offline
+from cds.protocol import HookRequest, PatientContext, render
 from cds.runtime import Runtime
-from cds.services.crs_monitor import monitor_response
+from cds.services import registry
 
 
 class ORJSONResponse(Response):
@@ -62,18 +64,20 @@ def validate_prefetch(prefetch: dict[str, Any]) -> None:
 def naive_app() -> FastAPI:
     """crs-monitor with full fhir.resources validation of the prefetch first."""
     runtime = Runtime.load()
+    monitor = registry(runtime)["crs-monitor"]
     app = FastAPI(default_response_class=ORJSONResponse)
     _health(app)
 
     @app.post("/cds-services/crs-monitor")
-    async def invoke(request: Request) -> ORJSONResponse:
+    async def invoke(request: Request) -> Response:
         hook_request = HookRequest.model_validate(orjson.loads(await request.body()))
         prefetch = hook_request.prefetch or {}
         validate_prefetch(prefetch)
         collected = ResourceCollector()
         collected.add_prefetch(prefetch)
         context = PatientContext.model_validate(hook_request.context)
-        response = monitor_response(runtime, collected, context.patientId, datetime.now(UTC))
-        return ORJSONResponse(compact(response))
+        at = datetime.now(UTC)
+        decision = decide_offline(runtime, monitor, collected, context, at, new_uuid)
+        return Response(render(decision.response()), media_type="application/json")
 
     return app

@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from cds import fhirbuild as fb
+from cds.fhir.systems import RXNORM
 
 SLOT = timedelta(minutes=15)
 PATIENT_ID = "bench-patient"
@@ -176,7 +177,7 @@ def _tocilizumab_order(pid: str) -> fb.Resource:
         "status": "draft",
         "intent": "order",
         "medicationCodeableConcept": {
-            "coding": [{"system": fb.RXNORM, "code": "612865", "display": "tocilizumab"}],
+            "coding": [{"system": RXNORM, "code": "612865", "display": "tocilizumab"}],
             "text": "tocilizumab",
         },
         "subject": {"reference": f"Patient/{pid}"},

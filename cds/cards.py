@@ -1,33 +1,49 @@
-"""Evaluations -> CDS Hooks cards, written for a busy clinician.
+"""Decisions -> CDS Hooks cards, written for a busy clinician.
 
 The summary (< 140 characters) carries the grade and the product; the detail shows the
 evidence as a small Markdown table, the rules used and what to rule out; the extension
-carries the same facts for machines.
+carries the same facts for machines. Every function here is pure: it words what the
+services decided (which card, which order, its ids) and returns typed cards.
 """
 
 from __future__ import annotations
 
-import uuid
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from cds.engine.dosing import Dose, DoseHistory
+from cds.engine.dosing import Dose, DoseHistory, Indication
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Measurement
 from cds.engine.grading import Evidence, Grading
-from cds.fhir.reading import Issue
+from cds.evaluation import Evaluation
+from cds.extensions import (
+    Acknowledged,
+    CardExtension,
+    CrsInfo,
+    EvidenceInfo,
+    ExposureInfo,
+    IncompleteData,
+    IssueInfo,
+    MaskingDrug,
+    ResponseExtension,
+    TocilizumabAdvice,
+    TocilizumabCheck,
+)
+from cds.fhir.orders import OrderedDose
+from cds.fhir.reading import Issue, Truncated
+from cds.formatting import fmt_mg, hours, when
 from cds.knowledge import Knowledge
 from cds.parameters import EngineRules
+from cds.protocol import Card, Coding, Indicator, Source, Suggestion
 
 SUMMARY_MAX = 139
 GRADING_SYSTEM = "ASTCT 2019"
 UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg"}
-INDICATOR_BY_GRADE = {0: "info", 1: "warning", 2: "warning", 3: "critical", 4: "critical"}
-
-
-def when(moment: datetime) -> str:
-    """A time as clinicians read it, with its offset: 2026-11-20 08:00 +01:00."""
-    return moment.strftime("%Y-%m-%d %H:%M %z")[:-2] + ":" + moment.strftime("%z")[-2:]
+KIND_TEXT = {
+    "car-t": "CAR-T infusion",
+    "tcr-t": "TCR T-cell infusion",
+    "bispecific": "T-cell engager dose",
+}
 
 
 def summary_text(text: str) -> str:
@@ -35,12 +51,9 @@ def summary_text(text: str) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 
-def source(knowledge: Knowledge) -> dict[str, Any]:
+def source(knowledge: Knowledge) -> Source:
     """The card source: label, and the ASTCT citation URL."""
-    return {
-        "label": f"CRS decision support ({GRADING_SYSTEM} grading)",
-        "url": knowledge.astct.url,
-    }
+    return Source(label=f"CRS decision support ({GRADING_SYSTEM} grading)", url=knowledge.astct.url)
 
 
 def _md(text: str) -> str:
@@ -58,19 +71,39 @@ def evidence_table(items: list[Evidence]) -> str:
     return "\n".join(rows)
 
 
-def issues_note(issues: list[Issue]) -> str | None:
+def issues_note(issues: tuple[Issue, ...]) -> str | None:
     """A line telling the clinician that some data could not be read."""
     if not issues:
         return None
     return (
         f"**Data not read:** {len(issues)} entr{'y' if len(issues) == 1 else 'ies'} could not "
-        "be read and were left out (details in the card's extension, `crs.dataIssues`); "
+        "be read and were left out (details in the card's extension, `dataIssues`); "
         "the grade may be understated."
     )
 
 
+def incomplete_note(truncated: tuple[Truncated, ...]) -> str | None:
+    """A line telling the clinician that part of the data never arrived."""
+    if not truncated:
+        return None
+    parts = "; ".join(t.describe() for t in truncated)
+    return (
+        f"**Data incomplete:** only the first page of the patient's data was sent and the "
+        f"rest could not be fetched ({parts}). Findings on the missing pages are not "
+        "included: the grade may be understated. Open the full record before relying on it."
+    )
+
+
+def _incomplete_summary(truncated: tuple[Truncated, ...]) -> str:
+    read = sum(t.received for t in truncated)
+    totals = [t.total for t in truncated]
+    if all(total is not None for total in totals):
+        return f"DATA INCOMPLETE ({read} of {sum(t for t in totals if t is not None)} entries)"
+    return f"DATA INCOMPLETE ({read} entries read, more not sent)"
+
+
 def exposure_line(exposure: Exposure, at: datetime) -> str:
-    kind = "CAR-T infusion" if exposure.kind == "car-t" else "T-cell engager dose"
+    kind = KIND_TEXT.get(exposure.kind, exposure.kind)
     doses = f", dose {exposure.doses}" if exposure.kind == "bispecific" else ""
     if exposure.extended_until is not None:
         window = (
@@ -100,6 +133,21 @@ def _why(g: Grading, rules: EngineRules) -> str:
     return "Meets grade " + str(g.grade) + ": " + "; ".join(parts) + "."
 
 
+def _possible_section(knowledge: Knowledge, g: Grading) -> str | None:
+    drug = g.fever_possibly_masked_by
+    if drug is None or g.possible_grade is None:
+        return None
+    return (
+        f"**Possible CRS grade {g.possible_grade} — fever may be masked by premedication.** "
+        f"{'; '.join(g.drivers).capitalize()} without fever, after {drug.display} "
+        f"({when(drug.start)}), given before the dose or before any CRS fever. Premedication "
+        "(a corticosteroid, an antipyretic or tocilizumab) may mask the fever that ASTCT "
+        "requires; the product labels say to manage a presentation consistent with CRS as "
+        f"CRS. The ASTCT grade stays {g.grade} because no fever is recorded. "
+        f"<sub>({knowledge.astct.premedication_masking.citation.strip()})</sub>"
+    )
+
+
 def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
     """The rules used, as the card states them."""
     lines = [
@@ -107,8 +155,8 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
         f"(Lee et al., {knowledge.astct.url}).",
         f"Hypotension: {rules.grading.hypotension_definition()} — ASTCT gives no number; "
         "this is an institution-configurable default.",
-        f"Look-back window: {rules.grading.lookback.total_seconds() / 3600:g} h; CRS episode "
-        f"gap: {rules.grading.episode_gap.total_seconds() / 3600:g} h (both configurable; "
+        f"Look-back window: {hours(rules.grading.lookback.total_seconds())} h; CRS episode "
+        f"gap: {hours(rules.grading.episode_gap.total_seconds())} h (both configurable; "
         "ASTCT is silent).",
     ]
     if rules.overrides:
@@ -116,20 +164,123 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
     return lines
 
 
+def crs_indicator(knowledge: Knowledge, grading: Grading, complete: bool) -> Indicator:
+    """The indicator of the grade, or of the possible grade when it is higher; never
+    `info` when data are missing (an incomplete chart must not look like an all-clear)."""
+    by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
+    indicator: Indicator = by_grade[max(grading.grade, grading.possible_grade or 0)]
+    if indicator == "info" and not complete:
+        return "warning"
+    return indicator
+
+
+# --- the physician's tocilizumab section ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TocilizumabPlan:
+    """What the CRS card says about tocilizumab, as the monitor decided it: whether it
+    is indicated, the history, the dose, and the order offered (if any)."""
+
+    grade: int
+    indication: Indication | None
+    history: DoseHistory
+    weight: Measurement | None
+    dose: Dose | None
+    dose_text: str | None
+    order: Suggestion | None
+
+
+def _indication_text(plan: TocilizumabPlan, knowledge: Knowledge) -> str:
+    indication = plan.indication
+    assert indication is not None
+    fever_hours = knowledge.tocilizumab.grade1_persistent_fever_hours
+    if indication.persistent_fever:
+        return f"grade 1 with fever for more than {fever_hours:g} h"
+    if indication.possible:
+        return f"possible grade {indication.grade}, if managed as CRS"
+    return f"grade {indication.grade}"
+
+
+def tocilizumab_sections(
+    knowledge: Knowledge, rules: EngineRules, plan: TocilizumabPlan
+) -> list[str]:
+    """The tocilizumab and corticosteroid sections of the CRS card."""
+    steroid_grade = plan.indication.grade if plan.indication else plan.grade
+    steroid = steroid_section(knowledge, steroid_grade) if steroid_grade >= 1 else None
+    sections = [steroid] if steroid else []
+    toci = knowledge.tocilizumab
+    if plan.indication is None:
+        if plan.grade == 1:
+            sections.insert(
+                0,
+                f"Tocilizumab: consider if fever lasts more than "
+                f"{toci.grade1_persistent_fever_hours:g} h "
+                f"({toci.citations['grade1_persistent_fever_hours'].citation}).",
+            )
+        return sections
+    head = f"**Tocilizumab ({_indication_text(plan, knowledge)}):** "
+    history = plan.history
+    if not history.allowed_now:
+        reasons = "; ".join(problem_text(p, rules) for p in history.problems)
+        until = (
+            f" Next dose allowed from {when(history.next_allowed_at)}."
+            if history.next_allowed_at
+            else " No further dose is allowed in this CRS episode by the label limits."
+        )
+        sections.insert(0, head + f"no order offered: {reasons}.{until} " + history_line(history))
+    elif plan.weight is None:
+        sections.insert(
+            0,
+            head + "a weight is needed to compute the dose; no body weight is on file. "
+            "Record the patient's actual body weight.",
+        )
+    else:
+        sections.insert(0, head + f"{plan.dose_text}. " + history_line(history))
+    return sections
+
+
+def tocilizumab_advice(plan: TocilizumabPlan) -> TocilizumabAdvice | None:
+    """`extension.crs.tocilizumab`, when tocilizumab is indicated."""
+    if plan.indication is None:
+        return None
+    history = plan.history
+    problems = tuple(history.problems)
+    if history.allowed_now and plan.weight is None:
+        problems = ("no-weight",)
+    with_dose = history.allowed_now and plan.dose is not None and plan.weight is not None
+    return TocilizumabAdvice(
+        indicated=True,
+        dosesTotal=history.doses_total,
+        dosesLast24h=history.doses_last_24h,
+        problems=problems,
+        nextDoseAllowedAt=_iso(history.next_allowed_at),
+        recommendedDoseMg=plan.dose.mg if with_dose and plan.dose else None,
+        weightKg=plan.weight.value if with_dose and plan.weight else None,
+        weightObservedAt=plan.weight.at.isoformat() if with_dose and plan.weight else None,
+    )
+
+
+# --- the CRS card --------------------------------------------------------------------
+
+
 def crs_card(
     knowledge: Knowledge,
     rules: EngineRules,
-    exposure: Exposure,
-    grading: Grading,
-    at: datetime,
-    issues: list[Issue],
-    extra_sections: list[str] | None = None,
-    suggestions: list[dict[str, Any]] | None = None,
-    extension_extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The patient-view CRS card."""
+    evaluation: Evaluation,
+    plan: TocilizumabPlan,
+    card_id: str,
+) -> Card:
+    """The patient-view CRS card for an evaluation inside a risk window."""
+    exposure, grading, at = evaluation.exposure, evaluation.crs, evaluation.at
+    assert exposure is not None and grading is not None
     day = exposure.day(at)
-    if grading.grade == 0:
+    if grading.possible_grade is not None:
+        head = (
+            f"Possible CRS grade {grading.possible_grade} (fever may be masked by "
+            f"premedication): day {day} after {exposure.display}"
+        )
+    elif grading.grade == 0:
         head = f"CRS watch: day {day} after {exposure.display}"
         if grading.max_grade > 0:
             head += f" (max grade {grading.max_grade} since exposure)"
@@ -137,65 +288,158 @@ def crs_card(
         head = f"CRS grade {grading.grade} ({GRADING_SYSTEM}): day {day} after {exposure.display}"
         if grading.max_grade > grading.grade:
             head += f"; max grade {grading.max_grade}"
+    if not evaluation.data_complete:
+        head = f"{_incomplete_summary(evaluation.truncated)} — {head}"
     sections = [
         f"**{GRADING_SYSTEM} CRS grade {grading.grade}** (highest since exposure: "
         f"{grading.max_grade}"
         + (f", {when(grading.max_grade_at)}" if grading.max_grade_at else "")
         + ")",
         exposure_line(exposure, at),
-        _why(grading, rules),
-        evidence_table(grading.evidence),
     ]
+    incomplete = incomplete_note(evaluation.truncated)
+    if incomplete:
+        sections.insert(0, incomplete)
+    possible = _possible_section(knowledge, grading)
+    if possible:
+        sections.append(possible)
+    sections.extend([_why(grading, rules), evidence_table(grading.evidence)])
     sections.extend(f"**Warning:** {w}" for w in grading.warnings)
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
-    if extra_sections:
-        sections.extend(extra_sections)
-    note = issues_note(issues)
+    sections.extend(tocilizumab_sections(knowledge, rules, plan))
+    note = issues_note(evaluation.issues)
     if note:
         sections.append(note)
     sections.append("<sub>" + " ".join(rules_lines(knowledge, rules)) + "</sub>")
 
-    crs: dict[str, Any] = {
-        "grade": grading.grade,
-        "maxGrade": grading.max_grade,
-        "gradingSystem": GRADING_SYSTEM,
-        "exposure": {
-            "product": exposure.product,
-            "display": exposure.display,
-            "kind": exposure.kind,
-            "at": exposure.at.isoformat(),
-            "windowEnds": exposure.window_ends.isoformat(),
-            "source": exposure.source,
-        },
-        "evidence": [e.as_json() for e in grading.evidence],
-        "feverRequired": grading.fever_masked_since is None,
-        "hypotensionDefinition": rules.grading.hypotension_definition(),
-        "lookbackHours": rules.grading.lookback.total_seconds() / 3600,
-        "warnings": grading.warnings,
-        "ruleSetVersion": rules.version,
-        "evaluatedAt": at.isoformat(),
-    }
-    if grading.max_grade_at is not None:
-        crs["maxGradeAt"] = grading.max_grade_at.isoformat()
-    if issues:
-        crs["dataIssues"] = [i.as_json() for i in issues]
-    if extension_extra:
-        crs.update(extension_extra)
-    card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
-        "summary": summary_text(head),
-        "detail": "\n\n".join(sections),
-        "indicator": INDICATOR_BY_GRADE[grading.grade],
-        "source": source(knowledge),
-        "extension": {"crs": crs},
-    }
-    if suggestions:
-        card["suggestions"] = suggestions
-        card["selectionBehavior"] = "at-most-one"
-    return card
+    masked_by = grading.fever_possibly_masked_by
+    crs = CrsInfo(
+        grade=grading.grade,
+        maxGrade=grading.max_grade,
+        gradingSystem=GRADING_SYSTEM,
+        exposure=ExposureInfo(
+            product=exposure.product,
+            display=exposure.display,
+            kind=exposure.kind,
+            at=exposure.at.isoformat(),
+            windowEnds=exposure.window_ends.isoformat(),
+            source=exposure.source,
+            extendedUntil=_iso(exposure.extended_until),
+        ),
+        evidence=tuple(_evidence_info(e) for e in grading.evidence),
+        feverRequired=grading.fever_masked_since is None,
+        hypotensionDefinition=rules.grading.hypotension_definition(),
+        lookbackHours=rules.grading.lookback.total_seconds() / 3600,
+        warnings=tuple(grading.warnings),
+        ruleSetVersion=rules.version,
+        evaluatedAt=at.isoformat(),
+        dataComplete=evaluation.data_complete,
+        maxGradeAt=_iso(grading.max_grade_at),
+        possibleGrade=grading.possible_grade,
+        feverPossiblyMaskedBy=(
+            MaskingDrug(masked_by.display, masked_by.start.isoformat(), masked_by.source)
+            if masked_by is not None
+            else None
+        ),
+        incompleteData=incomplete_data(evaluation.truncated),
+        tocilizumab=tocilizumab_advice(plan),
+    )
+    return Card(
+        uuid=card_id,
+        summary=summary_text(head),
+        detail="\n\n".join(sections),
+        indicator=crs_indicator(knowledge, grading, evaluation.data_complete),
+        source=source(knowledge),
+        suggestions=(plan.order,) if plan.order is not None else (),
+        selectionBehavior="at-most-one" if plan.order is not None else None,
+        extension=CardExtension(crs=crs, dataIssues=issue_infos(evaluation.issues)),
+    )
 
 
-# --- tocilizumab: the physician's order and the pharmacist's checks ----------------
+def acknowledged_card(card: Card, acknowledged: Acknowledged) -> Card:
+    """The CRS card shown quietly: `info`, "Acknowledged", the acknowledgement in its
+    extension. Its suggestions stay (the order is still at hand)."""
+    extension = card.extension
+    assert isinstance(extension, CardExtension) and extension.crs is not None
+    crs = extension.crs
+    note = (
+        f"**Acknowledged:** a clinician {acknowledged.outcome} this card at grade "
+        f"{acknowledged.grade} ({acknowledged.at}); shown quietly until {acknowledged.until} "
+        "or until the grade rises."
+    )
+    return Card(
+        uuid=card.uuid,
+        summary=summary_text(f"Acknowledged: {card.summary}"),
+        detail=f"{note}\n\n{card.detail}" if card.detail else note,
+        indicator="info",
+        source=card.source,
+        suggestions=card.suggestions,
+        selectionBehavior=card.selectionBehavior,
+        overrideReasons=card.overrideReasons,
+        links=card.links,
+        extension=CardExtension(
+            crs=_with_acknowledgement(crs, acknowledged),
+            dataIssues=extension.dataIssues,
+            incompleteData=extension.incompleteData,
+        ),
+    )
+
+
+def _with_acknowledgement(crs: CrsInfo, acknowledged: Acknowledged) -> CrsInfo:
+    from msgspec import structs
+
+    return structs.replace(crs, acknowledged=acknowledged)
+
+
+def incomplete_data_card(knowledge: Knowledge, evaluation: Evaluation, card_id: str) -> Card:
+    """No risk window found, but part of the data never arrived: the exposure may be on
+    the missing pages, so say so instead of staying silent."""
+    truncated = evaluation.truncated
+    return Card(
+        uuid=card_id,
+        summary=summary_text(
+            f"{_incomplete_summary(truncated)}: CRS risk could not be fully checked"
+        ),
+        detail="\n\n".join(
+            [
+                incomplete_note(truncated) or "",
+                "No CAR-T, TCR-T or T-cell engager administration was found in the data that "
+                "arrived; one may be on the missing pages. Check the full medication record.",
+            ]
+        ),
+        indicator="warning",
+        source=source(knowledge),
+        extension=CardExtension(
+            dataIssues=issue_infos(evaluation.issues),
+            incompleteData=incomplete_data(truncated),
+        ),
+    )
+
+
+def data_only_extension(evaluation: Evaluation) -> ResponseExtension | None:
+    """The response's extension when there is no card: what could not be read."""
+    if not evaluation.issues:
+        return None
+    return ResponseExtension(dataIssues=issue_infos(evaluation.issues))
+
+
+def _evidence_info(e: Evidence) -> EvidenceInfo:
+    return EvidenceInfo(e.finding, e.label, e.value, e.unit, e.at.isoformat(), e.source)
+
+
+def issue_infos(issues: tuple[Issue, ...] | list[Issue]) -> tuple[IssueInfo, ...]:
+    return tuple(IssueInfo(i.location, i.problem) for i in issues)
+
+
+def incomplete_data(truncated: tuple[Truncated, ...]) -> tuple[IncompleteData, ...]:
+    return tuple(IncompleteData(t.location, t.received, t.total) for t in truncated)
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+# --- tocilizumab: the pharmacist's checks -----------------------------------------------
 
 PROBLEM_TEXT = {
     "dose-above-cap": "dose above the {cap} mg per-dose maximum",
@@ -208,17 +452,12 @@ PROBLEM_TEXT = {
 }
 
 
-def fmt_mg(mg: float) -> str:
-    """800 → "800", 562.5 → "562.5"."""
-    return f"{mg:.1f}".rstrip("0").rstrip(".")
-
-
 def problem_text(code: str, rules: EngineRules) -> str:
     d = rules.dosing
     return PROBLEM_TEXT[code].format(
         cap=fmt_mg(d.max_dose_mg),
         tol=f"{d.tolerance_fraction * 100:g}",
-        interval=f"{d.min_interval.total_seconds() / 3600:g}",
+        interval=hours(d.min_interval.total_seconds()),
         per24=d.max_doses_per_24h,
         total=d.max_doses_total,
     )
@@ -230,7 +469,7 @@ def dosing_rule_line(knowledge: Knowledge, rules: EngineRules) -> str:
         f"Tocilizumab for CRS: {d.mg_per_kg_at_or_above:g} mg/kg (≥ {d.weight_threshold_kg:g} kg) "
         f"or {d.mg_per_kg_below:g} mg/kg (< {d.weight_threshold_kg:g} kg) IV over "
         f"{d.infusion_minutes} min, at most {fmt_mg(d.max_dose_mg)} mg a dose, at least "
-        f"{d.min_interval.total_seconds() / 3600:g} h apart, at most {d.max_doses_per_24h} in "
+        f"{hours(d.min_interval.total_seconds())} h apart, at most {d.max_doses_per_24h} in "
         f"24 h and {d.max_doses_total} in all "
         f"({knowledge.tocilizumab.short_citation})."
     )
@@ -250,21 +489,32 @@ def history_line(history: DoseHistory) -> str:
     )
 
 
+@dataclass(frozen=True)
+class OrderCheck:
+    """The pharmacist's check of one draft tocilizumab order, as the service decided it."""
+
+    order: str  # the order's reference
+    ordered: OrderedDose
+    problems: tuple[str, ...]
+    dose: Dose | None
+    weight: Measurement | None
+    history: DoseHistory
+    indicator: Indicator
+    correction: Suggestion | None  # the corrected order, when the dose is wrong
+    notes: tuple[str, ...] = ()  # e.g. why no corrected order could be offered
+
+
 def order_check_card(
-    knowledge: Knowledge,
-    rules: EngineRules,
-    check: dict[str, Any],
-    ordered: Any,
-    dose: Dose | None,
-    weight: Measurement | None,
-    history: DoseHistory,
-    suggestions: list[dict[str, Any]],
-    override_reasons: list[dict[str, str]],
-    indicator: str,
-    notes: list[str] | None = None,
-) -> dict[str, Any]:
+    knowledge: Knowledge, rules: EngineRules, check: OrderCheck, card_id: str
+) -> Card:
     """The pharmacist's card for one draft tocilizumab order."""
-    problems: list[str] = check["problems"]
+    ordered, problems, dose, weight, history = (
+        check.ordered,
+        check.problems,
+        check.dose,
+        check.weight,
+        check.history,
+    )
     if not problems:
         head = f"Tocilizumab {ordered.as_written}: dose and timing check out"
     else:
@@ -277,8 +527,9 @@ def order_check_card(
             else ""
         )
     ]
-    if ordered.problem:
-        lines.append(f"**Dose not readable:** {ordered.problem}.")
+    unreadable = ordered.problem_text()
+    if unreadable:
+        lines.append(f"**Dose not readable:** {unreadable}.")
     if weight is not None and dose is not None:
         recorded = f" (recorded as {weight.original})" if weight.original else ""
         basis = f"{dose.mg_per_kg:g} mg/kg × {weight.value:g} kg"
@@ -299,48 +550,69 @@ def order_check_card(
         lines.append(
             "**Problems:**\n" + "\n".join(f"- `{p}`: {problem_text(p, rules)}" for p in problems)
         )
-    lines.extend(notes or [])
+    lines.extend(check.notes)
     lines.append(f"<sub>{dosing_rule_line(knowledge, rules)} Rule set {rules.version}.</sub>")
-    card: dict[str, Any] = {
-        "uuid": str(uuid.uuid4()),
-        "summary": summary_text(head),
-        "detail": "\n\n".join(lines),
-        "indicator": indicator,
-        "source": source(knowledge),
-        "extension": {"tocilizumabCheck": check},
-    }
-    if suggestions:
-        card["suggestions"] = suggestions
-        card["selectionBehavior"] = "at-most-one"
-    if problems:
-        card["overrideReasons"] = override_reasons
-    return card
+    override = knowledge.alerting.order_check
+    extension = TocilizumabCheck(
+        order=check.order,
+        problems=problems,
+        orderedDose=ordered.as_written,
+        dosesLast24h=history.doses_last_24h,
+        dosesTotal=history.doses_total,
+        ruleSetVersion=rules.version,
+        orderedDoseMg=ordered.mg,
+        recommendedDoseMg=dose.mg if dose else None,
+        weightKg=weight.value if weight else None,
+        weightObservedAt=weight.at.isoformat() if weight else None,
+        hoursSinceLastDose=history.hours_since_last,
+        nextDoseAllowedAt=_iso(history.next_allowed_at),
+    )
+    return Card(
+        uuid=card_id,
+        summary=summary_text(head),
+        detail="\n\n".join(lines),
+        indicator=check.indicator,
+        source=source(knowledge),
+        suggestions=(check.correction,) if check.correction else (),
+        selectionBehavior="at-most-one" if check.correction else None,
+        overrideReasons=(
+            tuple(
+                Coding(override.override_system, r.code, r.display)
+                for r in override.override_reasons
+            )
+            if problems
+            else ()
+        ),
+        extension=CardExtension(tocilizumabCheck=extension),
+    )
 
 
-def unreadable_order_card(knowledge: Knowledge, issues: list[Issue]) -> dict[str, Any]:
+def unreadable_order_card(knowledge: Knowledge, issues: tuple[Issue, ...], card_id: str) -> Card:
     """A draft order that may be tocilizumab but could not be read: it was not checked."""
     rows = "\n".join(f"- `{_md(i.location)}`: {_md(i.problem)}" for i in issues)
-    return {
-        "uuid": str(uuid.uuid4()),
-        "summary": "A draft order (possibly tocilizumab) could not be read and was NOT checked",
-        "detail": "The order could not be read where shown; check it by hand:\n\n" + rows,
-        "indicator": "warning",
-        "source": source(knowledge),
-        "extension": data_issues_extension(issues),
-    }
-
-
-def data_issues_extension(issues: list[Issue]) -> dict[str, Any]:
-    """`extension` naming what could not be read (`crs.dataIssues`), for the EHR's
-    integrators."""
-    return {"crs": {"dataIssues": [i.as_json() for i in issues]}}
+    return Card(
+        uuid=card_id,
+        summary="A draft order (possibly tocilizumab) could not be read and was NOT checked",
+        detail="The order could not be read where shown; check it by hand:\n\n" + rows,
+        indicator="warning",
+        source=source(knowledge),
+        extension=CardExtension(dataIssues=issue_infos(issues)),
+    )
 
 
 def steroid_section(knowledge: Knowledge, grade: int) -> str | None:
+    """The corticosteroid guidance for the grade; a row not confirmed against its
+    guideline is shown as the institution's default, never as guideline text."""
     guidance = knowledge.corticosteroids.get(grade)
     if guidance is None:
         return None
+    if guidance.verification.status == "confirmed":
+        return (
+            f"**Corticosteroids (grade {grade}, institution-adjustable default):** "
+            f"{guidance.guidance} <sub>({guidance.short_citation})</sub>"
+        )
     return (
-        f"**Corticosteroids (grade {grade}, institution-adjustable default):** "
-        f"{guidance.guidance} <sub>({guidance.short_citation})</sub>"
+        f"**Corticosteroids (grade {grade}, institution default — not confirmed against a "
+        f"published guideline):** {guidance.guidance} "
+        f"<sub>(based on {guidance.short_citation}; {guidance.verification.why})</sub>"
     )

@@ -133,8 +133,10 @@ def evaluate(
     service: Annotated[str, typer.Option(help="Service to evaluate as.")] = "crs-monitor",
 ) -> None:
     """Evaluate a Bundle as the patient-view service would; print the CDS Hooks response."""
-    from cds.app import cds_response
-    from cds.services.crs_monitor import monitor_response
+    from cds.app import new_uuid
+    from cds.evaluation import evaluate as evaluate_at
+    from cds.protocol import render
+    from cds.services import crs_monitor
 
     runtime = _load_runtime()
     try:
@@ -153,11 +155,13 @@ def evaluate(
         typer.echo(f"error: unknown service {service!r} (evaluate supports crs-monitor)", err=True)
         raise typer.Exit(2)
     try:
-        response = monitor_response(runtime, collected, _bundle_patient_id(collected), when)
+        evaluation = evaluate_at(runtime, collected, _bundle_patient_id(collected), when)
+        decision = crs_monitor.decide(runtime, evaluation, new_uuid)
     except CdsError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
-    typer.echo(orjson.dumps(cds_response(response), option=orjson.OPT_INDENT_2).decode())
+    response = orjson.loads(render(decision.response()))
+    typer.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
 
 
 def main() -> None:

@@ -10,11 +10,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-LOINC = "http://loinc.org"
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
-OBS_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+from cds.fhir.systems import LOINC, RXNORM, SNOMED, UCUM
+from cds.fhir.systems import OBSERVATION_CATEGORY as OBS_CATEGORY
 
 Resource = dict[str, Any]
 

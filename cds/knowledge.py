@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -25,8 +25,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-
-RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RULES_DIR = PROJECT_ROOT / "rules"
@@ -140,6 +138,17 @@ class FeverRule(_Strict):
     verification: Verification
 
 
+class GradesRule(_Strict):
+    """The grade each row of the ASTCT table gives (oxygen classes: `oxygen`)."""
+
+    fever: int = Field(ge=1, le=4)
+    hypotension_without_vasopressors: int = Field(ge=1, le=4)
+    one_vasopressor: int = Field(ge=1, le=4)
+    multiple_vasopressors: int = Field(ge=1, le=4)
+    citation: str
+    verification: Verification
+
+
 class HypotensionRule(_Strict):
     systolic_below_mmhg: float = Field(gt=0, lt=200)
     map_below_mmhg: float | None = Field(default=None, gt=0, lt=150)
@@ -231,6 +240,7 @@ class AstctFile(_Strict):
     citation: str
     url: str
     verification: Verification
+    grades: GradesRule
     fever: FeverRule
     hypotension: HypotensionRule
     vasopressors: VasopressorRule
@@ -301,6 +311,7 @@ class TocilizumabFile(_Strict):
     min_interval_hours: float = Field(gt=0)
     max_doses_per_24h: int = Field(gt=0)
     max_doses_total: int = Field(gt=0)
+    indication_min_grade: int = Field(ge=1, le=4)
     grade1_persistent_fever_hours: float = Field(gt=0)
     citations: dict[str, Citation]
 
@@ -316,6 +327,7 @@ class TocilizumabFile(_Strict):
             "min_interval_hours",
             "max_doses_per_24h",
             "max_doses_total",
+            "indication_min_grade",
             "grade1_persistent_fever_hours",
         }
         missing = sorted(required - value.keys())
@@ -340,6 +352,61 @@ class CorticosteroidsFile(_Strict):
     version: str
     institution_adjustable: bool
     by_grade: list[SteroidGuidance]
+
+
+# --- rules/alerting.yaml -------------------------------------------------------------
+
+IndicatorName = Literal["info", "warning", "critical"]
+
+
+class IndicatorRule(_Strict):
+    by_grade: dict[int, IndicatorName]
+    citation: str
+    verification: Verification
+
+    @field_validator("by_grade")
+    @classmethod
+    def _every_grade(cls, value: dict[int, str]) -> dict[int, str]:
+        missing = sorted(set(range(5)) - value.keys())
+        if missing:
+            raise ValueError(f"no indicator for grade(s) {missing}")
+        return value
+
+
+class OverrideReason(_Strict):
+    code: str
+    display: str
+
+
+class OrderCheckRule(_Strict):
+    critical_problems: list[
+        Literal[
+            "dose-above-cap",
+            "dose-not-weight-based",
+            "interval-under-8h",
+            "over-3-in-24h",
+            "over-4-total",
+            "no-weight",
+            "no-crs-evidence",
+        ]
+    ]
+    override_reasons: list[OverrideReason] = Field(min_length=1)
+    override_system: str
+    citation: str
+    verification: Verification
+
+
+class AcknowledgementRule(_Strict):
+    hours: float = Field(gt=0, le=24 * 14)
+    citation: str
+    verification: Verification
+
+
+class AlertingFile(_Strict):
+    version: str
+    crs_indicator_by_grade: IndicatorRule
+    order_check: OrderCheckRule
+    acknowledgement: AcknowledgementRule
 
 
 # --- fhir_mappings/ ----------------------------------------------------------------
@@ -482,6 +549,7 @@ class Knowledge:
     therapies: dict[str, Therapy]
     tocilizumab: TocilizumabFile
     corticosteroids: dict[int, SteroidGuidance]
+    alerting: AlertingFile
     medications: dict[str, MedicationConcept]
     observations: dict[str, ObservationConcept]
     devices: dict[str, DeviceConcept]
@@ -514,9 +582,12 @@ class Knowledge:
         """The rule-set version named on every card: declared version + content digest."""
         return f"{self.ruleset.version}+{self.digest}"
 
-    def observation_codes(self) -> list[tuple[str, str]]:
-        """(system, code) of every mapped observation and panel, for searches by code."""
-        return sorted(self.observation_by_code) + sorted(self.panel_codes)
+    def observation_codes(self, concepts: Collection[str] | None = None) -> list[tuple[str, str]]:
+        """(system, code) of every mapped observation (of `concepts`, when given) and every
+        panel, for searches by code."""
+        return sorted(
+            key for key, c in self.observation_by_code.items() if concepts is None or c in concepts
+        ) + sorted(self.panel_codes)
 
     def codes_of(self, concept: str) -> list[tuple[str, str]]:
         """(system, code) of one observation concept, e.g. every body-weight code."""
@@ -588,6 +659,7 @@ def load_knowledge(
         "therapies": rules_dir / "therapies.yaml",
         "tocilizumab": rules_dir / "tocilizumab.yaml",
         "corticosteroids": rules_dir / "corticosteroids.yaml",
+        "alerting": rules_dir / "alerting.yaml",
         "medications": mappings_dir / "medications.yaml",
         "observations": mappings_dir / "observations.yaml",
         "devices": mappings_dir / "oxygen_devices.yaml",
@@ -597,6 +669,7 @@ def load_knowledge(
     therapies = _validate(TherapiesFile, files["therapies"])
     tocilizumab = _validate(TocilizumabFile, files["tocilizumab"])
     steroids = _validate(CorticosteroidsFile, files["corticosteroids"])
+    alerting = _validate(AlertingFile, files["alerting"])
     medications = _validate(MedicationsFile, files["medications"])
     observations = _validate(ObservationsFile, files["observations"])
     devices = _validate(OxygenDevicesFile, files["devices"])
@@ -694,6 +767,7 @@ def load_knowledge(
         "therapies": therapies,
         "tocilizumab": tocilizumab,
         "corticosteroids": steroids,
+        "alerting": alerting,
         "medications": medications,
         "observations": observations,
         "devices": devices,
@@ -711,6 +785,7 @@ def load_knowledge(
         therapies={t.product: t for t in therapies.products},
         tocilizumab=tocilizumab,
         corticosteroids={g.grade: g for g in steroids.by_grade},
+        alerting=alerting,
         medications=med_index,
         observations={o.concept: o for o in observations.observations},
         devices={d.concept: d for d in devices.devices},

@@ -12,7 +12,7 @@ from datetime import timedelta
 from cds.engine.activity import ActivityRules
 from cds.engine.dosing import DosingRules
 from cds.engine.exposure import TherapyWindow
-from cds.engine.grading import GradingParameters
+from cds.engine.grading import GradeTable, GradingParameters
 from cds.knowledge import Knowledge, KnowledgeError
 from cds.settings import Settings
 
@@ -98,6 +98,12 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         )
 
     grading = GradingParameters(
+        grades=GradeTable(
+            fever=a.grades.fever,
+            hypotension=a.grades.hypotension_without_vasopressors,
+            one_vasopressor=a.grades.one_vasopressor,
+            multiple_vasopressors=a.grades.multiple_vasopressors,
+        ),
         fever_min_celsius=a.fever.min_celsius,
         systolic_below_mmhg=systolic,
         map_below_mmhg=map_below,
@@ -110,6 +116,8 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         spo2_warning_below=spo2,
         room_air_fio2_percent=a.spo2_warning.room_air_fio2_percent,
         premedication_hours={p: w.premedication_hours for p, w in windows.items()},
+        adult_from_age_years=a.hypotension.adult_from_age_years,
+        adult_citation=a.hypotension.adult_citation,
     )
     t = knowledge.tocilizumab
     dosing = DosingRules(
@@ -123,6 +131,8 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         infusion_minutes=t.infusion_minutes,
         tolerance_fraction=settings.tocilizumab_dose_tolerance_percent / 100,
         rounding_mg=settings.tocilizumab_rounding_mg,
+        indication_min_grade=t.indication_min_grade,
+        persistent_fever=timedelta(hours=t.grade1_persistent_fever_hours),
     )
     if settings.tocilizumab_dose_tolerance_percent != DEFAULT_TOLERANCE_PERCENT:
         overrides.append(

@@ -1,14 +1,16 @@
 """CDS Hooks 2.0 request models and response helpers.
 
 Requests are validated leniently where real EHRs are lenient (extra fields allowed), but
-the fields the spec requires are required. Responses are built as plain dicts with
-`compact()`, because the spec forbids null, "", [] and {} in them.
+the fields the spec requires are required. Responses are typed structs, turned into JSON
+once, by `render`, at the edge.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+import msgspec
+from msgspec import Struct
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cds.errors import InvalidRequest
@@ -56,14 +58,6 @@ class OrderContext(PatientContext):
     selections: list[str] | None = None
 
 
-def _drop_nulls(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _drop_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_drop_nulls(v) for v in value]
-    return value
-
-
 _Context = TypeVar("_Context", bound=PatientContext)
 
 
@@ -75,20 +69,91 @@ def parse_context(model: type[_Context], context: dict[str, Any]) -> _Context:
         raise InvalidRequest(validation_message("context", exc), "context") from exc
 
 
-def compact(value: Any) -> Any:
-    """Drop None, "", [] and {} recursively (CDS Hooks forbids them in responses).
+# --- the response, typed ---------------------------------------------------------------
+# CDS Hooks forbids null, "", [] and {} in a response (`{"cards": []}` excepted): every
+# optional field defaults to None or an empty tuple and is left out when so
+# (`omit_defaults`). A machine-readable extension keeps its empty lists (an empty
+# `problems` means "no problem"): its lists have no default.
 
-    Inside `extension` objects (the service's own machine-readable data) only nulls are
-    dropped: an empty `problems` list there means "no problem".
-    """
-    if isinstance(value, dict):
-        out = {}
-        for key, item in value.items():
-            item = _drop_nulls(item) if key == "extension" else compact(item)
-            if item is None or item == "" or item == [] or item == {}:
-                continue
-            out[key] = item
-        return out
-    if isinstance(value, list):
-        return [compact(item) for item in value]
-    return value
+FhirResource = dict[str, Any]  # a complete FHIR resource the service wrote and validated
+
+
+class _Out(Struct, frozen=True, omit_defaults=True, forbid_unknown_fields=True):
+    """A part of the response; fields equal to their default are not written."""
+
+
+class Coding(_Out, frozen=True):
+    system: str
+    code: str
+    display: str
+
+
+class Source(_Out, frozen=True):
+    label: str
+    url: str | None = None
+    topic: Coding | None = None
+
+
+class Action(_Out, frozen=True):
+    type: Literal["create", "update", "delete"]
+    description: str
+    resource: FhirResource | None = None
+    resourceId: str | None = None
+
+
+class Suggestion(_Out, frozen=True):
+    label: str
+    uuid: str
+    actions: tuple[Action, ...]
+    isRecommended: bool | None = None
+
+
+class Link(_Out, frozen=True):
+    label: str
+    url: str
+    type: Literal["absolute", "smart"]
+    appContext: str | None = None
+
+
+Indicator = Literal["info", "warning", "critical"]
+
+
+class Card(_Out, frozen=True):
+    """One CDS Hooks card. `extension` is the service's machine-readable detail (a typed
+    struct of its own, e.g. `cds.cards.CardExtension`)."""
+
+    uuid: str
+    summary: str
+    indicator: Indicator
+    source: Source
+    detail: str | None = None
+    suggestions: tuple[Suggestion, ...] = ()
+    selectionBehavior: Literal["at-most-one", "any"] | None = None
+    overrideReasons: tuple[Coding, ...] = ()
+    links: tuple[Link, ...] = ()
+    extension: Struct | None = None
+
+
+class CdsResponse(Struct, frozen=True, omit_defaults=True):
+    """The body of a hook's answer: `cards` always present (possibly empty)."""
+
+    cards: tuple[Card, ...]
+    extension: Struct | None = None
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def render(response: CdsResponse) -> bytes:
+    """The response as JSON bytes (the one place it becomes JSON)."""
+    return _ENCODER.encode(response)
+
+
+def render_struct(value: Struct) -> bytes:
+    """Any typed answer (discovery, feedback…) as JSON bytes."""
+    return _ENCODER.encode(value)
+
+
+def to_json(value: Struct) -> Any:
+    """A response part as plain JSON values (for the audit record and the CLI)."""
+    return msgspec.to_builtins(value)

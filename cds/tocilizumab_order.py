@@ -7,8 +7,6 @@ before it leaves the service.
 
 from __future__ import annotations
 
-import copy
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -16,15 +14,11 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest as FhirMedica
 
 from cds.engine.dosing import Dose, DosingRules
 from cds.engine.facts import Measurement
-from cds.knowledge import RXNORM, Knowledge
+from cds.fhir.systems import RXNORM, SNOMED, UCUM
+from cds.formatting import fmt_mg
+from cds.knowledge import Knowledge
 
-SNOMED = "http://snomed.info/sct"
-UCUM = "http://unitsofmeasure.org"
 INTRAVENOUS = {"system": SNOMED, "code": "47625008", "display": "Intravenous route"}
-
-
-def _fmt_mg(mg: float) -> str:
-    return f"{mg:.1f}".rstrip("0").rstrip(".")
 
 
 def tocilizumab_coding(knowledge: Knowledge) -> dict[str, str]:
@@ -38,11 +32,11 @@ def dose_text(dose: Dose, rules: DosingRules, weight: Measurement) -> str:
     """ "tocilizumab 640 mg IV over 60 minutes (8 mg/kg × 80 kg, weighed 2026-11-19)"."""
     basis = f"{dose.mg_per_kg:g} mg/kg × {dose.weight_kg:g} kg"
     if dose.capped:
-        basis += f" = {_fmt_mg(dose.weight_based_mg)} mg, capped at {rules.max_dose_mg:g} mg"
+        basis += f" = {fmt_mg(dose.weight_based_mg)} mg, capped at {rules.max_dose_mg:g} mg"
     elif rules.rounding_mg and dose.mg != dose.weight_based_mg:
-        basis += f" = {_fmt_mg(dose.weight_based_mg)} mg, rounded to {rules.rounding_mg:g} mg"
+        basis += f" = {fmt_mg(dose.weight_based_mg)} mg, rounded to {rules.rounding_mg:g} mg"
     return (
-        f"tocilizumab {_fmt_mg(dose.mg)} mg IV over {rules.infusion_minutes} minutes "
+        f"tocilizumab {fmt_mg(dose.mg)} mg IV over {rules.infusion_minutes} minutes "
         f"({basis}; weight recorded {weight.at.date().isoformat()})"
     )
 
@@ -68,10 +62,30 @@ def _dosage(dose: Dose, rules: DosingRules, weight: Measurement) -> dict[str, An
     }
 
 
+class InvalidOrder(ValueError):
+    """The order would not be valid FHIR R4; the message says where."""
+
+
 def validated(resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource, after checking it is valid FHIR (raises ValueError if not)."""
-    FhirMedicationRequest.model_validate(resource)
+    """The resource, after checking it is valid FHIR (InvalidOrder if not)."""
+    try:
+        FhirMedicationRequest.model_validate(resource)
+    except RecursionError as exc:
+        raise InvalidOrder("the order is nested too deeply to be valid FHIR") from exc
+    except ValueError as exc:  # pydantic's ValidationError among them
+        raise InvalidOrder(_first_error(exc)) from exc
     return resource
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        found = errors(include_url=False, include_input=False)
+        if found:
+            first = found[0]
+            path = ".".join(str(p) for p in first["loc"])
+            return f"MedicationRequest.{path}: {first['msg']}" if path else first["msg"]
+    return str(exc).splitlines()[0]
 
 
 def new_order(
@@ -82,13 +96,14 @@ def new_order(
     weight: Measurement,
     at: datetime,
     reason: str,
+    order_id: str,
     encounter_id: str | None = None,
 ) -> dict[str, Any]:
     """A draft tocilizumab order for the physician's card (a `create` action)."""
     coding = tocilizumab_coding(knowledge)
     order: dict[str, Any] = {
         "resourceType": "MedicationRequest",
-        "id": str(uuid.uuid4()),
+        "id": order_id,
         "status": "draft",
         "intent": "order",
         "medicationCodeableConcept": {"coding": [coding], "text": "tocilizumab"},
@@ -106,17 +121,23 @@ def new_order(
 def corrected_order(
     original: dict[str, Any], dose: Dose, rules: DosingRules, weight: Measurement
 ) -> dict[str, Any]:
-    """The draft order with its dose replaced by `dose` (same id): an `update` action."""
-    order = copy.deepcopy(original)
+    """The draft order with its dose replaced by `dose` (same id): an `update` action.
+
+    Only what changes is copied (the top level, the first dosage instruction): the rest
+    of the client's order is shared, never walked, whatever its size or nesting."""
+    order = dict(original)
     order.setdefault("status", "draft")
     order.setdefault("intent", "order")
     dosage = _dosage(dose, rules, weight)
     instructions = order.get("dosageInstruction")
     if isinstance(instructions, list) and instructions and isinstance(instructions[0], dict):
-        first = instructions[0]
-        first["text"] = dosage["text"]
-        first["doseAndRate"] = dosage["doseAndRate"]
+        first = {
+            **instructions[0],
+            "text": dosage["text"],
+            "doseAndRate": dosage["doseAndRate"],
+        }
         first.setdefault("route", dosage["route"])
+        order["dosageInstruction"] = [first, *instructions[1:]]
     else:
         order["dosageInstruction"] = [dosage]
     notes = order.get("note")

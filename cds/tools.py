@@ -338,7 +338,7 @@ def render_response(response: dict[str, Any], out: Console | None = None) -> Non
         out.print("[dim]No cards.[/]")
     for card in cards:
         out.print(card_panel(card))
-    issues = (response.get("extension") or {}).get("crs", {}).get("dataIssues") or []
+    issues = (response.get("extension") or {}).get("dataIssues") or []
     if issues:
         out.print(_issues_table(issues))
 
@@ -368,8 +368,7 @@ def card_panel(card: dict[str, Any]) -> Panel:
         parts.append(Text(f"→ {link.get('label')}: {link.get('url')}", style="cyan"))
     source = card.get("source") or {}
     parts.append(Text(f"source: {source.get('label', '')}", style="dim"))
-    crs = (card.get("extension") or {}).get("crs") or {}
-    for issue in crs.get("dataIssues") or []:
+    for issue in (card.get("extension") or {}).get("dataIssues") or []:
         parts.append(Text(f"data issue: {issue.get('location')}: {issue.get('problem')}", "yellow"))
     return Panel(
         Group(*parts),

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import orjson
+
+from cds.app import new_uuid
 from cds.engine.facts import Administration, Measurement, OxygenSupport
+from cds.evaluation import evaluate
+from cds.fhir.reading import ResourceCollector
+from cds.protocol import render
+from cds.runtime import Runtime
+from cds.services import crs_monitor
 
 AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -70,3 +79,11 @@ def given(
         end,
         f"MedicationAdministration/{concept}-{hours_before}",
     )
+
+
+def monitor_json(
+    runtime: Runtime, collected: ResourceCollector, patient_id: str | None, at: datetime
+) -> Any:
+    """The crs-monitor response for collected data at `at`, as JSON (no HTTP)."""
+    decision = crs_monitor.decide(runtime, evaluate(runtime, collected, patient_id, at), new_uuid)
+    return orjson.loads(render(decision.response()))

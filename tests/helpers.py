@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds import fhirbuild as b
+from cds.fhir.systems import RXNORM, UCUM
 
 PATIENT = "pat-http"
 
@@ -72,13 +73,13 @@ def draft_order(
         "id": oid,
         "status": "draft",
         "medicationCodeableConcept": {
-            "coding": [{"system": b.RXNORM, "code": "612865", "display": "tocilizumab"}]
+            "coding": [{"system": RXNORM, "code": "612865", "display": "tocilizumab"}]
         },
         "subject": {"reference": f"Patient/{pid}"},
         "dosageInstruction": [
             {
                 "doseAndRate": [
-                    {"doseQuantity": {"value": value, "unit": unit, "system": b.UCUM, "code": unit}}
+                    {"doseQuantity": {"value": value, "unit": unit, "system": UCUM, "code": unit}}
                 ]
             }
         ],

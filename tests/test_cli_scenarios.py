@@ -28,4 +28,4 @@ def test_evaluate_bundle(name: str) -> None:
     assert crs["grade"] == expected["grade"]
     assert crs["maxGrade"] == expected["maxGrade"]
     assert crs["exposure"]["product"] == expected["product"]
-    assert len(crs.get("dataIssues", [])) == expected["dataIssues"]
+    assert len(card["extension"].get("dataIssues", [])) == expected["dataIssues"]

@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from cds import fhirbuild as b
+from cds.fhir.systems import UCUM
 from tests.helpers import (
     PATIENT,
     assert_no_empty_fields,
@@ -83,7 +84,7 @@ def test_not_weight_based_is_warning(client: TestClient) -> None:
     assert check["problems"] == ["dose-not-weight-based"]
     assert card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]["doseAndRate"][
         0
-    ]["doseQuantity"] == {"value": 640, "unit": "mg", "system": b.UCUM, "code": "mg"}
+    ]["doseQuantity"] == {"value": 640, "unit": "mg", "system": UCUM, "code": "mg"}
 
 
 def test_interval_under_8h_is_critical(client: TestClient) -> None:
@@ -164,7 +165,7 @@ def test_unparseable_order_is_reported_not_500(client: TestClient) -> None:
     r = sign(client, [bad])
     (card,) = r["cards"]
     assert "could not be read" in card["summary"]
-    locations = [i["location"] for i in r["extension"]["crs"]["dataIssues"]]
+    locations = [i["location"] for i in r["extension"]["dataIssues"]]
     assert "context.draftOrders.entry[0].resource.dosageInstruction" in locations
 
 

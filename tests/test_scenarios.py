@@ -1,24 +1,26 @@
 """The scenario library: every patient gives the outcome it promises, offline.
 
-Each crs-monitor scenario is evaluated through `monitor_response` at its anchor (and a
-few minutes later, as when it is fired right after loading); each pharmacist case
-through the crs-order-sign handler with its draft order. Resources are checked against
-the FHIR R4B models (the FHIR server in tests/integration checks R4 itself).
+Each crs-monitor scenario is evaluated through the monitor's decision (`monitor_json`)
+at its anchor (and a few minutes later, as when it is fired right after loading); each
+pharmacist case through the crs-order-sign decision with its draft order. Resources are
+checked against the FHIR R4B models (the FHIR server in tests/integration checks R4).
 """
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 
+from cds.app import new_uuid
 from cds.fhir.reading import ResourceCollector
-from cds.protocol import HookRequest
+from cds.pipeline import decide_offline
+from cds.protocol import OrderContext, render
 from cds.runtime import Runtime
 from cds.scenarios import Scenario, ScenarioError, get, library
-from cds.services.crs_monitor import monitor_response
+from tests.factories import monitor_json
 
 ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 PROBLEM_CODES = {
@@ -41,13 +43,13 @@ def collected_for(scenario: Scenario, anchor: datetime) -> ResourceCollector:
 
 
 def monitor_outcome(runtime: Runtime, scenario: Scenario, at: datetime) -> dict[str, Any]:
-    response = monitor_response(runtime, collected_for(scenario, ANCHOR), scenario.patient_id, at)
-    assert not response.get("extension", {}).get("crs", {}).get("dataIssues")
+    response = monitor_json(runtime, collected_for(scenario, ANCHOR), scenario.patient_id, at)
+    assert not response.get("extension", {}).get("dataIssues")
     if not response["cards"]:
         return {"service": "crs-monitor", "card": False}
     (card,) = response["cards"]
     crs = card["extension"]["crs"]
-    assert not crs.get("dataIssues"), crs.get("dataIssues")
+    assert not card["extension"].get("dataIssues"), card["extension"].get("dataIssues")
     return {"service": "crs-monitor", "grade": crs["grade"], "maxGrade": crs["maxGrade"]}
 
 
@@ -142,16 +144,15 @@ def test_pharmacist_case_gives_its_problems(
     service = registry(runtime).get("crs-order-sign")
     if service is None:
         pytest.skip("crs-order-sign is not registered yet")
-    request = HookRequest(
-        hook="order-sign",
-        hookInstance="test-scenarios",
-        context={
-            "userId": "Practitioner/1",
-            "patientId": scenario.patient_id,
-            "draftOrders": scenario.draft_orders(ANCHOR),
-        },
+    context = OrderContext(
+        userId="Practitioner/1",
+        patientId=scenario.patient_id,
+        draftOrders=scenario.draft_orders(ANCHOR),
     )
     at = ANCHOR + late
-    response = asyncio.run(service.handler(runtime, request, collected_for(scenario, ANCHOR), at))
+    decision = decide_offline(
+        runtime, service, collected_for(scenario, ANCHOR), context, at, new_uuid
+    )
+    response = orjson.loads(render(decision.response()))
     checks = [c["extension"]["tocilizumabCheck"] for c in response["cards"]]
     assert [c["problems"] for c in checks] == [scenario.expect["problems"]]

@@ -110,8 +110,8 @@ def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
     pre["observations"]["entry"].append({"resource": "not a resource"})
     r = monitor(client, hook_request("patient-view", {}, pre))
     assert r.status_code == 200
-    crs = r.json()["cards"][0]["extension"]["crs"]
-    locations = [i["location"] for i in crs["dataIssues"]]
+    extension = r.json()["cards"][0]["extension"]
+    locations = [i["location"] for i in extension["dataIssues"]]
     assert "prefetch.observations.entry[3].resource.code" in locations
     assert "prefetch.observations.entry[4].resource" in locations
     assert "Data not read" in r.json()["cards"][0]["detail"]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cds.engine.facts import Administration, Facts, Measurement
+from cds.engine.grading import Grading
 
 # Problem codes, exactly as the pharmacist services report them.
 DOSE_ABOVE_CAP = "dose-above-cap"
@@ -39,12 +40,37 @@ class DosingRules:
     infusion_minutes: int
     tolerance_fraction: float
     rounding_mg: float | None
+    indication_min_grade: int  # tocilizumab from this grade on
+    persistent_fever: timedelta  # or at grade 1, for a fever lasting longer than this
 
     def mg_per_kg(self, weight_kg: float) -> float:
         """8 mg/kg at or above the threshold (30 kg), 12 mg/kg below it (label values)."""
         if weight_kg >= self.weight_threshold_kg:
             return self.mg_per_kg_at_or_above
         return self.mg_per_kg_below
+
+
+@dataclass(frozen=True)
+class Indication:
+    """Why tocilizumab is indicated: the grade (or, with fever possibly masked by
+    premedication, the possible grade), or a grade 1 fever that has lasted too long."""
+
+    grade: int
+    persistent_fever: bool = False
+    possible: bool = False  # only a possible grade: offered, not recommended
+
+
+def tocilizumab_indication(grading: Grading, rules: DosingRules) -> Indication | None:
+    """From the indication grade (rules/tocilizumab.yaml), or at grade 1 with an unbroken
+    febrile run longer than the persistent-fever threshold; None otherwise."""
+    if grading.grade >= rules.indication_min_grade:
+        return Indication(grading.grade)
+    if grading.possible_grade is not None and grading.possible_grade >= rules.indication_min_grade:
+        return Indication(grading.possible_grade, possible=True)
+    duration = grading.fever_duration
+    if grading.grade >= 1 and duration is not None and duration > rules.persistent_fever:
+        return Indication(grading.grade, persistent_fever=True)
+    return None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ collector (they hold no cycles).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from operator import attrgetter
 
 from msgspec import Struct
@@ -79,6 +79,7 @@ class Facts:
     oxygen: tuple[OxygenSupport, ...] = ()
     administrations: tuple[Administration, ...] = ()
     by_concept: dict[str, tuple[Measurement, ...]] = field(default_factory=dict, compare=False)
+    birth_date: date | None = None  # Patient.birthDate, when a full date is known
 
     @classmethod
     def build(
@@ -86,6 +87,7 @@ class Facts:
         measurements: list[Measurement],
         oxygen: list[OxygenSupport],
         administrations: list[Administration],
+        birth_date: date | None = None,
     ) -> Facts:
         """Facts sorted by time, with measurements indexed by concept."""
         measurements = sorted(measurements, key=_AT)
@@ -101,7 +103,16 @@ class Facts:
             oxygen=tuple(sorted(oxygen, key=_AT)),
             administrations=tuple(sorted(administrations, key=_START)),
             by_concept={concept: tuple(items) for concept, items in index.items()},
+            birth_date=birth_date,
         )
+
+    def age_at(self, at: datetime) -> int | None:
+        """Whole years of age at `at`, when the birth date is known."""
+        born = self.birth_date
+        if born is None:
+            return None
+        today = at.date()
+        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
     def of(self, concept: str) -> tuple[Measurement, ...]:
         """Measurements of one concept, oldest first."""

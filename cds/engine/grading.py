@@ -16,16 +16,25 @@ from datetime import datetime, timedelta
 from cds.engine.activity import ActivityRules, activity_spans, crs_episodes
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Administration, Facts, Measurement
+from cds.formatting import fmt_value
 
-HYPOTENSION_GRADE = 2
-ONE_VASOPRESSOR_GRADE = 3
-MULTIPLE_VASOPRESSORS_GRADE = 4
+
+@dataclass(frozen=True)
+class GradeTable:
+    """The grades of the ASTCT table's rows (rules/astct.yaml `grades`); oxygen support
+    classes have theirs in `GradingParameters.grade_by_support`."""
+
+    fever: int  # fever alone
+    hypotension: int  # not requiring vasopressors
+    one_vasopressor: int  # with or without vasopressin
+    multiple_vasopressors: int  # vasopressin not counted
 
 
 @dataclass(frozen=True)
 class GradingParameters:
     """The thresholds the grade depends on: from rules/astct.yaml, possibly overridden."""
 
+    grades: GradeTable
     fever_min_celsius: float
     systolic_below_mmhg: float
     map_below_mmhg: float | None
@@ -39,6 +48,9 @@ class GradingParameters:
     room_air_fio2_percent: float
     # product -> hours before a dose within which a masking drug is its premedication
     premedication_hours: dict[str, float] = field(default_factory=dict)
+    # the hypotension definition is an adult one: below this age the card says so
+    adult_from_age_years: int | None = None
+    adult_citation: str = ""
 
     def activity(self) -> ActivityRules:
         """What counts as CRS activity, for episodes and window continuation."""
@@ -125,10 +137,6 @@ class _Finding:
     label: str
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
-
-
 def _in(ms: tuple[Measurement, ...], start: datetime, end: datetime) -> list[Measurement]:
     """Measurements with start <= at <= end (input sorted by time)."""
     times = [m.at for m in ms]
@@ -180,14 +188,19 @@ def _findings(
     for m in _in(facts.of("systolic_bp"), since, at):
         if m.value < params.systolic_below_mmhg:
             found.append(
-                _Finding(m.at, m.at, HYPOTENSION_GRADE, "hypotension not requiring vasopressors")
+                _Finding(
+                    m.at, m.at, params.grades.hypotension, "hypotension not requiring vasopressors"
+                )
             )
     if params.map_below_mmhg is not None:
         for m in _in(facts.of("mean_arterial_pressure"), since, at):
             if m.value < params.map_below_mmhg:
                 found.append(
                     _Finding(
-                        m.at, m.at, HYPOTENSION_GRADE, "hypotension not requiring vasopressors"
+                        m.at,
+                        m.at,
+                        params.grades.hypotension,
+                        "hypotension not requiring vasopressors",
                     )
                 )
     for m in _in(facts.of("oxygen_flow"), since, at):
@@ -215,7 +228,7 @@ def _findings(
             _Finding(
                 max(a.start, since),
                 min(a.end_or(at), at),
-                ONE_VASOPRESSOR_GRADE,
+                params.grades.one_vasopressor,
                 f"hypotension requiring a vasopressor ({a.display})",
             )
         )
@@ -226,7 +239,7 @@ def _findings(
             _Finding(
                 max(start, since),
                 min(end, at),
-                MULTIPLE_VASOPRESSORS_GRADE,
+                params.grades.multiple_vasopressors,
                 "hypotension requiring multiple vasopressors (vasopressin not counted)",
             )
         )
@@ -303,7 +316,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     severity = max((f.grade for f in current_findings), default=0)
     drivers = list(dict.fromkeys(f.label for f in current_findings if f.grade == severity))
     if window_fevers:
-        current = max(1, severity)
+        current = max(params.grades.fever, severity)
     elif masked_since is not None:
         current = severity
     else:
@@ -312,7 +325,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     # Highest grade since exposure: a finding active over [s, e] counts at any t in
     # [s, min(e + L, at)]; it is gated by a fever in [s - L, min(e + L, at)] or by a
     # masking therapy given by then.
-    max_grade, max_at = (1, first_fever) if first_fever is not None else (0, None)
+    max_grade, max_at = (params.grades.fever, first_fever) if first_fever is not None else (0, None)
     for f in findings:
         if f.grade <= max_grade:
             continue
@@ -328,7 +341,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
 
     possible_grade, premedication = (
         _possible_grade(facts, exposure, current_findings, fever_times, at, params)
-        if current == 0 and severity >= HYPOTENSION_GRADE
+        if current == 0 and severity > 0
         else (None, None)
     )
     if premedication is not None:
@@ -341,6 +354,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         )
 
     evidence = _evidence(facts, window_fevers, lookback_start, at, pressors, masking_admin, params)
+    warnings = _warnings(facts, lookback_start, at, params)
     if premedication is not None:
         evidence.append(
             Evidence(
@@ -352,11 +366,10 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
                 premedication.source,
             )
         )
-    warnings = _warnings(facts, lookback_start, at, params)
     earlier = [m for m in maskings[:-1] if m.since is not None] if now is not None else []
     last_masked = earlier[-1] if earlier else None
     if (
-        severity >= 2
+        severity > 0
         and current == 0
         and last_masked is not None
         and last_masked.since is not None
@@ -367,6 +380,13 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
             f"{last_masked.admin.display} ({last_masked.since.isoformat()}), but more than "
             f"{params.episode_gap.total_seconds() / 3600:g} h passed without CRS findings, so this "
             "is graded as a new episode in which fever is required. Assess clinically."
+        )
+    age = facts.age_at(at)
+    if age is not None and params.adult_from_age_years and age < params.adult_from_age_years:
+        warnings.append(
+            f"Paediatric patient (age {age}): the hypotension definition in use "
+            f"({params.hypotension_definition()}) is an adult threshold; judge hypotension by "
+            f"age-specific norms. ({params.adult_citation.strip()})"
         )
     return Grading(
         grade=current,
@@ -428,13 +448,13 @@ def _possible_grade(
         ):
             continue
         grade_after = max((f.grade for f in current if f.end >= admin.start), default=0)
-        if grade_after >= HYPOTENSION_GRADE and (best is None or grade_after >= best[0]):
+        if grade_after > 0 and (best is None or grade_after >= best[0]):
             best = (grade_after, admin)
     return (best[0], best[1]) if best is not None else (None, None)
 
 
 def _measurement_evidence(finding: str, label: str, m: Measurement) -> Evidence:
-    value = _fmt(m.value)
+    value = fmt_value(m.value)
     if m.original:
         value = f"{value} ({m.original})"
     return Evidence(finding, label, value, m.unit, m.at, m.source)
@@ -530,7 +550,7 @@ def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParame
     if low and not has_support:
         lowest = min(low, key=lambda m: m.value)
         warnings.append(
-            f"SpO2 {_fmt(lowest.value)} % at {lowest.at.isoformat()} with no oxygen support "
+            f"SpO2 {fmt_value(lowest.value)} % at {lowest.at.isoformat()} with no oxygen support "
             "documented: hypoxia is graded by the support given, so this does not raise the "
             "grade. Check the patient and document any oxygen support."
         )

@@ -1,8 +1,9 @@
 """Gather a hook's data: prefetch first, then (for what is missing) the EHR's FHIR server.
 
-For every prefetch key that is absent or null the service queries `fhirServer` itself,
-with `Authorization: Bearer` from `fhirAuthorization`, asking only for what the rules
-read since the earliest start of any risk window:
+For every prefetch key that is absent, or whose value reports an error in fetching (an
+OperationOutcome), the service queries `fhirServer` itself (a `null` value means "no
+data": nothing to fetch), with `Authorization: Bearer` from `fhirAuthorization`, asking
+only for what the rules read since the earliest start of any risk window (`since`):
 
 - `patient`: `Patient/{patientId}`;
 - `observations`: `Observation?patient=…&code=<mapped codes and panels>&date=ge…&_count=…`,
@@ -12,9 +13,11 @@ read since the earliest start of any risk window:
 - any other key (e.g. `oxygenDevices`, by `value-concept`): the service's own prefetch
   template, filled from the context.
 
-All queries run at once on the shared connection pool, under one deadline
-(`CRS_FHIR_TIMEOUT_SECONDS`). `fhirServer` must be on `CRS_FHIR_ALLOWED_SERVERS`. Any
-query that fails makes the answer 412 with a message naming the query and the reason.
+A prefetch Bundle sent with its first page only (a `next` link) is completed from the
+same server. All queries run at once on the shared connection pool, under one deadline
+(`CRS_FHIR_TIMEOUT_SECONDS`). `fhirServer` must be on `CRS_FHIR_ALLOWED_SERVERS`. A
+query for a missing key that fails makes the answer 412 with a message naming the query
+and the reason; further pages that cannot be had leave the data marked incomplete.
 """
 
 from __future__ import annotations
@@ -22,9 +25,12 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
+
+import httpx
 
 from cds.errors import InvalidRequest, PrefetchUnavailable
 from cds.fhir.client import (
@@ -34,15 +40,14 @@ from cds.fhir.client import (
     QueriesTimedOut,
     TemplateError,
     allowed_base_url,
-    http_client,
     resolve_template,
     run_all,
     split_query,
 )
+from cds.fhir.prefetch import PrefetchPlan, observation_code_param
 from cds.fhir.reading import ResourceCollector, Truncated, reports_failure
+from cds.knowledge import Knowledge
 from cds.protocol import HookRequest
-from cds.runtime import Runtime
-from cds.services.base import ServiceDefinition, observation_code_param
 
 log = logging.getLogger("cds.fhir.gather")
 
@@ -52,27 +57,35 @@ ROOT = "fhirServer"
 Job = Callable[[], Awaitable[Any]]
 
 
-def missing_prefetch(service: ServiceDefinition, request: HookRequest) -> list[str]:
+@dataclass(frozen=True)
+class FhirAccess:
+    """How the service may read an EHR's FHIR server: where its HTTP client comes from
+    (injected: the shared pool of the running event loop, or in tests a client with an
+    `httpx.MockTransport`), the allow-list, the deadline of one request's queries, and
+    the page size of its searches."""
+
+    http: Callable[[], httpx.AsyncClient]
+    allowed_servers: Sequence[str]
+    timeout_seconds: float
+    page_size: int
+
+
+def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
     """Prefetch keys the service asked for that must be fetched (CDS Hooks 2.0): a key
     that is **absent** (the client did not fetch it), or whose value reports an error in
     fetching (an OperationOutcome). A key whose value is `null` was fetched and holds no
     data: nothing to fetch."""
     prefetch = request.prefetch or {}
-    return [
-        key for key in service.prefetch if key not in prefetch or reports_failure(prefetch[key])
-    ]
-
-
-def risk_data_since(runtime: Runtime, now: datetime) -> datetime:
-    """How far back to fetch: the longest risk window, plus one CRS-episode gap (a window
-    that closed during ongoing CRS stays open) and the look-back."""
-    longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
-    grading = runtime.rules.grading
-    return now - timedelta(hours=longest) - grading.episode_gap - grading.lookback
+    return [key for key in plan.templates if key not in prefetch or reports_failure(prefetch[key])]
 
 
 async def gather(
-    runtime: Runtime, service: ServiceDefinition, request: HookRequest
+    request: HookRequest,
+    plan: PrefetchPlan,
+    access: FhirAccess,
+    knowledge: Knowledge,
+    since: datetime,
+    log_extra: Mapping[str, Any] | None = None,
 ) -> ResourceCollector:
     """Collect the resources: prefetch values; what is missing, and the further pages of a
     prefetch Bundle sent with its first page only, from fhirServer.
@@ -83,14 +96,14 @@ async def gather(
     """
     collected = ResourceCollector()
     prefetch = request.prefetch or {}
-    missing = missing_prefetch(service, request)
+    missing = missing_prefetch(plan, request)
     for key, value in prefetch.items():
         if value is not None and key not in missing:
             collected.add(value, f"prefetch.{key}")
     pages = [t for t in collected.truncated if t.next_url]
     if not missing and not pages:
         return collected
-    needed = [key for key in missing if key in service.required_prefetch]
+    needed = [key for key in missing if key in plan.required]
     what = f"prefetch {', '.join(needed)} is absent or reports an error (OperationOutcome)"
     if not request.fhirServer:
         if needed:
@@ -98,7 +111,7 @@ async def gather(
                 f"{what} and the request has no fhirServer to fetch it from", "prefetch"
             )
         return collected
-    allowed = runtime.settings.fhir_allowed_servers
+    allowed = access.allowed_servers
     base_url = allowed_base_url(request.fhirServer, allowed)
     if base_url is None:
         if not needed:
@@ -117,20 +130,21 @@ async def gather(
             "fhirServer",
         )
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
-    timeout = runtime.settings.fhir_timeout_seconds
-    reader = FhirReader(http_client(), base_url, token, request_timeout=timeout)
-    jobs = _jobs(runtime, service, request, missing, reader, collected)
+    timeout = access.timeout_seconds
+    reader = FhirReader(access.http(), base_url, token, request_timeout=timeout)
+    extra = dict(log_extra or {})
+    jobs = _jobs(knowledge, plan, request, missing, reader, collected, since, access.page_size)
     page_jobs = {_page_label(t): _rest_job(reader, t) for t in pages}
     started = time.perf_counter()
     try:
         results = await run_all({**jobs, **page_jobs}, timeout)
     except FhirQueryFailed as exc:
-        _log_failure(service, request, missing, started, exc.reason)
+        _log_failure(extra, missing, started, exc.reason)
         raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
     except QueriesTimedOut as exc:
         late = [label for label in exc.labels if label in jobs]
         if late:
-            _log_failure(service, request, missing, started, f"timed out after {timeout:g} s")
+            _log_failure(extra, missing, started, f"timed out after {timeout:g} s")
             raise PrefetchUnavailable(
                 f"{ROOT}: the queries for prefetch {', '.join(late)} timed out after "
                 f"{timeout:g} s (the overall deadline for fhirServer queries, setting "
@@ -149,8 +163,7 @@ async def gather(
     log.info(
         "fhirServer fallback",
         extra={
-            "service": service.id,
-            "hookInstance": request.hookInstance,
+            **extra,
             "query": ",".join([*missing, *(t.location for t in pages)]),
             "ms": round((time.perf_counter() - started) * 1000, 2),
         },
@@ -177,19 +190,12 @@ def _rest_job(reader: FhirReader, truncated: Truncated) -> Job:
     return job
 
 
-def _log_failure(
-    service: ServiceDefinition,
-    request: HookRequest,
-    missing: list[str],
-    started: float,
-    reason: str,
-) -> None:
+def _log_failure(extra: dict[str, Any], missing: list[str], started: float, reason: str) -> None:
     # `reason` is a status or a timeout, never a URL (URLs hold the patient id).
     log.warning(
         f"fhirServer fallback failed: {reason}",
         extra={
-            "service": service.id,
-            "hookInstance": request.hookInstance,
+            **extra,
             "query": ",".join(missing),
             "ms": round((time.perf_counter() - started) * 1000, 2),
         },
@@ -209,31 +215,35 @@ def _patient_id(request: HookRequest) -> str:
 
 
 def _jobs(
-    runtime: Runtime,
-    service: ServiceDefinition,
+    knowledge: Knowledge,
+    plan: PrefetchPlan,
     request: HookRequest,
     missing: list[str],
     reader: FhirReader,
     collected: ResourceCollector,
+    since: datetime,
+    page_size: int,
 ) -> dict[str, Job]:
     """One job per missing key: a coroutine factory that returns a resource or a Bundle."""
     pid = _patient_id(request)
-    since = risk_data_since(runtime, datetime.now(UTC)).isoformat(timespec="seconds")
-    count = str(runtime.settings.fhir_page_size)
+    after = since.isoformat(timespec="seconds")
+    count = str(page_size)
     jobs: dict[str, Job] = {}
     for key in missing:
-        template = service.prefetch[key]
+        template = plan.templates[key]
         target = template.split("?", 1)[0].split("/", 1)[0]
         if key == "patient" and target == "Patient":
             query = FhirQuery.read(f"Patient read for prefetch '{key}'", "Patient", pid)
             jobs[key] = _read_job(reader, query)
         elif key == "observations" and target == "Observation":
-            jobs[key] = _searches_job(reader, _observation_searches(runtime, key, pid))
+            jobs[key] = _searches_job(
+                reader, _observation_searches(knowledge, key, pid, after, count)
+            )
         elif key == "medicationAdministrations" and target == "MedicationAdministration":
             query = FhirQuery(
                 f"MedicationAdministration search for prefetch '{key}'",
                 "MedicationAdministration",
-                (("patient", pid), ("effective-time", f"ge{since}"), ("_count", count)),
+                (("patient", pid), ("effective-time", f"ge{after}"), ("_count", count)),
             )
             jobs[key] = _administrations_job(reader, query, key, collected)
         else:
@@ -241,17 +251,17 @@ def _jobs(
     return jobs
 
 
-def _observation_searches(runtime: Runtime, key: str, pid: str) -> list[FhirQuery]:
-    """By code (mapped codes and panels), and the latest weight however old."""
-    since = risk_data_since(runtime, datetime.now(UTC)).isoformat(timespec="seconds")
-    count = str(runtime.settings.fhir_page_size)
-    codes = observation_code_param(runtime.knowledge)  # panels included (fhir_mappings)
-    weights = ",".join(f"{s}|{c}" for s, c in runtime.knowledge.codes_of("body_weight"))
+def _observation_searches(
+    knowledge: Knowledge, key: str, pid: str, after: str, count: str
+) -> list[FhirQuery]:
+    """By code (the codes the rules read, and panels), and the latest weight however old."""
+    codes = observation_code_param(knowledge)
+    weights = ",".join(f"{s}|{c}" for s, c in knowledge.codes_of("body_weight"))
     searches = [
         FhirQuery(
             f"Observation search for prefetch '{key}'",
             "Observation",
-            (("patient", pid), ("code", codes), ("date", f"ge{since}"), ("_count", count)),
+            (("patient", pid), ("code", codes), ("date", f"ge{after}"), ("_count", count)),
         ),
         # the dose needs the latest weight, however old (it may predate the risk window)
         FhirQuery(

@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import date, datetime, tzinfo
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -44,13 +44,12 @@ from cds.knowledge import Knowledge, NameIndex, UnitRule
 
 COUNTED_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
 IGNORED_ADMINISTRATION_STATUSES = frozenset({"not-done", "entered-in-error"})
-MG_UNITS = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram": 1000.0}
-MG_PER_KG_UNITS = frozenset({"mg/kg", "mg/kg/dose", "mg/kg{dose}"})
 
 
 # The shape of nearly every time a FHIR server sends (seconds and an offset in range),
 # which the C parser reads ~10x faster. Anything else, and any surprise (30 February),
 # goes to `parse_fhir_datetime`, which defines the rules and says what is wrong.
+_BIRTH_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
 _PLAIN_INSTANT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
@@ -66,10 +65,12 @@ _FINITE = sys.float_info.max
 
 @dataclass(frozen=True)
 class Normalised:
-    """The facts read from the data, and what could not be read."""
+    """The facts read from the data, what could not be read, and the readable Medication
+    resources by reference (for draft orders that name one)."""
 
     facts: Facts
     issues: list[Issue]
+    medications: dict[str, Resource]
 
 
 _K = TypeVar("_K")
@@ -199,7 +200,12 @@ class Normaliser:
                 admin = self._administration(raw, medications)
                 if admin is not None:
                     administrations.append(admin)
-        return Normalised(Facts.build(measurements, oxygen, administrations), self.issues)
+        birth_date = self._birth_date(collected)
+        return Normalised(
+            Facts.build(measurements, oxygen, administrations, birth_date),
+            self.issues,
+            medications,
+        )
 
     def medication(
         self,
@@ -225,6 +231,22 @@ class Normaliser:
         )
 
     # --- reading -------------------------------------------------------------------
+
+    def _birth_date(self, collected: ResourceCollector) -> date | None:
+        """Patient.birthDate of the hook's patient (full dates only), if one is known."""
+        patients = list(collected.of_type("Patient"))
+        if self.patient_id is not None:
+            patients = [p for p in patients if p.get("id") in (self.patient_id, None)] or patients
+        if len(patients) != 1:
+            return None
+        birth = patients[0].get("birthDate")
+        match = _BIRTH_DATE.match(birth) if isinstance(birth, str) else None
+        if match is None:
+            return None
+        try:
+            return date(int(match[1]), int(match[2]), int(match[3]))
+        except ValueError:
+            return None
 
     def _read(
         self, raw: RawResource, model: type[models.Lean], report: bool = True

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cds import fhirbuild as fb
+from cds.fhir.systems import RXNORM
 
 LIBRARY_FILE = Path(__file__).with_name("scenarios.yaml")
 TOCILIZUMAB_RXNORM = "612865"
@@ -209,7 +210,7 @@ class Scenario:
             "intent": "order",
             "medicationCodeableConcept": {
                 "coding": [
-                    {"system": fb.RXNORM, "code": TOCILIZUMAB_RXNORM, "display": "tocilizumab"}
+                    {"system": RXNORM, "code": TOCILIZUMAB_RXNORM, "display": "tocilizumab"}
                 ],
                 "text": "tocilizumab",
             },

@@ -1,76 +1,59 @@
-"""What every CDS service declares, and how its data is gathered."""
+"""What every CDS service declares: its discovery entry, what it needs prefetched, how
+its hook context reads, and how it decides its cards from an evaluation."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from cds.fhir.reading import ResourceCollector
-from cds.knowledge import Knowledge
-from cds.protocol import HookRequest
+from msgspec import Struct
+
+from cds.decision import Decision
+from cds.evaluation import Evaluation
+from cds.fhir.prefetch import PrefetchPlan
+from cds.protocol import OrderContext, PatientContext
 from cds.runtime import Runtime
 
-Handler = Callable[[Runtime, HookRequest, ResourceCollector, datetime], Awaitable[dict[str, Any]]]
+NewId = Callable[[], str]
+Decide = Callable[[Runtime, Evaluation, NewId], Decision]
+
+
+class DiscoveryEntry(Struct, frozen=True, omit_defaults=True):
+    """One service in GET /cds-services."""
+
+    hook: str
+    id: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    usageRequirements: str | None = None
 
 
 @dataclass(frozen=True)
 class ServiceDefinition:
-    """A CDS service: its discovery entry and its handler."""
+    """A CDS service: discovery, prefetch, context model and decision."""
 
     id: str
     hook: str
     title: str
     description: str
-    prefetch: dict[str, str]
-    handler: Handler
+    prefetch: PrefetchPlan
+    context: type[PatientContext]
+    decide: Decide
     usage_requirements: str | None = None
-    required_prefetch: frozenset[str] = field(default_factory=frozenset)
 
-    def discovery(self) -> dict[str, Any]:
+    @property
+    def orders(self) -> bool:
+        """Whether the hook carries draft orders (order-select, order-sign)."""
+        return issubclass(self.context, OrderContext)
+
+    def discovery(self) -> DiscoveryEntry:
         """The entry in GET /cds-services."""
-        entry: dict[str, Any] = {
-            "hook": self.hook,
-            "id": self.id,
-            "title": self.title,
-            "description": self.description,
-            "prefetch": self.prefetch,
-        }
-        if self.usage_requirements:
-            entry["usageRequirements"] = self.usage_requirements
-        return entry
-
-
-def observation_code_param(knowledge: Knowledge) -> str:
-    """`system|code,system|code…` for every observation concept the rules read."""
-    return ",".join(f"{system}|{code}" for system, code in knowledge.observation_codes())
-
-
-def device_code_param(knowledge: Knowledge) -> str:
-    """`system|code,…` of every oxygen device, for a search by coded value."""
-    return ",".join(f"{system}|{code}" for system, code in knowledge.device_codes())
-
-
-# Keys without which a grade could be understated: absent → fetched from fhirServer, or 412.
-PATIENT_DATA_REQUIRED = frozenset({"observations", "oxygenDevices", "medicationAdministrations"})
-
-
-def patient_data_prefetch(knowledge: Knowledge) -> dict[str, str]:
-    """Prefetch templates: the patient, the CRS observations (by code, including panels),
-    oxygen-device observations (by coded value), and the administrations."""
-    return {
-        "patient": "Patient/{{context.patientId}}",
-        "observations": (
-            "Observation?patient={{context.patientId}}&_sort=-date&code="
-            + observation_code_param(knowledge)
-        ),
-        "oxygenDevices": (
-            "Observation?patient={{context.patientId}}&_sort=-date&value-concept="
-            + device_code_param(knowledge)
-        ),
-        "medicationAdministrations": (
-            "MedicationAdministration?patient={{context.patientId}}"
-            "&_include=MedicationAdministration:medication"
-        ),
-    }
+        return DiscoveryEntry(
+            hook=self.hook,
+            id=self.id,
+            title=self.title,
+            description=self.description,
+            prefetch=self.prefetch.templates,
+            usageRequirements=self.usage_requirements,
+        )

@@ -14,13 +14,19 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 
 from cds.app import create_app
-from cds.fhir.client import close_http_clients
+from cds.fhir.client import close_http_clients, http_client
+from cds.fhir.gather import FhirAccess, gather
+from cds.fhir.prefetch import PrefetchPlan
+from cds.fhir.reading import ResourceCollector
+from cds.pipeline import risk_data_since
+from cds.protocol import HookRequest
 from cds.runtime import Runtime
 
 GOOD_TOKEN = "good-token-7f3a"
@@ -59,6 +65,21 @@ def hook_body(
             "subject": "test",
         }
     return body
+
+
+async def gather_with(
+    runtime: Runtime, plan: PrefetchPlan, request: HookRequest
+) -> ResourceCollector:
+    """The gather step alone, as the pipeline runs it for `runtime` now."""
+    settings = runtime.settings
+    access = FhirAccess(
+        http_client,
+        settings.fhir_allowed_servers,
+        settings.fhir_timeout_seconds,
+        settings.fhir_page_size,
+    )
+    since = risk_data_since(runtime, datetime.now(UTC))
+    return await gather(request, plan, access, runtime.knowledge, since)
 
 
 def post_hook(runtime: Runtime, service_id: str, body: dict[str, Any]) -> httpx.Response:

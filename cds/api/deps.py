@@ -1,0 +1,25 @@
+"""FastAPI dependencies: what a route needs, from the application's state (set once by
+`create_app`, replaced in tests)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from cds.pipeline import Hooks
+from cds.runtime import Runtime
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def get_hooks(request: Request) -> Hooks:
+    hooks: Hooks = request.app.state.hooks
+    return hooks
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+HooksDep = Annotated[Hooks, Depends(get_hooks)]

@@ -1,0 +1,24 @@
+"""GET /cds-services: the services, their hooks and prefetch templates."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from msgspec import Struct
+
+from cds.api.deps import HooksDep
+from cds.api.responses import RenderedJson
+from cds.protocol import render_struct
+from cds.services.base import DiscoveryEntry
+
+router = APIRouter()
+
+
+class Discovery(Struct, frozen=True):
+    services: tuple[DiscoveryEntry, ...]
+
+
+@router.get("/cds-services", response_class=RenderedJson)
+async def discovery(hooks: HooksDep) -> RenderedJson:
+    """The CDS services this service offers (CDS Hooks 2.0 discovery)."""
+    entries = tuple(s.discovery() for s in hooks.services.values())
+    return RenderedJson(render_struct(Discovery(entries)))

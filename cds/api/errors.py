@@ -1,0 +1,37 @@
+"""Errors mapped to HTTP once: a client's mistake to its 4xx with what is wrong and
+where; a defect of ours to 500, logged as the places it passed (file:line:function)
+and never with its message or values, which may hold patient data."""
+
+from __future__ import annotations
+
+import logging
+import traceback
+from pathlib import PurePath
+
+from fastapi import FastAPI, Request
+
+from cds.api.responses import JsonResponse, error
+from cds.errors import CdsError
+
+log = logging.getLogger("cds.api")
+
+
+def frames(exc: BaseException) -> list[str]:
+    """Where an exception passed, as `file:line:function`, innermost last (no values)."""
+    return [
+        f"{'/'.join(PurePath(frame.filename).parts[-2:])}:{frame.lineno}:{frame.name}"
+        for frame in traceback.extract_tb(exc.__traceback__)
+    ]
+
+
+def install(app: FastAPI) -> None:
+    """Map CdsError to its status, and anything else to a 500 that logs frames only."""
+
+    @app.exception_handler(CdsError)
+    async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
+        return error(exc.status, exc.message, exc.location)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JsonResponse:
+        log.error("unexpected error", extra={"error": type(exc).__name__, "frames": frames(exc)})
+        return error(500, "internal error while evaluating; the request was not processed")

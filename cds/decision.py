@@ -1,0 +1,53 @@
+"""Decide: the typed outcome of a hook call, before it is suppressed, recorded and
+rendered. Each card carries what later steps need to know of it (its kind, grade and
+exposure), so that nothing downstream reads it back out of the card's JSON."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from cds.extensions import ResponseExtension
+from cds.protocol import Card, CdsResponse
+
+CardKind = Literal["crs", "order-check", "unreadable-order", "data-incomplete"]
+
+
+@dataclass(frozen=True)
+class DecidedCard:
+    """A card and what it is about."""
+
+    card: Card
+    kind: CardKind
+    grade: int | None = None  # the ASTCT grade (CRS cards)
+    possible_grade: int | None = None  # with fever possibly masked by premedication
+    exposure: str | None = None  # "product@instant": the exposure a CRS card is about
+    acknowledged: bool = False  # shown quietly after a clinician acted on it
+
+    @property
+    def alert_grade(self) -> int | None:
+        """The grade the card alerts at: the grade, or the possible grade if higher."""
+        if self.grade is None:
+            return None
+        return max(self.grade, self.possible_grade or 0)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The cards of one hook call, and the response's own extension (data issues when
+    no card carries them)."""
+
+    cards: tuple[DecidedCard, ...] = ()
+    extension: ResponseExtension | None = None
+
+    def with_cards(self, cards: tuple[DecidedCard, ...]) -> Decision:
+        return replace(self, cards=cards)
+
+    def response(self) -> CdsResponse:
+        """The CDS Hooks response."""
+        return CdsResponse(cards=tuple(c.card for c in self.cards), extension=self.extension)
+
+    @property
+    def grades(self) -> list[int]:
+        """The CRS grades decided (for logs and metrics)."""
+        return [c.grade for c in self.cards if c.grade is not None]

@@ -1,0 +1,100 @@
+"""Evaluate: the gathered data of one patient, read and judged at one time.
+
+The one place where the request's data meet the engine: the resources are normalised
+into facts, the exposure is found, CRS is graded and the tocilizumab history counted.
+The result, an `Evaluation`, is what every service decides its cards from; nothing
+after this step reads FHIR again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from cds.engine.dosing import DoseHistory, dose_history, latest_weight
+from cds.engine.exposure import Exposure, find_exposure
+from cds.engine.facts import Facts, Measurement
+from cds.engine.grading import Grading, grade
+from cds.fhir.normalise import Normaliser
+from cds.fhir.orders import DraftOrders, read_draft_orders
+from cds.fhir.reading import Issue, ResourceCollector, Truncated
+from cds.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class TocilizumabState:
+    """What a tocilizumab dose depends on at the evaluation time."""
+
+    weight: Measurement | None  # the most recent body weight
+    history: DoseHistory  # doses given, and whether another is allowed now
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """One patient at one time: the facts, what could not be read or was not sent, the
+    exposure and the CRS grade (None outside any risk window), tocilizumab, and for the
+    order hooks the draft orders."""
+
+    at: datetime
+    patient_id: str | None
+    encounter_id: str | None
+    facts: Facts
+    issues: tuple[Issue, ...]
+    truncated: tuple[Truncated, ...]  # prefetch Bundles whose further pages are missing
+    exposure: Exposure | None
+    crs: Grading | None
+    tocilizumab: TocilizumabState
+    orders: DraftOrders | None = None
+
+    @property
+    def data_complete(self) -> bool:
+        """False when part of the data was not sent and could not be fetched."""
+        return not self.truncated
+
+    @property
+    def age(self) -> int | None:
+        return self.facts.age_at(self.at)
+
+
+def evaluate(
+    runtime: Runtime,
+    collected: ResourceCollector,
+    patient_id: str | None,
+    at: datetime,
+    *,
+    encounter_id: str | None = None,
+    draft_orders: Any = None,
+    selections: list[str] | None = None,
+) -> Evaluation:
+    """Normalise, find the exposure, grade CRS and count tocilizumab at `at`; with
+    `draft_orders` (order hooks), also read the (selected) tocilizumab orders."""
+    normaliser = Normaliser(runtime.knowledge, patient_id, runtime.settings.assume_tz)
+    normalised = normaliser.normalise(collected)
+    facts = normalised.facts
+    rules = runtime.rules
+    exposure = find_exposure(facts, rules.windows, at, rules.continuation)
+    crs = grade(facts, exposure, at, rules.grading) if exposure is not None else None
+    crs_episode = (crs.crs_episode_start or at) if crs is not None else None
+    tocilizumab = TocilizumabState(
+        latest_weight(facts, at), dose_history(facts, at, crs_episode, rules.dosing)
+    )
+    orders = (
+        read_draft_orders(
+            runtime.knowledge, normaliser, draft_orders, selections, normalised.medications
+        )
+        if draft_orders is not None
+        else None
+    )
+    return Evaluation(
+        at=at,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        facts=facts,
+        issues=tuple(normalised.issues),
+        truncated=tuple(collected.truncated),
+        exposure=exposure,
+        crs=crs,
+        tocilizumab=tocilizumab,
+        orders=orders,
+    )

@@ -1,0 +1,25 @@
+"""How numbers and times read on a card (one place for every module that writes text)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def when(moment: datetime) -> str:
+    """A time as clinicians read it, with its offset: 2026-11-20 08:00 +01:00."""
+    return moment.strftime("%Y-%m-%d %H:%M %z")[:-2] + ":" + moment.strftime("%z")[-2:]
+
+
+def fmt_mg(mg: float) -> str:
+    """800 → "800", 562.5 → "562.5" (one decimal at most)."""
+    return f"{mg:.1f}".rstrip("0").rstrip(".")
+
+
+def fmt_value(value: float) -> str:
+    """38.0 → "38", 38.45 → "38.5": a measured value as the evidence table shows it."""
+    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
+
+
+def hours(seconds: float) -> str:
+    """3600 → "1", 5400 → "1.5": a duration in hours."""
+    return f"{seconds / 3600:g}"

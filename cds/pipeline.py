@@ -1,0 +1,200 @@
+"""One hook call, one way: parse → gather → evaluate → decide → suppress → record → render.
+
+Each step takes the typed value the previous one returned; JSON exists only at the two
+edges (the request body, the rendered response). The clock is read once, at the start
+of a call, and every step uses that instant.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import orjson
+from pydantic import ValidationError
+
+from cds.decision import Decision
+from cds.errors import InvalidRequest, UnknownService
+from cds.evaluation import Evaluation, evaluate
+from cds.fhir.gather import FhirAccess, gather
+from cds.fhir.reading import ResourceCollector, validation_message
+from cds.fhir.structs import decode_body
+from cds.protocol import HookRequest, OrderContext, PatientContext, parse_context, render
+from cds.runtime import Runtime
+from cds.services.base import NewId, ServiceDefinition
+
+log = logging.getLogger("cds.pipeline")
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class HookCall:
+    """A parsed hook call: the service called, the request, and its typed context."""
+
+    service: ServiceDefinition
+    request: HookRequest
+    context: PatientContext
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a hook call produced: the decision (typed) and the response (rendered)."""
+
+    call: HookCall
+    evaluation: Evaluation
+    decision: Decision
+    body: bytes
+
+
+class Suppressor(Protocol):
+    """Turns cards a clinician already acted on into quiet ones (the store implements it)."""
+
+    async def suppress(
+        self, call: HookCall, evaluation: Evaluation, decision: Decision
+    ) -> Decision: ...
+
+
+class Recorder(Protocol):
+    """Keeps a record of every call before its answer is sent (the audit trail)."""
+
+    async def record(
+        self,
+        call: HookCall,
+        evaluation: Evaluation,
+        decision: Decision,
+        body: bytes,
+        raw: bytes,
+        started: float,
+    ) -> None: ...
+
+
+def parse(services: Mapping[str, ServiceDefinition], service_id: str, body: bytes) -> HookCall:
+    """The request body as a typed hook call, or InvalidRequest / UnknownService."""
+    service = services.get(service_id)
+    if service is None:
+        raise UnknownService(
+            f"no CDS service {service_id!r}; GET /cds-services lists " + ", ".join(sorted(services))
+        )
+    request = _request(body)
+    if request.hook != service.hook:
+        raise InvalidRequest(
+            f"service {service.id} answers hook {service.hook!r}, not {request.hook!r}", "hook"
+        )
+    context = parse_context(service.context, request.context)
+    if isinstance(context, OrderContext) and request.hook == "order-sign":
+        context = context.model_copy(update={"selections": None})  # sign checks every order
+    return HookCall(service, request, context)
+
+
+def _request(body: bytes) -> HookRequest:
+    if not body:
+        raise InvalidRequest("empty request body: expected a CDS Hooks request (JSON)")
+    decoded = decode_body(body)
+    if decoded is not None:
+        # One pass: parsed, typed and the prefetch built as resources. The envelope is
+        # still validated by the model, which names what is wrong.
+        return _validated(decoded.members())
+    # Not as the structs read it (invalid JSON, a prefetch value that is not a resource,
+    # a field of another type…): parse it as plain JSON, which locates every problem.
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    return _validated(data)
+
+
+def _validated(data: dict[str, Any]) -> HookRequest:
+    try:
+        return HookRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message("request", exc), "request") from exc
+
+
+def risk_data_since(runtime: Runtime, at: datetime) -> datetime:
+    """How far back the FHIR fallback fetches: the longest risk window, plus one CRS
+    episode gap (a window that closed during ongoing CRS stays open) and the look-back."""
+    longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
+    grading = runtime.rules.grading
+    return at - timedelta(hours=longest) - grading.episode_gap - grading.lookback
+
+
+def evaluate_context(
+    runtime: Runtime, collected: ResourceCollector, context: PatientContext, at: datetime
+) -> Evaluation:
+    """Evaluate the gathered data for a hook's context (its draft orders too)."""
+    orders = context if isinstance(context, OrderContext) else None
+    return evaluate(
+        runtime,
+        collected,
+        context.patientId,
+        at,
+        encounter_id=context.encounterId,
+        draft_orders=orders.draftOrders if orders is not None else None,
+        selections=orders.selections if orders is not None else None,
+    )
+
+
+def decide_offline(
+    runtime: Runtime,
+    service: ServiceDefinition,
+    collected: ResourceCollector,
+    context: PatientContext,
+    at: datetime,
+    new_id: NewId,
+) -> Decision:
+    """Evaluate and decide without HTTP (the CLI, the benchmark, the tests)."""
+    return service.decide(runtime, evaluate_context(runtime, collected, context, at), new_id)
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """The hook pipeline with its injected parts: the runtime, the clock, the FHIR access,
+    the id source, and (when the service keeps records) the suppressor and recorder."""
+
+    runtime: Runtime
+    services: Mapping[str, ServiceDefinition]
+    clock: Clock
+    fhir: FhirAccess
+    new_id: NewId
+    suppressor: Suppressor | None = None
+    recorder: Recorder | None = None
+
+    async def run(self, service_id: str, body: bytes) -> Outcome:
+        """Answer one hook call (raises a CdsError for anything the client must fix)."""
+        started = time.perf_counter()
+        call = parse(self.services, service_id, body)
+        at = self.clock()
+        log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
+        collected = await gather(
+            call.request,
+            call.service.prefetch,
+            self.fhir,
+            self.runtime.knowledge,
+            risk_data_since(self.runtime, at),
+            log_extra,
+        )
+        evaluation = evaluate_context(self.runtime, collected, call.context, at)
+        decision = call.service.decide(self.runtime, evaluation, self.new_id)
+        if self.suppressor is not None:
+            decision = await self.suppressor.suppress(call, evaluation, decision)
+        rendered = render(decision.response())
+        if self.recorder is not None:
+            await self.recorder.record(call, evaluation, decision, rendered, body, started)
+        log.info(
+            "evaluated",
+            extra={
+                **log_extra,
+                "cards": len(decision.cards),
+                "grades": decision.grades,
+                "ruleSetVersion": self.runtime.rules.version,
+                "ms": round((time.perf_counter() - started) * 1000, 2),
+            },
+        )
+        return Outcome(call, evaluation, decision, rendered)
