@@ -158,7 +158,15 @@ def test_tocilizumab_interval_counts_across_doses_of_the_engager(runtime: Runtim
 
 
 def test_window_stays_open_while_crs_fever_continues(runtime: Runtime) -> None:
-    hours = runtime.rules.windows["tebentafusp"].window_hours
+    # The window is pinned at a short 16 h (tebentafusp's former value): this test is about
+    # continuing CRS fever keeping a closed window open, which needs the fevers to run
+    # unbroken from inside the window to now. tebentafusp's own window became 168 h in
+    # rules/therapies.yaml 2026.11.2 (no label onset upper bound; weekly dose interval).
+    windows = {
+        **runtime.rules.windows,
+        "tebentafusp": replace(runtime.rules.windows["tebentafusp"], window_hours=16),
+    }
+    hours = windows["tebentafusp"].window_hours
     fevers = [
         Measurement("temperature", 39.2, "Cel", h(hours + 5 - k * 6), f"Observation/{k}")
         for k in range(3)
@@ -167,12 +175,12 @@ def test_window_stays_open_while_crs_fever_continues(runtime: Runtime) -> None:
     facts = Facts.build(
         [*fevers, Measurement("temperature", 38.6, "Cel", h(0.5), "Observation/x")], [], [dose]
     )
-    closed = find_exposure(facts, runtime.rules.windows, AT)
+    closed = find_exposure(facts, windows, AT)
     assert closed is None
-    exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
+    exposure = find_exposure(facts, windows, AT, runtime.rules.continuation)
     assert exposure is not None and exposure.extended_until is not None
     no_fever = Facts.build([], [], [dose])
-    assert find_exposure(no_fever, runtime.rules.windows, AT, runtime.rules.continuation) is None
+    assert find_exposure(no_fever, windows, AT, runtime.rules.continuation) is None
 
 
 # --- second review ---------------------------------------------------------------------
