@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -20,6 +21,8 @@ from cds.runtime import Runtime
 from cds.services import registry
 from cds.services.base import NewId
 
+log = logging.getLogger("cds.app")
+
 
 def utc_now() -> datetime:
     """The service's clock."""
@@ -32,7 +35,16 @@ def new_uuid() -> str:
 
 
 @asynccontextmanager
-async def _lifespan(_: FastAPI) -> AsyncIterator[None]:
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    runtime: Runtime = app.state.runtime
+    unconfirmed = runtime.knowledge.unconfirmed
+    if unconfirmed:
+        # once per process: what the rules rest on that was not checked against its source
+        log.warning(
+            f"{len(unconfirmed)} cited values are not confirmed against their source "
+            "(`crs-cds rules --unconfirmed` lists them with why)",
+            extra={"unconfirmed": [f"{u.file}:{u.path}" for u in unconfirmed]},
+        )
     # Everything loaded so far (knowledge, models, the framework) lives as long as the
     # process: move it out of the collector's sight, so that the collections a large
     # request triggers only walk that request's objects (measured: 10k resources

@@ -148,6 +148,18 @@ def _possible_section(knowledge: Knowledge, g: Grading) -> str | None:
     )
 
 
+def window_line(knowledge: Knowledge, rules: EngineRules, exposure: Exposure) -> str:
+    """The risk window in force for the product, and whether it was confirmed."""
+    therapy = knowledge.therapies.get(exposure.product)
+    hours_in_force = rules.windows[exposure.product].window_hours
+    text = f"Risk window of {exposure.display}: {hours_in_force:g} h after each dose or infusion"
+    if therapy is not None and therapy.verification.status == "unconfirmed":
+        return (
+            text + " (default not confirmed against the current label; see rules/therapies.yaml)."
+        )
+    return text + " (from the product label)."
+
+
 def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
     """The rules used, as the card states them."""
     lines = [
@@ -310,7 +322,8 @@ def crs_card(
     note = issues_note(evaluation.issues)
     if note:
         sections.append(note)
-    sections.append("<sub>" + " ".join(rules_lines(knowledge, rules)) + "</sub>")
+    footer = [*rules_lines(knowledge, rules), window_line(knowledge, rules, exposure)]
+    sections.append("<sub>" + " ".join(footer) + "</sub>")
 
     masked_by = grading.fever_possibly_masked_by
     crs = CrsInfo(
@@ -341,7 +354,6 @@ def crs_card(
             if masked_by is not None
             else None
         ),
-        incompleteData=incomplete_data(evaluation.truncated),
         tocilizumab=tocilizumab_advice(plan),
     )
     return Card(
@@ -352,7 +364,11 @@ def crs_card(
         source=source(knowledge),
         suggestions=(plan.order,) if plan.order is not None else (),
         selectionBehavior="at-most-one" if plan.order is not None else None,
-        extension=CardExtension(crs=crs, dataIssues=issue_infos(evaluation.issues)),
+        extension=CardExtension(
+            crs=crs,
+            dataIssues=issue_infos(evaluation.issues),
+            incompleteData=incomplete_data(evaluation.truncated),
+        ),
     )
 
 

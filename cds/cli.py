@@ -38,6 +38,8 @@ _LOG_FIELDS = (
     "ms",
     "query",
     "error",
+    "frames",
+    "unconfirmed",
 )
 
 
@@ -162,6 +164,29 @@ def evaluate(
         raise typer.Exit(1) from exc
     response = orjson.loads(render(decision.response()))
     typer.echo(orjson.dumps(response, option=orjson.OPT_INDENT_2).decode())
+
+
+@app.command()
+def rules(
+    unconfirmed: Annotated[
+        bool, typer.Option("--unconfirmed", help="List the values not confirmed.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """The rule set in force: its version and how many cited values are unconfirmed."""
+    runtime = _load_runtime()
+    k = runtime.knowledge
+    if not unconfirmed:
+        typer.echo(f"{k.ruleset.name} {runtime.rules.version}")
+        typer.echo(f"{len(k.unconfirmed)} cited values not confirmed against their source")
+        for line in runtime.rules.overrides:
+            typer.echo(f"institution setting: {line}")
+        return
+    for value in k.unconfirmed:
+        if as_json:
+            typer.echo(orjson.dumps(value.as_json()).decode())
+        else:
+            typer.echo(f"{value.file} {value.path}: {value.why}")
 
 
 def main() -> None:

@@ -96,7 +96,6 @@ class CrsInfo(_Ext, frozen=True):
     maxGradeAt: str | None = None
     possibleGrade: int | None = None
     feverPossiblyMaskedBy: MaskingDrug | None = None
-    incompleteData: tuple[IncompleteData, ...] = ()
     tocilizumab: TocilizumabAdvice | None = None
     acknowledged: Acknowledged | None = None
 

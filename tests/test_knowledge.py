@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from fastapi.testclient import TestClient
 
+from cds.app import create_app
+from cds.cards import steroid_section
 from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR, KnowledgeError, load_knowledge
 from cds.parameters import engine_rules
 from cds.runtime import Runtime
@@ -175,3 +180,98 @@ def test_unknown_product_in_window_setting(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("CRS_WINDOW_HOURS", "aspirin=72")
     with pytest.raises(KnowledgeError, match="aspirin"):
         engine_rules(load_knowledge(), Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+# --- verification status as data (issue #9.6) --------------------------------------------
+
+
+def test_every_cited_value_says_whether_it_was_confirmed(runtime: Runtime) -> None:
+    k = runtime.knowledge
+    assert all(u.why for u in k.unconfirmed)
+    assert {u.file for u in k.unconfirmed} <= {
+        "rules/astct.yaml",
+        "rules/therapies.yaml",
+        "rules/tocilizumab.yaml",
+        "rules/corticosteroids.yaml",
+        "rules/alerting.yaml",
+        "fhir_mappings/medications.yaml",
+        "fhir_mappings/observations.yaml",
+        "fhir_mappings/oxygen_devices.yaml",
+    }
+    # products are named by their id in the list
+    assert any(u.path.startswith("products[product=") for u in k.unconfirmed)
+
+
+@pytest.mark.parametrize(
+    ("verification", "message"),
+    [
+        ({"status": "confirmed", "read": "2026-11-30"}, "needs `source`"),
+        ({"status": "confirmed", "source": "label 5.1"}, "needs `source`"),
+        ({"status": "unconfirmed"}, "needs `why`"),
+        ({"status": "maybe", "why": "x"}, "status"),
+    ],
+)
+def test_a_verification_that_is_not_complete_stops_start_up(
+    dirs: tuple[Path, Path], verification: dict[str, str], message: str
+) -> None:
+    rules, mappings = dirs
+
+    def change(data: dict[str, Any]) -> None:
+        data["fever"]["verification"] = verification
+
+    edit(rules / "astct.yaml", change)
+    with pytest.raises(KnowledgeError) as err:
+        load_knowledge(rules, mappings)
+    assert "astct.yaml" in str(err.value) and "fever.verification" in str(err.value)
+    assert message in str(err.value)
+
+
+def test_a_value_without_verification_stops_start_up(dirs: tuple[Path, Path]) -> None:
+    rules, mappings = dirs
+
+    def change(data: dict[str, Any]) -> None:
+        del data["products"][0]["verification"]
+
+    edit(rules / "therapies.yaml", change)
+    with pytest.raises(KnowledgeError, match=r"products\.0\.verification: Field required"):
+        load_knowledge(rules, mappings)
+
+
+def test_healthz_counts_the_unconfirmed_values(client: TestClient, runtime: Runtime) -> None:
+    body = client.get("/healthz").json()
+    assert body["unconfirmedValues"] == len(runtime.knowledge.unconfirmed) > 0
+
+
+def test_start_up_warns_once_listing_the_unconfirmed_values(
+    runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="cds.app"), TestClient(create_app(runtime)):
+        pass
+    (record,) = [r for r in caplog.records if "not confirmed" in r.getMessage()]
+    assert len(record.unconfirmed) == len(runtime.knowledge.unconfirmed)  # type: ignore[attr-defined]
+
+
+def test_unconfirmed_steroid_rows_are_not_presented_as_guideline_text(runtime: Runtime) -> None:
+    k = runtime.knowledge
+    for grade, row in k.corticosteroids.items():
+        text = steroid_section(k, grade)
+        assert text is not None
+        if row.verification.status == "unconfirmed":
+            assert "not confirmed against a published guideline" in text
+        else:
+            assert "institution-adjustable default" in text
+    assert {row.verification.status for row in k.corticosteroids.values()} == {
+        "confirmed",
+        "unconfirmed",
+    }
+
+
+def test_prefetch_templates_ask_for_one_page_of_what_the_rules_read(client: TestClient) -> None:
+    services = client.get("/cds-services").json()["services"]
+    for service in services:
+        for key, template in service["prefetch"].items():
+            if "?" in template:
+                assert "_count=" in template, key
+        codes = service["prefetch"]["observations"]
+        assert "http://loinc.org|8310-5" in codes  # temperature: read
+        assert "http://loinc.org|8867-4" not in codes  # heart rate: not read

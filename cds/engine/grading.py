@@ -203,8 +203,11 @@ def _findings(
                         "hypotension not requiring vasopressors",
                     )
                 )
+    # The flow threshold is the nasal cannula's (ASTCT): a flow charted at the same time
+    # as another device (blow-by, a mask, CPAP) is graded by that device instead.
+    devices_at = {o.at for o in facts.oxygen if o.support != "nasal-cannula"}
     for m in _in(facts.of("oxygen_flow"), since, at):
-        if m.value <= 0:
+        if m.value <= 0 or m.at in devices_at:
             continue
         support = "low-flow" if m.value <= params.low_flow_max_l_per_min else "high-flow"
         label = (

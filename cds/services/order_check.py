@@ -34,7 +34,9 @@ def check_order(
         problems.extend(dosing.dose_problems(ordered.mg, dose, rules))
     problems.extend(history.problems)
     crs = evaluation.crs
-    if crs is None or crs.grade < 1:
+    # a possible grade (fever possibly masked by premedication) is a presentation the
+    # labels say to manage as CRS: not "no CRS evidence"
+    if crs is None or (crs.grade < 1 and crs.possible_grade is None):
         problems.append(dosing.NO_CRS_EVIDENCE)
     problems = list(dict.fromkeys(problems))
 

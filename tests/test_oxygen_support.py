@@ -1,0 +1,76 @@
+"""Oxygen support as ASTCT grades it: blow-by is low-flow (grade 2), a mapped code wins
+over words in its display, and the 6 L/min threshold is the nasal cannula's."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cds import fhirbuild as b
+from cds.engine.exposure import find_exposure
+from cds.engine.grading import grade
+from cds.fhir.normalise import Normaliser
+from cds.fhir.reading import ResourceCollector
+from cds.runtime import Runtime
+from tests.factories import AT
+
+P = "pat-oxygen"
+
+
+def graded(runtime: Runtime, *observations: dict[str, object]) -> int:
+    """The grade at AT of a febrile patient 2 days after Yescarta with these observations."""
+    collector = ResourceCollector()
+    collector.add(
+        b.searchset(
+            [
+                b.temperature(P, AT - timedelta(hours=1), 38.6),
+                *observations,
+                b.administration(P, AT - timedelta(days=2), text="Yescarta"),
+            ]
+        ),
+        "prefetch.all",
+    )
+    facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
+    exposure = find_exposure(facts, runtime.rules.windows, AT)
+    assert exposure is not None
+    return grade(facts, exposure, AT, runtime.rules.grading).grade
+
+
+ONE_HOUR_AGO = AT - timedelta(hours=1)
+
+
+def test_blow_by_coded_425478008_with_mask_in_its_display_is_low_flow(runtime: Runtime) -> None:
+    device = b.oxygen_device(P, ONE_HOUR_AGO, "425478008", "Blow by oxygen mask")
+    assert graded(runtime, device) == 2
+
+
+@pytest.mark.parametrize("text", ["Blow-by O2", "blow by oxygen", "Blow by oxygen mask"])
+def test_blow_by_by_name_alone_is_low_flow(runtime: Runtime, text: str) -> None:
+    device = b.oxygen_device(P, ONE_HOUR_AGO, "local-77", text)
+    device["valueCodeableConcept"]["coding"][0]["system"] = "urn:local:devices"  # type: ignore[index]
+    assert graded(runtime, device) == 2
+
+
+def test_a_mapped_code_wins_over_words_in_its_display(runtime: Runtime) -> None:
+    # a nasal cannula (code) whose display mentions a mask is still a nasal cannula
+    device = b.oxygen_device(P, ONE_HOUR_AGO, "336623009", "Nasal cannula (mask not tolerated)")
+    assert graded(runtime, device) == 2
+
+
+def test_blow_by_at_10_l_min_stays_grade_2(runtime: Runtime) -> None:
+    device = b.oxygen_device(P, ONE_HOUR_AGO, "425478008", "Blow by oxygen mask")
+    flow = b.observation(P, ONE_HOUR_AGO, "3151-8", "Inhaled oxygen flow rate", 10, "L/min")
+    assert graded(runtime, device, flow) == 2
+
+
+@pytest.mark.parametrize(("litres", "expected"), [(6.0, 2), (6.1, 3)])
+def test_nasal_cannula_flow_threshold(runtime: Runtime, litres: float, expected: int) -> None:
+    device = b.oxygen_device(P, ONE_HOUR_AGO, "336623009", "Oxygen nasal cannula")
+    flow = b.observation(P, ONE_HOUR_AGO, "3151-8", "Inhaled oxygen flow rate", litres, "L/min")
+    assert graded(runtime, device, flow) == expected
+
+
+def test_flow_alone_above_6_l_min_is_high_flow(runtime: Runtime) -> None:
+    flow = b.observation(P, ONE_HOUR_AGO, "3151-8", "Inhaled oxygen flow rate", 8, "L/min")
+    assert graded(runtime, flow) == 3
