@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import orjson
 from pydantic import ValidationError
 
+from cds.auth import ClientIdentity
 from cds.decision import Decision
 from cds.errors import InvalidRequest, UnknownService
 from cds.evaluation import Evaluation, evaluate
@@ -39,6 +40,7 @@ class HookCall:
     service: ServiceDefinition
     request: HookRequest
     context: PatientContext
+    client: ClientIdentity | None = None  # the verified caller (None: authentication off)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,12 @@ class Recorder(Protocol):
     ) -> None: ...
 
 
-def parse(services: Mapping[str, ServiceDefinition], service_id: str, body: bytes) -> HookCall:
+def parse(
+    services: Mapping[str, ServiceDefinition],
+    service_id: str,
+    body: bytes,
+    client: ClientIdentity | None = None,
+) -> HookCall:
     """The request body as a typed hook call, or InvalidRequest / UnknownService."""
     service = services.get(service_id)
     if service is None:
@@ -88,7 +95,7 @@ def parse(services: Mapping[str, ServiceDefinition], service_id: str, body: byte
     context = parse_context(service.context, request.context)
     if isinstance(context, OrderContext) and request.hook == "order-sign":
         context = context.model_copy(update={"selections": None})  # sign checks every order
-    return HookCall(service, request, context)
+    return HookCall(service, request, context, client)
 
 
 def _request(body: bytes) -> HookRequest:
@@ -166,10 +173,13 @@ class Hooks:
     suppressor: Suppressor | None = None
     recorder: Recorder | None = None
 
-    async def run(self, service_id: str, body: bytes) -> Outcome:
-        """Answer one hook call (raises a CdsError for anything the client must fix)."""
+    async def run(
+        self, service_id: str, body: bytes, client: ClientIdentity | None = None
+    ) -> Outcome:
+        """Answer one hook call (raises a CdsError for anything the client must fix);
+        `client` is the verified caller, None when authentication is off."""
         started = time.perf_counter()
-        call = parse(self.services, service_id, body)
+        call = parse(self.services, service_id, body, client)
         at = self.clock()
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
         collected = await gather(
