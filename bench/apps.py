@@ -18,8 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from fhir.resources.R4B import get_fhir_model_class
 
-from cds.app import new_uuid
 from cds.fhir.reading import ResourceCollector
+from cds.ids import new_uuid
 from cds.pipeline import decide_offline
 from cds.protocol import HookRequest, PatientContext, render
 from cds.runtime import Runtime

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gc
 import platform
 import random
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -281,8 +283,9 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
     log(f"building payloads: {', '.join(f'{s:,}' for s in options.sizes)} resources")
     payloads = [build_payload(size, started_at, options.seed) for size in options.sizes]
     runtime = Runtime.load()
+    data_dir = tempfile.mkdtemp(prefix="crs-bench-")  # the service's SQLite audit trail
     with (
-        Server("service", options.service_factory) as service,
+        Server("service", options.service_factory, {"CRS_DATA_DIR": data_dir}) as service,
         Server("floor", FLOOR_FACTORY) as floor,
         Server("naive", NAIVE_FACTORY) as naive,
     ):
@@ -335,6 +338,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
         for client in clients.values():
             client.close()
     gc.unfreeze()
+    shutil.rmtree(data_dir, ignore_errors=True)
     return Results(
         options=options,
         payloads=payloads,

@@ -26,9 +26,10 @@ def _free_port() -> int:
 class Server:
     """`uvicorn --factory <factory>` in its own process, bound to 127.0.0.1 only."""
 
-    def __init__(self, name: str, factory: str) -> None:
+    def __init__(self, name: str, factory: str, env: dict[str, str] | None = None) -> None:
         self.name = name
         self.factory = factory
+        self.env = env or {}
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +64,7 @@ class Server:
             "--timeout-keep-alive",
             "600",
         ]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.process = subprocess.Popen(
             command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )

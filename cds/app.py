@@ -2,36 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
-import uuid
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from cds.api import discovery, errors, health, hooks
+from cds.api import discovery, errors, feedback, health, hooks
+from cds.clock import Clock, utc_now
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess
-from cds.pipeline import Clock, Hooks
+from cds.ids import NewId, new_uuid
+from cds.logs import configure_logging
+from cds.pipeline import Hooks
 from cds.runtime import Runtime
 from cds.services import registry
-from cds.services.base import NewId
+from cds.store.decisions import DecisionStore
 
 log = logging.getLogger("cds.app")
 
-
-def utc_now() -> datetime:
-    """The service's clock."""
-    return datetime.now(UTC)
-
-
-def new_uuid() -> str:
-    """Card, suggestion and order ids."""
-    return str(uuid.uuid4())
+SWITCH_INTERVAL_SECONDS = 0.001
 
 
 @asynccontextmanager
@@ -45,14 +40,36 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
             "(`crs-cds rules --unconfirmed` lists them with why)",
             extra={"unconfirmed": [f"{u.file}:{u.path}" for u in unconfirmed]},
         )
+    store: DecisionStore = app.state.store
+    drain = asyncio.create_task(_drain_spool(store, runtime.settings.spool_drain_seconds))
     # Everything loaded so far (knowledge, models, the framework) lives as long as the
     # process: move it out of the collector's sight, so that the collections a large
     # request triggers only walk that request's objects (measured: 10k resources
     # 263 -> 200 ms in-process; see bench/).
     gc.collect()
     gc.freeze()
+    # The record of a call is prepared in worker threads (hashing the input, compressing
+    # the facts: C code that releases the GIL) while the call is evaluated. A thread
+    # waiting for the GIL to start that work would wait up to the switch interval (5 ms
+    # by default) behind the evaluation; 1 ms lets it start and run beside it.
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     yield
+    drain.cancel()
     await close_http_clients()  # the FHIR-server connection pool
+
+
+async def _drain_spool(store: DecisionStore, every_seconds: float) -> None:
+    """Move records spooled while the database was away into it, once it is back."""
+    while True:
+        await asyncio.sleep(every_seconds)
+        if not store.spool.pending():
+            continue
+        try:
+            moved = await store.drain_spool()
+        except Exception as exc:  # the database is still away: next time
+            log.warning("spool not drained yet", extra={"error": type(exc).__name__})
+        else:
+            log.info("spooled records moved into the database", extra={"cards": moved})
 
 
 def create_app(
@@ -61,17 +78,21 @@ def create_app(
     clock: Clock = utc_now,
     http: Callable[[], httpx.AsyncClient] = http_client,
     new_id: NewId = new_uuid,
+    store: DecisionStore | None = None,
 ) -> FastAPI:
-    """Build the application; loads and validates the knowledge unless given a runtime.
-    The clock, the FHIR HTTP client and the id source are injected (tests replace them)."""
+    """Build the application; loads and validates the knowledge unless given a runtime,
+    and opens the decision store of the settings unless given one. The clock, the FHIR
+    HTTP client, the id source and the store are injected (tests replace them)."""
     runtime = runtime or Runtime.load()
     settings = runtime.settings
+    store = store or DecisionStore.open(runtime, new_id, clock)
     app = FastAPI(
         title="CRS CDS Hooks service",
         version=runtime.rules.version,
         lifespan=_lifespan,
     )
     app.state.runtime = runtime
+    app.state.store = store
     app.state.hooks = Hooks(
         runtime=runtime,
         services=registry(runtime),
@@ -83,6 +104,7 @@ def create_app(
             page_size=settings.fhir_page_size,
         ),
         new_id=new_id,
+        memory=store,
     )
     app.add_middleware(
         CORSMiddleware,
@@ -92,6 +114,14 @@ def create_app(
         max_age=600,
     )
     errors.install(app)
-    for router in (discovery.router, hooks.router, health.router):
+    for router in (discovery.router, hooks.router, feedback.router, health.router):
         app.include_router(router)
     return app
+
+
+def worker_app() -> FastAPI:
+    """The application of one `crs-cds serve --workers N` worker process: its own JSON
+    logs (a worker does not inherit the parent's logging), rules and store."""
+    runtime = Runtime.load()
+    configure_logging(runtime.settings.log_level)
+    return create_app(runtime)

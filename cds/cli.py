@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,6 +14,7 @@ from cds.errors import CdsError
 from cds.fhir.reading import ResourceCollector
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.knowledge import KnowledgeError
+from cds.logs import configure_logging
 from cds.runtime import Runtime
 from cds.settings import Settings
 from cds.tools import register as register_tools
@@ -28,45 +26,6 @@ app = typer.Typer(
 )
 
 register_tools(app)
-
-_LOG_FIELDS = (
-    "service",
-    "hookInstance",
-    "cards",
-    "grades",
-    "ruleSetVersion",
-    "ms",
-    "query",
-    "error",
-    "frames",
-    "unconfirmed",
-)
-
-
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object a line: time, level, logger, message and the allowed extra fields."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for name in _LOG_FIELDS:
-            if hasattr(record, name):
-                entry[name] = getattr(record, name)
-        if record.exc_info:
-            entry["exception"] = record.exc_info[0].__name__ if record.exc_info[0] else None
-        return json.dumps(entry)
-
-
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLogFormatter())
-    root = logging.getLogger()
-    root.handlers = [handler]
-    root.setLevel(level.upper())
 
 
 def load_settings() -> Settings:
@@ -106,7 +65,7 @@ def serve(
     bind_port = port or settings.port
     if workers > 1:
         uvicorn.run(
-            "cds.app:create_app",
+            "cds.app:worker_app",  # each worker configures its logs and loads the rules
             factory=True,
             host=bind_host,
             port=bind_port,
@@ -135,8 +94,8 @@ def evaluate(
     service: Annotated[str, typer.Option(help="Service to evaluate as.")] = "crs-monitor",
 ) -> None:
     """Evaluate a Bundle as the patient-view service would; print the CDS Hooks response."""
-    from cds.app import new_uuid
     from cds.evaluation import evaluate as evaluate_at
+    from cds.ids import new_uuid
     from cds.protocol import render
     from cds.services import crs_monitor
 
@@ -189,5 +148,185 @@ def rules(
             typer.echo(f"{value.file} {value.path}: {value.why}")
 
 
+# --- decision records -------------------------------------------------------------------
+
+db_app = typer.Typer(help="The decision store: migrations, retention, the spool.")
+audit_app = typer.Typer(
+    help="The audit trail: every hook call, replayed or summed up.", invoke_without_command=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+
+
+def _time_option(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        return parse_fhir_datetime(value)
+    except TimeFormatError as exc:
+        typer.echo(f"error: {name}: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+def _open_engine(settings: Settings) -> Any:
+    from cds.store import database
+
+    url = settings.database
+    engine = database.create(url)
+    try:
+        database.check_migrated(engine, url)
+    except database.StoreUnavailable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Create or migrate the database of CRS_DATABASE_URL (or the SQLite file)."""
+    from cds.store import database
+
+    settings = load_settings()
+    url = settings.database
+    if database.is_sqlite(url):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    database.upgrade(url)
+    typer.echo(f"database at revision {database.head_revision(url)}")
+
+
+@db_app.command("prune")
+def db_prune(
+    days: Annotated[
+        int | None, typer.Option(help="Keep this many days (default CRS_AUDIT_RETENTION_DAYS).")
+    ] = None,
+) -> None:
+    """Delete audit records (and their cards and feedback) past the retention period."""
+    from cds.store.audit import prune
+
+    settings = load_settings()
+    removed = prune(
+        _open_engine(settings), datetime.now(UTC), days or settings.audit_retention_days
+    )
+    typer.echo(f"{removed} records older than {days or settings.audit_retention_days} days removed")
+
+
+@db_app.command("drain-spool")
+def db_drain_spool() -> None:
+    """Move records spooled while the database was away into it."""
+    from cds.clock import utc_now
+    from cds.ids import new_uuid
+    from cds.store.decisions import DecisionStore
+
+    store = DecisionStore.open(_load_runtime(), new_uuid, utc_now)
+    moved = store.spool.drain(lambda batch: store.write(batch, skip_existing=True))
+    typer.echo(f"{moved} spooled records moved into the database")
+
+
+@audit_app.callback()
+def audit(
+    ctx: typer.Context,
+    since: Annotated[str | None, typer.Option(help="From this time (ISO 8601).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (ISO 8601).")] = None,
+    service: Annotated[str | None, typer.Option(help="Only this service id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Every recorded hook call, oldest first."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from cds.store.audit import export
+
+    settings = load_settings()
+    engine = _open_engine(settings)
+    for record in export(
+        engine, _time_option(since, "--since"), _time_option(until, "--until"), service
+    ):
+        if as_json:
+            typer.echo(orjson.dumps(record).decode())
+            continue
+        shown = ", ".join(
+            f"{c['indicator']}" + (f" grade {c['grade']}" if c.get("grade") is not None else "")
+            for c in record["cards"]
+        )
+        typer.echo(
+            f"{record['recorded_at']}  {record['service']:<16} {record['hook_instance']}  "
+            f"patient {record['patient'][:12]}…  {len(record['cards'])} card(s) [{shown}]  "
+            f"{record['latency_ms']:.1f} ms  rules {record['rule_set_version']}"
+        )
+
+
+@audit_app.command("replay")
+def audit_replay(
+    hook_instance: Annotated[str, typer.Argument(help="The hookInstance of the call.")],
+    as_json: Annotated[bool, typer.Option("--json", help="As JSON.")] = False,
+) -> None:
+    """Evaluate a recorded call again from its stored facts with the rules in force now,
+    and say whether the cards are the same. Exit 1 when they differ."""
+    from cds.store.audit import replay
+
+    runtime = _load_runtime()
+    replays = replay(_open_engine(runtime.settings), runtime, hook_instance)
+    if not replays:
+        typer.echo(f"error: no record of hookInstance {hook_instance!r}", err=True)
+        raise typer.Exit(2)
+    differ = False
+    for r in replays:
+        differ |= not r.same
+        if as_json:
+            typer.echo(
+                orjson.dumps(
+                    {
+                        "hookInstance": r.hook_instance,
+                        "service": r.service,
+                        "evaluatedAt": r.evaluated_at.isoformat(),
+                        "recordedRules": r.recorded_rules,
+                        "currentRules": r.current_rules,
+                        "same": r.same,
+                        "recorded": r.recorded,
+                        "replayed": r.replayed,
+                    }
+                ).decode()
+            )
+            continue
+        verdict = "SAME cards" if r.same else "DIFFERENT cards"
+        typer.echo(
+            f"{r.service} at {r.evaluated_at.isoformat()}: {verdict} "
+            f"(recorded with rules {r.recorded_rules}, replayed with {r.current_rules})"
+        )
+        if not r.same:
+            typer.echo(f"  recorded: {orjson.dumps(r.recorded).decode()}")
+            typer.echo(f"  replayed: {orjson.dumps(r.replayed).decode()}")
+    if differ:
+        raise typer.Exit(1)
+
+
+@audit_app.command("feedback")
+def audit_feedback(
+    since: Annotated[str | None, typer.Option(help="Cards shown from this time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Per service and grade: cards shown, accepted, overridden, and the override reasons."""
+    from cds.store.audit import feedback_figures
+
+    settings = load_settings()
+    figures = feedback_figures(_open_engine(settings), _time_option(since, "--since"))
+    if as_json:
+        for f in figures:
+            typer.echo(orjson.dumps(f.as_json()).decode())
+        return
+    typer.echo(
+        f"{'service':<18}{'grade':>6}{'shown':>8}{'accepted':>10}{'overridden':>12}  reasons"
+    )
+    for f in figures:
+        reasons = ", ".join(f"{code} {n}" for code, n in sorted(f.reasons.items()))
+        typer.echo(
+            f"{f.service:<18}{'-' if f.grade is None else f.grade:>6}{f.shown:>8}"
+            f"{f.accepted:>10}{f.overridden:>12}  {reasons}"
+        )
+
+
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,7 @@ class EngineRules:
     dosing: DosingRules
     overrides: list[str]  # human text for each setting that replaces a cited default
     version: str
+    acknowledgement: timedelta  # how long an acted-on CRS card is shown quietly
 
 
 def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
@@ -144,5 +145,20 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
             f"tocilizumab dose rounded to the nearest {settings.tocilizumab_rounding_mg:g} mg "
             "(default: no rounding)"
         )
+    acknowledgement = pick(
+        "acknowledgement period",
+        knowledge.alerting.acknowledgement.hours,
+        settings.acknowledgement_hours,
+        "h",
+    )
+    assert acknowledgement is not None
     continuation = grading.activity()
-    return EngineRules(grading, windows, continuation, dosing, overrides, knowledge.version)
+    return EngineRules(
+        grading,
+        windows,
+        continuation,
+        dosing,
+        overrides,
+        knowledge.version,
+        timedelta(hours=acknowledgement),
+    )

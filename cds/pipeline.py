@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -18,19 +18,19 @@ import orjson
 from pydantic import ValidationError
 
 from cds.auth import ClientIdentity
+from cds.clock import Clock
 from cds.decision import Decision
 from cds.errors import InvalidRequest, UnknownService
 from cds.evaluation import Evaluation, evaluate
 from cds.fhir.gather import FhirAccess, gather
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
+from cds.ids import NewId
 from cds.protocol import HookRequest, OrderContext, PatientContext, parse_context, render
 from cds.runtime import Runtime
-from cds.services.base import NewId, ServiceDefinition
+from cds.services.base import ServiceDefinition
 
 log = logging.getLogger("cds.pipeline")
-
-Clock = Callable[[], datetime]
 
 
 @dataclass(frozen=True)
@@ -53,26 +53,28 @@ class Outcome:
     body: bytes
 
 
-class Suppressor(Protocol):
-    """Turns cards a clinician already acted on into quiet ones (the store implements it)."""
+class Memory(Protocol):
+    """Where decisions are remembered (the store implements it). `begin` is called once a
+    call is parsed, so that what does not depend on the evaluation (hashing the input,
+    reading the patient's acknowledgements) runs in worker threads while it is evaluated."""
 
-    async def suppress(
-        self, call: HookCall, evaluation: Evaluation, decision: Decision
-    ) -> Decision: ...
+    def begin(self, call: HookCall, body: bytes) -> Remembering: ...
 
 
-class Recorder(Protocol):
-    """Keeps a record of every call before its answer is sent (the audit trail)."""
+class Remembering(Protocol):
+    """One call's suppress and record steps."""
 
-    async def record(
-        self,
-        call: HookCall,
-        evaluation: Evaluation,
-        decision: Decision,
-        body: bytes,
-        raw: bytes,
-        started: float,
-    ) -> None: ...
+    def evaluated(self, evaluation: Evaluation) -> None:
+        """The evaluation is known: its facts may be encoded for the record."""
+        ...
+
+    async def suppress(self, evaluation: Evaluation, decision: Decision) -> Decision:
+        """Cards a clinician already acted on, made quiet."""
+        ...
+
+    async def record(self, evaluation: Evaluation, decision: Decision, started: float) -> None:
+        """Keep the record of the call; returns once it is written (before the answer)."""
+        ...
 
 
 def parse(
@@ -163,15 +165,14 @@ def decide_offline(
 @dataclass(frozen=True)
 class Hooks:
     """The hook pipeline with its injected parts: the runtime, the clock, the FHIR access,
-    the id source, and (when the service keeps records) the suppressor and recorder."""
+    the id source, and (when the service keeps records) the decision memory."""
 
     runtime: Runtime
     services: Mapping[str, ServiceDefinition]
     clock: Clock
     fhir: FhirAccess
     new_id: NewId
-    suppressor: Suppressor | None = None
-    recorder: Recorder | None = None
+    memory: Memory | None = None
 
     async def run(
         self, service_id: str, body: bytes, client: ClientIdentity | None = None
@@ -180,6 +181,7 @@ class Hooks:
         `client` is the verified caller, None when authentication is off."""
         started = time.perf_counter()
         call = parse(self.services, service_id, body, client)
+        remembering = self.memory.begin(call, body) if self.memory is not None else None
         at = self.clock()
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
         collected = await gather(
@@ -191,12 +193,13 @@ class Hooks:
             log_extra,
         )
         evaluation = evaluate_context(self.runtime, collected, call.context, at)
+        if remembering is not None:
+            remembering.evaluated(evaluation)
         decision = call.service.decide(self.runtime, evaluation, self.new_id)
-        if self.suppressor is not None:
-            decision = await self.suppressor.suppress(call, evaluation, decision)
+        if remembering is not None:
+            decision = await remembering.suppress(evaluation, decision)
+            await remembering.record(evaluation, decision, started)
         rendered = render(decision.response())
-        if self.recorder is not None:
-            await self.recorder.record(call, evaluation, decision, rendered, body, started)
         log.info(
             "evaluated",
             extra={

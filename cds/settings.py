@@ -51,6 +51,15 @@ class Settings(BaseSettings):
     fhir_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     fhir_page_size: int = Field(default=200, ge=1, le=1000)
 
+    # Decision records (audit trail, feedback, suppression).
+    data_dir: Path = Path("data")  # SQLite database, spool and generated keys (created)
+    database_url: str | None = None  # None: SQLite in data_dir; postgresql+psycopg://…
+    database_durable_commit: bool = False  # fsync every record before answering
+    pseudonym_key: str | None = None  # HMAC key of patient pseudonyms
+    audit_retention_days: int = Field(default=400, ge=1, le=36_500)
+    acknowledgement_hours: float | None = Field(default=None, gt=0, le=24 * 14)
+    spool_drain_seconds: float = Field(default=5.0, gt=0, le=3_600)
+
     @field_validator("cors_origins", "fhir_allowed_servers", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
@@ -83,6 +92,13 @@ class Settings(BaseSettings):
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
         return value or None
+
+    @property
+    def database(self) -> str:
+        """The SQLAlchemy URL of the decision store: the setting, or SQLite in data_dir."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'crs-cds.sqlite3').resolve()}"
 
     @cached_property
     def assume_tz(self) -> ZoneInfo | None:

@@ -1,22 +1,61 @@
-"""Shared fixtures: the loaded runtime (real rule files), and the FHIR server fixture."""
+"""Shared fixtures: the loaded runtime (real rule files) with its decision store in a
+throw-away data directory, the in-process client, the real databases, and the FHIR
+server fixture."""
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
 from cds.app import create_app
+from cds.clock import utc_now
+from cds.ids import new_uuid
 from cds.runtime import Runtime
 from cds.settings import Settings
+from cds.store.decisions import DecisionStore
 from tests.fhir_server import fhir_base_url  # noqa: F401  (session fixture)
 
-
-@pytest.fixture(scope="session")
-def runtime() -> Runtime:
-    return Runtime.load(Settings(_env_file=None))  # type: ignore[call-arg]
+# The machine's PostgreSQL (trust auth); every test run gets a database of its own.
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 
 
 @pytest.fixture(scope="session")
-def client(runtime: Runtime) -> TestClient:
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("crs-data")
+
+
+@pytest.fixture(scope="session")
+def runtime(data_dir: Path) -> Runtime:
+    return Runtime.load(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def store(runtime: Runtime) -> Iterator[DecisionStore]:
+    """The decision store of the session runtime (SQLite in the throw-away data dir)."""
+    opened = DecisionStore.open(runtime, new_uuid, utc_now)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="session")
+def client(runtime: Runtime, store: DecisionStore) -> TestClient:
     """The service in process, with the bundled rules and default settings."""
-    return TestClient(create_app(runtime))
+    return TestClient(create_app(runtime, store=store))
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database on 127.0.0.1:5432 for this test run, dropped after."""
+    name = f"crs_test_{secrets.token_hex(6)}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

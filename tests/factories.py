@@ -7,10 +7,10 @@ from typing import Any
 
 import orjson
 
-from cds.app import new_uuid
 from cds.engine.facts import Administration, Measurement, OxygenSupport
 from cds.evaluation import evaluate
 from cds.fhir.reading import ResourceCollector
+from cds.ids import new_uuid
 from cds.protocol import render
 from cds.runtime import Runtime
 from cds.services import crs_monitor

@@ -17,6 +17,7 @@ from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR, KnowledgeErro
 from cds.parameters import engine_rules
 from cds.runtime import Runtime
 from cds.settings import Settings
+from cds.store.decisions import DecisionStore
 
 
 @pytest.fixture()
@@ -243,9 +244,10 @@ def test_healthz_counts_the_unconfirmed_values(client: TestClient, runtime: Runt
 
 
 def test_start_up_warns_once_listing_the_unconfirmed_values(
-    runtime: Runtime, caplog: pytest.LogCaptureFixture
+    runtime: Runtime, store: DecisionStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="cds.app"), TestClient(create_app(runtime)):
+    app = create_app(runtime, store=store)
+    with caplog.at_level(logging.WARNING, logger="cds.app"), TestClient(app):
         pass
     (record,) = [r for r in caplog.records if "not confirmed" in r.getMessage()]
     assert len(record.unconfirmed) == len(runtime.knowledge.unconfirmed)  # type: ignore[attr-defined]

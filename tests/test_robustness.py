@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from cds.app import create_app
 from cds.runtime import Runtime
+from cds.store.decisions import DecisionStore
 from tests.helpers import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
 
 json_values = st.recursive(
@@ -55,8 +56,8 @@ fhirish = st.fixed_dictionaries(
 
 
 @pytest.fixture(scope="module")
-def client(runtime: Runtime) -> TestClient:
-    return TestClient(create_app(runtime), raise_server_exceptions=False)
+def client(runtime: Runtime, store: DecisionStore) -> TestClient:
+    return TestClient(create_app(runtime, store=store), raise_server_exceptions=False)
 
 
 @settings(

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cds.app import new_uuid
 from cds.fhir.reading import ResourceCollector
+from cds.ids import new_uuid
 from cds.pipeline import decide_offline
 from cds.protocol import OrderContext, render
 from cds.runtime import Runtime

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 
 from cds.pipeline import Hooks
 from cds.runtime import Runtime
+from cds.store.decisions import DecisionStore
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -21,5 +22,11 @@ def get_hooks(request: Request) -> Hooks:
     return hooks
 
 
+def get_store(request: Request) -> DecisionStore:
+    store: DecisionStore = request.app.state.store
+    return store
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+StoreDep = Annotated[DecisionStore, Depends(get_store)]
 HooksDep = Annotated[Hooks, Depends(get_hooks)]

@@ -11,10 +11,10 @@ from msgspec import Struct
 from cds.decision import Decision
 from cds.evaluation import Evaluation
 from cds.fhir.prefetch import PrefetchPlan
+from cds.ids import NewId
 from cds.protocol import OrderContext, PatientContext
 from cds.runtime import Runtime
 
-NewId = Callable[[], str]
 Decide = Callable[[Runtime, Evaluation, NewId], Decision]
 
 

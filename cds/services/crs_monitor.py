@@ -12,9 +12,10 @@ from cds.engine.dosing import recommended_dose, tocilizumab_indication
 from cds.evaluation import Evaluation
 from cds.fhir.prefetch import patient_data_prefetch
 from cds.formatting import fmt_mg
+from cds.ids import NewId
 from cds.protocol import Action, PatientContext, Suggestion
 from cds.runtime import Runtime
-from cds.services.base import NewId, ServiceDefinition
+from cds.services.base import ServiceDefinition
 from cds.tocilizumab_order import dose_text, new_order
 
 SERVICE_ID = "crs-monitor"

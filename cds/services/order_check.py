@@ -13,9 +13,10 @@ from cds.extensions import ResponseExtension
 from cds.fhir.orders import DoseProblem, DraftOrder, ordered_dose
 from cds.fhir.prefetch import patient_data_prefetch
 from cds.formatting import fmt_mg
+from cds.ids import NewId
 from cds.protocol import Action, Indicator, OrderContext, Suggestion
 from cds.runtime import Runtime
-from cds.services.base import NewId, ServiceDefinition
+from cds.services.base import ServiceDefinition
 from cds.tocilizumab_order import InvalidOrder, corrected_order
 
 

@@ -21,13 +21,16 @@ from typing import Any
 import httpx
 
 from cds.app import create_app
+from cds.clock import utc_now
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess, gather
 from cds.fhir.prefetch import PrefetchPlan
 from cds.fhir.reading import ResourceCollector
+from cds.ids import new_uuid
 from cds.pipeline import risk_data_since
 from cds.protocol import HookRequest
 from cds.runtime import Runtime
+from cds.store.decisions import DecisionStore
 
 GOOD_TOKEN = "good-token-7f3a"
 SLOW_SECONDS = 2.0
@@ -82,11 +85,22 @@ async def gather_with(
     return await gather(request, plan, access, runtime.knowledge, since)
 
 
+_STORES: dict[str, DecisionStore] = {}
+
+
+def store_for(runtime: Runtime) -> DecisionStore:
+    """One decision store per database for the whole run (apps are made per call)."""
+    url = runtime.settings.database
+    if url not in _STORES:
+        _STORES[url] = DecisionStore.open(runtime, new_uuid, utc_now)
+    return _STORES[url]
+
+
 def post_hook(runtime: Runtime, service_id: str, body: dict[str, Any]) -> httpx.Response:
     """POST the body to the real FastAPI app (in process), on a fresh event loop."""
 
     async def go() -> httpx.Response:
-        app = create_app(runtime)
+        app = create_app(runtime, store=store_for(runtime))
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://cds.test") as c:

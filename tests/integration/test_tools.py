@@ -17,7 +17,7 @@ from cds.app import create_app
 from cds.runtime import Runtime
 from cds.scenarios import get
 from cds.tools import register
-from tests.integration.support import runtime_with
+from tests.integration.support import runtime_with, store_for
 
 runner = CliRunner()
 
@@ -33,7 +33,8 @@ def cli() -> typer.Typer:
 @pytest.fixture(scope="module")
 def service_url(runtime: Runtime, loaded: str) -> Iterator[str]:
     """The CDS service on 127.0.0.1 (uvicorn in a thread), allowed to read `loaded`."""
-    app = create_app(runtime_with(runtime, fhir_allowed_servers=[loaded]))
+    allowed = runtime_with(runtime, fhir_allowed_servers=[loaded])
+    app = create_app(allowed, store=store_for(allowed))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]

@@ -1,0 +1,75 @@
+"""POST /cds-services/{id}/feedback: what the clinician did with a card (CDS Hooks 2.0).
+
+200 with an empty body once stored; 400 for a malformed body or a suggestion the card did
+not offer; 404 for an unknown service or card; 503 when it cannot be stored (it is never
+acknowledged unless it was)."""
+
+from __future__ import annotations
+
+import logging
+
+import anyio
+import orjson
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+
+from cds.api.deps import HooksDep, StoreDep
+from cds.errors import CdsError, InvalidRequest, UnknownService
+from cds.fhir.reading import validation_message
+from cds.store.feedback import FeedbackRequest, apply
+
+router = APIRouter()
+log = logging.getLogger("cds.api.feedback")
+
+
+class FeedbackUnavailable(CdsError):
+    status = 503
+
+
+@router.post("/cds-services/{service_id}/feedback", status_code=200)
+async def feedback(service_id: str, request: Request, hooks: HooksDep, store: StoreDep) -> Response:
+    """Store the outcomes of cards this service issued."""
+    if service_id not in hooks.services:
+        raise UnknownService(
+            f"no CDS service {service_id!r}; GET /cds-services lists "
+            + ", ".join(sorted(hooks.services))
+        )
+    body = await request.body()
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"feedback body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest('feedback body must be a JSON object {"feedback": [...]}')
+    try:
+        parsed = FeedbackRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(validation_message("feedback", exc), "feedback") from exc
+    override_system = store.runtime.knowledge.alerting.order_check.override_system
+    try:
+        stored = await anyio.to_thread.run_sync(
+            lambda: apply(
+                store.engine,
+                service_id,
+                parsed,
+                store.clock(),
+                store.new_id,
+                getattr(request.state, "client", None),
+                override_system,
+            )
+        )
+    except SQLAlchemyError as exc:
+        log.error("feedback not stored", extra={"error": type(exc).__name__})
+        raise FeedbackUnavailable(
+            "the feedback could not be stored (database unavailable); send it again"
+        ) from exc
+    log.info(
+        "feedback",
+        extra={
+            "service": service_id,
+            "cards": stored.stored,
+            "query": f"repeated={stored.repeated}",
+        },
+    )
+    return Response(status_code=200)

@@ -1,0 +1,340 @@
+"""The decision store the service runs with: records every call, quiets cards already
+acted on, takes feedback, and remembers token ids. Database work runs in worker threads
+(synchronous SQLAlchemy Core); the event loop only waits for it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import anyio
+from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from cds import cards
+from cds.clock import Clock
+from cds.decision import DecidedCard, Decision
+from cds.errors import CdsError
+from cds.evaluation import Evaluation
+from cds.extensions import Acknowledged
+from cds.pipeline import HookCall
+from cds.runtime import Runtime
+from cds.store import database, records
+from cds.store.pseudonym import Pseudonyms, key_from_file
+from cds.store.records import AuditRecord
+from cds.store.spool import Spool
+from cds.store.tables import acknowledgements, audit_records, seen_tokens
+from cds.store.tables import cards as cards_table
+
+log = logging.getLogger("cds.store")
+
+
+class RecordUnavailable(CdsError):
+    """Neither the database nor the spool can take the record: no answer without one."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class Acknowledgement:
+    """A clinician accepted or overrode a CRS card of this exposure at `grade`."""
+
+    grade: int
+    outcome: str
+    acted_at: datetime
+    card_uuid: str
+
+
+class DecisionStore:
+    """Records, acknowledgements, feedback and token ids, in one database."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        url: str,
+        pseudonyms: Pseudonyms,
+        spool: Spool,
+        runtime: Runtime,
+        acknowledgement_period: timedelta,
+        new_id: Callable[[], str],
+        clock: Clock,
+    ) -> None:
+        self.engine = engine
+        self.url = url
+        self.pseudonyms = pseudonyms
+        self.spool = spool
+        self.runtime = runtime
+        self.acknowledgement_period = acknowledgement_period
+        self.new_id = new_id
+        self.clock = clock
+
+    @classmethod
+    def open(cls, runtime: Runtime, new_id: Callable[[], str], clock: Clock) -> DecisionStore:
+        """The store of the settings: SQLite in the data directory is created and migrated
+        here; PostgreSQL must be migrated already (`crs-cds db upgrade`) and have a shared
+        pseudonym key (`CRS_PSEUDONYM_KEY`)."""
+        settings = runtime.settings
+        url = settings.database
+        sqlite = database.is_sqlite(url)
+        if sqlite:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            database.upgrade(url)
+        elif not settings.pseudonym_key:
+            raise database.StoreUnavailable(
+                "setting CRS_PSEUDONYM_KEY is required with a shared database: every replica "
+                "must pseudonymise patients alike (at least 16 characters, kept secret)"
+            )
+        engine = database.create(url, durable_commit=settings.database_durable_commit)
+        if not sqlite:
+            database.check_migrated(engine, url)
+        key = (
+            settings.pseudonym_key.encode()
+            if settings.pseudonym_key
+            else key_from_file(settings.data_dir)
+        )
+        return cls(
+            engine,
+            url,
+            Pseudonyms(key),
+            Spool(settings.data_dir / "spool"),
+            runtime,
+            runtime.rules.acknowledgement,
+            new_id,
+            clock,
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # --- the pipeline's memory ------------------------------------------------------
+
+    def begin(self, call: HookCall, body: bytes) -> CallRecord:
+        """Start what a call's record and suppression need before the evaluation is done:
+        the input digest and (patient-view) the patient's acknowledgements, in threads."""
+        return CallRecord(self, call, body)
+
+    def write(self, batch: list[AuditRecord], skip_existing: bool = False) -> None:
+        """Insert records and their cards; with `skip_existing` (a spool drain, which may
+        be repeated) records already stored are left out."""
+        with self.engine.begin() as connection:
+            if skip_existing:
+                ids = [r.id for r in batch]
+                have: set[str] = set(
+                    connection.scalars(
+                        select(audit_records.c.id).where(audit_records.c.id.in_(ids))
+                    )
+                )
+                batch = [r for r in batch if r.id not in have]
+                if not batch:
+                    return
+            connection.execute(insert(audit_records), [_record_row(r) for r in batch])
+            rows = [_card_row(r, c) for r in batch for c in r.cards]
+            if rows:
+                connection.execute(insert(cards_table), rows)
+
+    async def drain_spool(self) -> int:
+        """Move spooled records into the database (when it is back)."""
+        return await anyio.to_thread.run_sync(
+            self.spool.drain, lambda batch: self.write(batch, skip_existing=True)
+        )
+
+    # --- suppression (the pipeline's Suppressor) ------------------------------------
+
+    def _quiet(
+        self, decided: DecidedCard, found: dict[str, Acknowledgement], at: datetime
+    ) -> DecidedCard:
+        ack = found.get(decided.exposure or "")
+        grade = decided.alert_grade
+        if ack is None or grade is None or decided.kind != "crs":
+            return decided
+        until = ack.acted_at + self.acknowledgement_period
+        if grade > ack.grade or not (ack.acted_at <= at <= until):
+            return decided
+        quiet = cards.acknowledged_card(
+            decided.card,
+            Acknowledged(
+                outcome=ack.outcome,
+                at=ack.acted_at.isoformat(),
+                grade=ack.grade,
+                until=until.isoformat(),
+            ),
+        )
+        return DecidedCard(
+            quiet,
+            decided.kind,
+            grade=decided.grade,
+            possible_grade=decided.possible_grade,
+            exposure=decided.exposure,
+            acknowledged=True,
+        )
+
+    def acknowledgements(self, patient: str) -> dict[str, Acknowledgement]:
+        """The acknowledgements of a patient's exposures, by exposure."""
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(acknowledgements).where(acknowledgements.c.patient == patient)
+            )
+            return {
+                row.exposure: Acknowledgement(row.grade, row.outcome, row.acted_at, row.card_uuid)
+                for row in rows
+            }
+
+    # --- token ids (the authentication's ReplayGuard) --------------------------------
+
+    async def first_use(self, issuer: str, jti: str, expires: datetime) -> bool:
+        """True the first time this (issuer, jti) is presented, on any replica."""
+
+        def work() -> bool:
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        insert(seen_tokens).values(issuer=issuer, jti=jti, expires_at=expires)
+                    )
+            except IntegrityError:
+                return False
+            return True
+
+        return await anyio.to_thread.run_sync(work)
+
+    def forget_expired_tokens(self, now: datetime) -> int:
+        with self.engine.begin() as connection:
+            result = connection.execute(delete(seen_tokens).where(seen_tokens.c.expires_at < now))
+            return result.rowcount or 0
+
+
+class CallRecord:
+    """One call's suppress and record steps, with the work that does not need the
+    evaluation started early in worker threads (hashlib, zlib and sqlite3 release the
+    GIL, so it overlaps the evaluation on another core)."""
+
+    def __init__(self, store: DecisionStore, call: HookCall, body: bytes) -> None:
+        self.store = store
+        self.call = call
+        self.patient = store.pseudonyms.of(call.context.patientId)
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._digest = loop.run_in_executor(None, records.input_digest, body)
+        # only patient-view cards are ever quieted: the order hooks need no read
+        self._acks: asyncio.Future[dict[str, Acknowledgement]] | None = (
+            None
+            if call.service.orders
+            else loop.run_in_executor(None, store.acknowledgements, self.patient)
+        )
+        self._facts: asyncio.Future[bytes] | None = None
+
+    def evaluated(self, evaluation: Evaluation) -> None:
+        self._facts = self._loop.run_in_executor(
+            None, lambda: records.encode_facts(records.snapshot(evaluation))
+        )
+
+    async def suppress(self, evaluation: Evaluation, decision: Decision) -> Decision:
+        """CRS cards already acted on, at no higher grade, within the period: shown as
+        `info`, "Acknowledged". Order checks are never quieted. If the database cannot
+        be read, cards stay as they are (a full card is the safe side)."""
+        if self._acks is None:
+            return decision
+        try:
+            found = await self._acks
+        except SQLAlchemyError as exc:
+            log.warning(
+                "acknowledgements not read: cards shown in full",
+                extra={"error": type(exc).__name__},
+            )
+            return decision
+        if not found:
+            return decision
+        return decision.with_cards(
+            tuple(self.store._quiet(c, found, evaluation.at) for c in decision.cards)
+        )
+
+    async def record(self, evaluation: Evaluation, decision: Decision, started: float) -> None:
+        """Write the record before the answer: to the database, else to the spool;
+        RecordUnavailable when neither can take it."""
+        store, call, client = self.store, self.call, self.call.client
+        digest = await self._digest
+        facts = await self._facts if self._facts is not None else None
+        latency_ms = round((time.perf_counter() - started) * 1000, 3)
+
+        def work() -> None:
+            record = records.build(
+                record_id=store.new_id(),
+                recorded_at=store.clock(),
+                service=call.service.id,
+                hook=call.request.hook,
+                hook_instance=call.request.hookInstance,
+                client_iss=client.iss if client else None,
+                client_sub=client.sub if client else None,
+                tenant=client.tenant if client else None,
+                patient=self.patient,
+                evaluation=evaluation,
+                decision=decision,
+                rule_set_version=store.runtime.rules.version,
+                rule_set_digest=store.runtime.knowledge.digest,
+                input_digest=digest,
+                facts=facts,
+                latency_ms=latency_ms,
+            )
+            try:
+                store.write([record])
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "database unavailable: record spooled", extra={"error": type(exc).__name__}
+                )
+                try:
+                    store.spool.append(record)
+                except OSError as spool_error:
+                    log.error(
+                        "neither the database nor the spool took the record",
+                        extra={"error": type(spool_error).__name__},
+                    )
+                    raise RecordUnavailable(
+                        "the decision could not be recorded (database and local spool both "
+                        "unavailable); no answer is given without a record: try again"
+                    ) from spool_error
+
+        await anyio.to_thread.run_sync(work)
+
+
+def _record_row(record: AuditRecord) -> dict[str, object]:
+    return {
+        "id": record.id,
+        "recorded_at": record.recorded_at,
+        "service": record.service,
+        "hook": record.hook,
+        "hook_instance": record.hook_instance,
+        "client_iss": record.client_iss,
+        "client_sub": record.client_sub,
+        "tenant": record.tenant,
+        "patient": record.patient,
+        "evaluated_at": record.evaluated_at,
+        "rule_set_version": record.rule_set_version,
+        "rule_set_digest": record.rule_set_digest,
+        "input_digest": record.input_digest,
+        "data_issues": record.data_issues,
+        "data_complete": record.data_complete,
+        "cards": [records.card_json(c) for c in record.cards],
+        "facts": record.facts,
+        "latency_ms": record.latency_ms,
+    }
+
+
+def _card_row(record: AuditRecord, card: records.CardRecord) -> dict[str, object]:
+    return {
+        "uuid": card.uuid,
+        "record_id": record.id,
+        "service": record.service,
+        "kind": card.kind,
+        "indicator": card.indicator,
+        "grade": card.grade,
+        "alert_grade": card.alertGrade,
+        "acknowledged": card.acknowledged,
+        "patient": record.patient,
+        "exposure": card.exposure,
+        "suggestions": list(card.suggestions),
+        "override_reasons": list(card.overrideReasons),
+        "shown_at": record.recorded_at,
+    }

@@ -1,0 +1,181 @@
+"""CDS Hooks 2.0 feedback: what a clinician did with a card, checked against what the card
+offered, stored with the card's record, and turned into an acknowledgement of a CRS
+exposure (alert suppression). All items of a call are checked before any is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import Connection, Engine, insert, select, update
+
+from cds.auth import ClientIdentity
+from cds.errors import CdsError, InvalidRequest
+from cds.store.tables import acknowledgements, cards, feedback
+
+
+class UnknownCard(CdsError):
+    """Feedback about a card this service never issued (404)."""
+
+    status = 404
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+
+class ReasonCoding(_In):
+    system: str | None = None
+    code: str = Field(min_length=1, max_length=256)
+    display: str | None = None  # the CDS Hooks Sandbox sends none
+
+
+class OverrideReason(_In):
+    reason: ReasonCoding | None = None
+    userComment: str | None = Field(default=None, max_length=4_000)
+
+
+class AcceptedSuggestion(_In):
+    id: str = Field(min_length=1, max_length=128)
+
+
+class FeedbackItem(_In):
+    card: str = Field(min_length=1, max_length=128)
+    outcome: Literal["accepted", "overridden"]
+    acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=20)
+    overrideReason: OverrideReason | None = None
+    outcomeTimestamp: AwareDatetime
+
+    @model_validator(mode="after")
+    def _accepted_names_its_suggestions(self) -> FeedbackItem:
+        if self.outcome == "accepted" and self.acceptedSuggestions is None:
+            raise ValueError("acceptedSuggestions is required when the outcome is accepted")
+        if self.outcome == "overridden" and self.acceptedSuggestions:
+            raise ValueError("an overridden card has no accepted suggestions")
+        return self
+
+
+class FeedbackRequest(_In):
+    """The body of POST /cds-services/{id}/feedback."""
+
+    feedback: list[FeedbackItem] = Field(min_length=1, max_length=100)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a feedback call stored: new items, repeats, and reasons the card did not offer."""
+
+    stored: int
+    repeated: int
+    reasons_not_offered: int
+
+
+def apply(
+    engine: Engine,
+    service_id: str,
+    request: FeedbackRequest,
+    received_at: datetime,
+    new_id: Any,
+    client: ClientIdentity | None,
+    override_system: str,
+) -> Stored:
+    """Check every item against its card, then store them all (one transaction)."""
+    with engine.begin() as connection:
+        issued = _cards(connection, [item.card for item in request.feedback])
+        for i, item in enumerate(request.feedback):
+            card = issued.get(item.card)
+            if card is None or card["service"] != service_id:
+                raise UnknownCard(
+                    f"card {item.card!r} was not issued by service {service_id}",
+                    f"feedback[{i}].card",
+                )
+            offered = set(card["suggestions"])
+            for j, suggestion in enumerate(item.acceptedSuggestions or []):
+                if suggestion.id not in offered:
+                    raise InvalidRequest(
+                        f"suggestion {suggestion.id!r} was not offered by card {item.card!r}",
+                        f"feedback[{i}].acceptedSuggestions[{j}].id",
+                    )
+        stored = repeated = not_offered = 0
+        for item in request.feedback:
+            card = issued[item.card]
+            reason = item.overrideReason.reason if item.overrideReason else None
+            offered_reason = (
+                None
+                if reason is None
+                else reason.code in card["override_reasons"]
+                and reason.system in (None, override_system)
+            )
+            fingerprint = _fingerprint(item)
+            exists = connection.scalar(
+                select(feedback.c.id).where(feedback.c.fingerprint == fingerprint)
+            )
+            if exists is not None:
+                repeated += 1
+                continue
+            connection.execute(
+                insert(feedback).values(
+                    id=new_id(),
+                    card_uuid=item.card,
+                    fingerprint=fingerprint,
+                    outcome=item.outcome,
+                    accepted_suggestions=[s.id for s in item.acceptedSuggestions or []],
+                    override_system=reason.system if reason else None,
+                    override_code=reason.code if reason else None,
+                    override_display=reason.display if reason else None,
+                    override_offered=offered_reason,
+                    user_comment=item.overrideReason.userComment if item.overrideReason else None,
+                    outcome_at=item.outcomeTimestamp,
+                    received_at=received_at,
+                    client_iss=client.iss if client else None,
+                )
+            )
+            stored += 1
+            not_offered += offered_reason is False
+            if card["kind"] == "crs" and card["exposure"] and card["alert_grade"] is not None:
+                _acknowledge(connection, card, item)
+        return Stored(stored, repeated, not_offered)
+
+
+def _cards(connection: Connection, uuids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = connection.execute(select(cards).where(cards.c.uuid.in_(sorted(set(uuids)))))
+    return {row.uuid: dict(row._mapping) for row in rows}
+
+
+def _fingerprint(item: FeedbackItem) -> str:
+    """Identical feedback (same card, outcome, suggestions, reason, time) is one."""
+    canonical = json.dumps(item.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _acknowledge(connection: Connection, card: dict[str, Any], item: FeedbackItem) -> None:
+    """The most recent acknowledgement of this patient's exposure wins, whole: its grade is
+    the one later cards are compared with (a grade acknowledged earlier never quiets a
+    card the clinician has since seen at a lower grade). Feedback arriving out of order
+    (older than the one stored) changes nothing."""
+    key = (card["patient"], card["exposure"])
+    current = connection.execute(
+        select(acknowledgements).where(
+            acknowledgements.c.patient == key[0], acknowledgements.c.exposure == key[1]
+        )
+    ).first()
+    values = {
+        "grade": card["alert_grade"],
+        "outcome": item.outcome,
+        "acted_at": item.outcomeTimestamp,
+        "card_uuid": card["uuid"],
+    }
+    if current is None:
+        connection.execute(
+            insert(acknowledgements).values(patient=key[0], exposure=key[1], **values)
+        )
+    elif item.outcomeTimestamp >= current.acted_at:
+        connection.execute(
+            update(acknowledgements)
+            .where(acknowledgements.c.patient == key[0], acknowledgements.c.exposure == key[1])
+            .values(**values)
+        )

@@ -1,0 +1,208 @@
+"""CDS Hooks feedback: checked against what the card offered, stored with its record,
+idempotent, and visible to every replica (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from cds.runtime import Runtime
+from cds.store.audit import feedback_figures
+from cds.store.tables import feedback
+from tests.helpers import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
+from tests.store.conftest import Service, open_service
+
+
+def _card(service: Service, path: str = "crs-monitor", **context: Any) -> dict[str, Any]:
+    obs, admins = grade2_resources()
+    hook = "patient-view" if path == "crs-monitor" else "order-sign"
+    body = hook_request(hook, context, prefetch(obs, admins))
+    (card,) = service.client.post(f"/cds-services/{path}", json=body).json()["cards"]
+    return card
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def _post(service: Service, items: list[dict[str, Any]], path: str = "crs-monitor") -> Any:
+    return service.client.post(f"/cds-services/{path}/feedback", json={"feedback": items})
+
+
+def test_accepted_feedback_is_stored_and_answered_with_an_empty_200(service: Service) -> None:
+    card = _card(service)
+    suggestion = card["suggestions"][0]["uuid"]
+    item = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": suggestion}],
+        "outcomeTimestamp": _now(),
+    }
+    response = _post(service, [item])
+    assert (response.status_code, response.content) == (200, b"")
+    with service.engine.connect() as connection:
+        (row,) = connection.execute(select(feedback).where(feedback.c.card_uuid == card["uuid"]))
+    assert (row.outcome, row.accepted_suggestions) == ("accepted", [suggestion])
+
+
+def test_repeated_identical_feedback_is_stored_once(service: Service) -> None:
+    card = _card(service)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}
+    assert _post(service, [item]).status_code == 200
+    assert _post(service, [item, item]).status_code == 200
+    with service.engine.connect() as connection:
+        rows = connection.execute(select(feedback).where(feedback.c.card_uuid == card["uuid"]))
+        assert len(rows.all()) == 1
+
+
+def test_unknown_card_is_404_naming_it(service: Service) -> None:
+    response = _post(
+        service, [{"card": "no-such-card", "outcome": "overridden", "outcomeTimestamp": _now()}]
+    )
+    assert response.status_code == 404
+    assert "no-such-card" in response.json()["error"]
+    assert response.json()["location"] == "feedback[0].card"
+
+
+def test_a_card_of_another_service_is_404(service: Service) -> None:
+    card = _card(service)
+    response = _post(
+        service,
+        [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}],
+        "crs-order-sign",
+    )
+    assert response.status_code == 404
+
+
+def test_a_suggestion_the_card_did_not_offer_is_400_and_nothing_is_stored(
+    service: Service,
+) -> None:
+    card = _card(service)
+    good = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}
+    bad = {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": "invented"}],
+        "outcomeTimestamp": _now(),
+    }
+    before = service.count("feedback")
+    response = _post(service, [good, bad])
+    assert response.status_code == 400
+    assert response.json()["location"] == "feedback[1].acceptedSuggestions[0].id"
+    assert service.count("feedback") == before
+
+
+def test_an_override_reason_the_card_did_not_offer_is_stored_and_flagged(
+    service: Service,
+) -> None:
+    o, a = grade2_resources(weight_kg=80)
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("t1", 2000, "mg"))},
+        prefetch(o, a),
+    )
+    (card,) = service.client.post("/cds-services/crs-order-sign", json=body).json()["cards"]
+    offered = card["overrideReasons"][0]
+    items = [
+        {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": {"code": offered["code"]}},  # no display: the Sandbox
+            "outcomeTimestamp": _now(),
+        },
+        {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {
+                "reason": {"system": "urn:x", "code": "not-offered", "display": "Because"},
+                "userComment": "patient refused",
+            },
+            "outcomeTimestamp": (datetime.now(UTC) + timedelta(seconds=1)).isoformat(),
+        },
+    ]
+    assert _post(service, items, "crs-order-sign").status_code == 200
+    with service.engine.connect() as connection:
+        rows = {
+            r.override_code: r
+            for r in connection.execute(
+                select(feedback).where(feedback.c.card_uuid == card["uuid"])
+            )
+        }
+    assert rows[offered["code"]].override_offered is True
+    assert rows["not-offered"].override_offered is False
+    assert rows["not-offered"].user_comment == "patient refused"
+
+
+def test_malformed_feedback_is_400_saying_where(service: Service) -> None:
+    card = _card(service)
+    cases = [
+        ({"feedback": []}, "feedback.feedback"),
+        ({"feedback": [{"card": card["uuid"], "outcome": "maybe"}]}, "outcome"),
+        (
+            {
+                "feedback": [
+                    {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": _now()}
+                ]
+            },
+            "acceptedSuggestions is required",
+        ),
+        (
+            {
+                "feedback": [
+                    {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "today"}
+                ]
+            },
+            "outcomeTimestamp",
+        ),
+        (
+            {
+                "feedback": [
+                    {
+                        "card": card["uuid"],
+                        "outcome": "overridden",
+                        "outcomeTimestamp": "2026-11-30T10:00:00",
+                    }
+                ]
+            },
+            "timezone",
+        ),
+    ]
+    for body, expected in cases:
+        response = service.client.post("/cds-services/crs-monitor/feedback", json=body)
+        assert response.status_code == 400, body
+        assert expected in response.json()["error"], response.json()
+    assert (
+        service.client.post("/cds-services/crs-monitor/feedback", content=b"{").status_code == 400
+    )
+    assert (
+        service.client.post("/cds-services/nope/feedback", json={"feedback": []}).status_code == 404
+    )
+
+
+def test_feedback_reaches_a_card_shown_by_another_replica(
+    service: Service, runtime: Runtime, database_url: str, tmp_path: Path
+) -> None:
+    card = _card(service)
+    _, other_store, other = open_service(runtime, database_url, tmp_path / "other")
+    try:
+        item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}
+        response = other.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+        assert response.status_code == 200
+    finally:
+        other_store.close()
+    with service.engine.connect() as connection:
+        assert connection.scalar(
+            select(feedback.c.outcome).where(feedback.c.card_uuid == card["uuid"])
+        )
+
+
+def test_feedback_figures_per_service_and_grade(service: Service) -> None:
+    card = _card(service)
+    _post(service, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}])
+    figures = {(f.service, f.grade): f for f in feedback_figures(service.engine)}
+    crs = figures[("crs-monitor", 2)]
+    assert crs.shown >= 1 and crs.overridden >= 1
+    assert crs.reasons.get("(none given)", 0) >= 1

@@ -1,0 +1,134 @@
+"""Alert suppression: after a clinician acted on a CRS card at grade G, later chart opens
+at grade <= G show it quietly ("Acknowledged", info) for the acknowledgement period; a
+higher grade, a new exposure or the end of the period alert in full again; order checks
+are never quieted (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cds import fhirbuild as b
+from tests.helpers import (
+    draft_bundle,
+    draft_order,
+    grade2_resources,
+    hook_request,
+    hours_ago,
+    prefetch,
+)
+from tests.store.conftest import Service
+
+
+def _patient(pid: str, grade: int, product: str = "Yescarta", dose_hours: float = 72) -> Any:
+    obs, _ = grade2_resources(pid=pid)
+    admins = [b.administration(pid, hours_ago(dose_hours), text=product)]
+    if grade >= 3:
+        admins.append(
+            b.administration(
+                pid,
+                hours_ago(1),
+                rxnorm="7512",
+                text="norepinephrine",
+                period=True,
+                status="in-progress",
+            )
+        )
+    return obs, admins
+
+
+def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | None = None) -> None:
+    item: dict[str, Any] = {
+        "card": card["uuid"],
+        "outcome": outcome,
+        "outcomeTimestamp": (at or datetime.now(UTC)).isoformat(),
+    }
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = []
+    response = service.client.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+    assert response.status_code == 200, response.text
+
+
+def _body_for(pid: str, obs: list[Any], admins: list[Any]) -> dict[str, Any]:
+    body = hook_request("patient-view", {}, prefetch(obs, admins, pid=pid))
+    body["context"]["patientId"] = pid
+    return body
+
+
+def _open(service: Service, pid: str, grade: int, **kw: Any) -> dict[str, Any]:
+    obs, admins = _patient(pid, grade, **kw)
+    response = service.client.post("/cds-services/crs-monitor", json=_body_for(pid, obs, admins))
+    (card,) = response.json()["cards"]
+    return card
+
+
+def test_an_accepted_grade_2_card_is_shown_quietly_at_the_next_chart_open(service: Service) -> None:
+    pid = "supp-accepted"
+    first = _open(service, pid, 2)
+    assert first["indicator"] == "warning"
+    _act(service, first, "accepted")
+    again = _open(service, pid, 2)
+    assert again["indicator"] == "info"
+    assert again["summary"].startswith("Acknowledged: CRS grade 2")
+    assert len(again["summary"]) < 140
+    ack = again["extension"]["crs"]["acknowledged"]
+    assert (ack["outcome"], ack["grade"]) == ("accepted", 2)
+    assert ack["until"] > ack["at"]
+    assert again["extension"]["crs"]["grade"] == 2  # the finding itself is unchanged
+    assert again["suggestions"]  # the order is still at hand
+
+
+def test_a_higher_grade_alerts_in_full(service: Service) -> None:
+    pid = "supp-higher"
+    _act(service, _open(service, pid, 2), "overridden")
+    worse = _open(service, pid, 3)
+    assert worse["indicator"] == "critical"
+    assert "acknowledged" not in worse["extension"]["crs"]
+
+
+def test_a_new_exposure_alerts_in_full(service: Service) -> None:
+    pid = "supp-exposure"
+    _act(service, _open(service, pid, 2), "overridden")
+    other = _open(service, pid, 2, product="TECVAYLI (teclistamab)", dose_hours=10)
+    assert other["indicator"] == "warning"
+    assert "acknowledged" not in other["extension"]["crs"]
+
+
+def test_the_end_of_the_period_alerts_in_full(service: Service) -> None:
+    pid = "supp-expired"
+    period = service.runtime.rules.acknowledgement
+    card = _open(service, pid, 2)
+    _act(service, card, "overridden", datetime.now(UTC) - period - timedelta(minutes=1))
+    assert _open(service, pid, 2)["indicator"] == "warning"
+
+
+def test_another_patients_acknowledgement_changes_nothing(service: Service) -> None:
+    _act(service, _open(service, "supp-a", 2), "overridden")
+    assert _open(service, "supp-b", 2)["indicator"] == "warning"
+
+
+def test_order_checks_are_never_quieted(service: Service) -> None:
+    obs, admins = grade2_resources()
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("t1", 2000, "mg"))},
+        prefetch(obs, admins),
+    )
+    (card,) = service.client.post("/cds-services/crs-order-sign", json=body).json()["cards"]
+    response = service.client.post(
+        "/cds-services/crs-order-sign/feedback",
+        json={
+            "feedback": [
+                {
+                    "card": card["uuid"],
+                    "outcome": "overridden",
+                    "outcomeTimestamp": datetime.now(UTC).isoformat(),
+                }
+            ]
+        },
+    )
+    assert response.status_code == 200
+    body["hookInstance"] = "again"
+    (again,) = service.client.post("/cds-services/crs-order-sign", json=body).json()["cards"]
+    assert again["indicator"] == "critical"
+    assert not again["summary"].startswith("Acknowledged")
