@@ -7,10 +7,20 @@ from typing import Any
 
 import orjson
 
-VARIANT_ORDER = ("crs-monitor", "crs-order-sign", "floor", "naive", "engine")
+VARIANT_ORDER = (
+    "crs-monitor",
+    "crs-order-sign",
+    "crs-monitor@pg",
+    "crs-order-sign@pg",
+    "floor",
+    "naive",
+    "engine",
+)
 VARIANT_NOTE = {
-    "crs-monitor": "service over HTTP",
-    "crs-order-sign": "service over HTTP",
+    "crs-monitor": "service, records in SQLite",
+    "crs-order-sign": "service, records in SQLite",
+    "crs-monitor@pg": "service, records in PostgreSQL",
+    "crs-order-sign@pg": "service, records in PostgreSQL",
     "floor": "parse JSON, no cards",
     "naive": "fhir.resources + evaluate",
     "engine": "facts -> grade, in-process",
@@ -37,7 +47,7 @@ def render(figures: dict[str, Any]) -> str:
     )
     lines.append("")
     header = (
-        f"{'resources':>9}  {'variant':<15} {'what':<27} {'n':>5} {'p50 ms':>9} "
+        f"{'resources':>9}  {'variant':<18} {'what':<30} {'n':>5} {'p50 ms':>9} "
         f"{'p95 ms':>9} {'p99 ms':>9} {'req/s':>9}"
     )
     lines.append(header)
@@ -49,7 +59,7 @@ def render(figures: dict[str, Any]) -> str:
             if s is None:
                 continue
             lines.append(
-                f"{size:>9,}  {variant:<15} {VARIANT_NOTE[variant]:<27} {s['n']:>5} "
+                f"{size:>9,}  {variant:<18} {VARIANT_NOTE[variant]:<30} {s['n']:>5} "
                 f"{s['p50_ms']:>9.3f} {s['p95_ms']:>9.3f} {s['p99_ms']:>9.3f} "
                 f"{s['req_per_s']:>9.1f}"
             )
@@ -62,6 +72,13 @@ def render(figures: dict[str, Any]) -> str:
             for size, pair in value.items():
                 label = f"{name} at {int(size):,}"
                 lines.append(f"  {label:<44} {_num(pair['p50'])} / {_num(pair['p99'])}")
+    lines.append("")
+    lines.append("one audit record write (in-process, facts already encoded):")
+    for db, s in figures.get("record_write", {}).items():
+        lines.append(
+            f"  {db:<11} p50 {s['p50_ms']:.3f} ms   p95 {s['p95_ms']:.3f} ms   p99 "
+            f"{s['p99_ms']:.3f} ms"
+        )
     lines.append("")
     lines.append("memory of the server processes (MiB):")
     for name, mem in figures["memory"].items():

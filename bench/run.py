@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from bench.payloads import Payload, build_payload
+from bench.records import PSEUDONYM_KEY, postgres_database, record_write_cost
 from bench.server import Client, Server
 from bench.stats import Summary
 from cds.engine.exposure import find_exposure
@@ -31,10 +32,12 @@ from cds.runtime import Runtime
 
 MONITOR = "crs-monitor"
 ORDER_SIGN = "crs-order-sign"
+PG = "@pg"  # the same service recording in PostgreSQL (the plain variants: SQLite)
 SERVICE_FACTORY = "cds.app:create_app"
 FLOOR_FACTORY = "bench.apps:floor_app"
 NAIVE_FACTORY = "bench.apps:naive_app"
 WARMUP_REQUESTS = 5
+RECORD_WRITES = 200
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ class Results:
     payloads: list[Payload]
     notes: list[str]
     latency: dict[str, dict[int, Summary]]
+    record_write: dict[str, Summary]  # database -> one record write, in-process
     memory: dict[str, dict[str, float]]
     rss_samples_mib: list[tuple[int, float]]
     started: datetime
@@ -154,7 +158,9 @@ class Results:
         return out
 
     def services(self) -> list[str]:
-        return [v for v in (MONITOR, ORDER_SIGN) if v in self.latency]
+        return [
+            v for v in (MONITOR, ORDER_SIGN, MONITOR + PG, ORDER_SIGN + PG) if v in self.latency
+        ]
 
     def figures(self) -> dict[str, Any]:
         ref = self.reference_size()
@@ -216,6 +222,7 @@ class Results:
                 for variant, by_size in self.latency.items()
             },
             "ratios": ratios,
+            "record_write": {db: s.as_json() for db, s in self.record_write.items()},
             "memory": self.memory,
             "rss_growth": {
                 "requests": self.options.rss_requests,
@@ -285,11 +292,27 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
     runtime = Runtime.load()
     data_dir = tempfile.mkdtemp(prefix="crs-bench-")  # the service's SQLite audit trail
     with (
+        postgres_database() as pg_url,
         Server("service", options.service_factory, {"CRS_DATA_DIR": data_dir}) as service,
+        Server(
+            "service-pg",
+            options.service_factory,
+            {
+                "CRS_DATA_DIR": data_dir,
+                "CRS_DATABASE_URL": pg_url or "",
+                "CRS_PSEUDONYM_KEY": PSEUDONYM_KEY,
+            },
+            enabled=pg_url is not None,
+        ) as service_pg,
         Server("floor", FLOOR_FACTORY) as floor,
         Server("naive", NAIVE_FACTORY) as naive,
     ):
+        if pg_url is None:
+            notes.append("PostgreSQL not reachable on 127.0.0.1:5432: its variants skipped")
+            log(f"note: {notes[-1]}")
         clients = {"service": service.client(), "floor": floor.client(), "naive": naive.client()}
+        if pg_url is not None:
+            clients["service-pg"] = service_pg.client()
         has_order_sign = ORDER_SIGN in clients["service"].services()
         if not has_order_sign:
             notes.append(f"{ORDER_SIGN} is not offered by the service: skipped")
@@ -307,6 +330,13 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
                 variants[ORDER_SIGN] = _http_timer(
                     clients["service"], f"/cds-services/{ORDER_SIGN}", p.order_sign
                 )
+            if "service-pg" in clients:
+                pg = clients["service-pg"]
+                variants[MONITOR + PG] = _http_timer(pg, f"/cds-services/{MONITOR}", p.monitor)
+                if has_order_sign:
+                    variants[ORDER_SIGN + PG] = _http_timer(
+                        pg, f"/cds-services/{ORDER_SIGN}", p.order_sign
+                    )
             timers[p.resources] = variants
         # The payloads are long-lived: keep the collector of this process off them.
         gc.collect()
@@ -334,9 +364,16 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
         }
         rss_samples = _rss_soak(service, clients["service"], payloads, options, log)
         servers = {"service": service, "floor": floor, "naive": naive}
+        if pg_url is not None:
+            servers["service-pg"] = service_pg
         memory = {name: _mib(server.memory_kib()) for name, server in servers.items()}
         for client in clients.values():
             client.close()
+        reference = next((p for p in payloads if p.resources == 1_000), payloads[-1])
+        log("measuring one record write (in-process)")
+        record_write = {"sqlite": record_write_cost(None, reference, RECORD_WRITES)}
+        if pg_url is not None:
+            record_write["postgresql"] = record_write_cost(pg_url, reference, RECORD_WRITES)
     gc.unfreeze()
     shutil.rmtree(data_dir, ignore_errors=True)
     return Results(
@@ -344,6 +381,7 @@ def run(options: Options, log: Callable[[str], None] = print) -> Results:
         payloads=payloads,
         notes=notes,
         latency=latency,
+        record_write=record_write,
         memory=memory,
         rss_samples_mib=rss_samples,
         started=started_at,

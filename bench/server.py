@@ -26,15 +26,19 @@ def _free_port() -> int:
 class Server:
     """`uvicorn --factory <factory>` in its own process, bound to 127.0.0.1 only."""
 
-    def __init__(self, name: str, factory: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, factory: str, env: dict[str, str] | None = None, enabled: bool = True
+    ) -> None:
         self.name = name
         self.factory = factory
         self.env = env or {}
+        self.enabled = enabled
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Server:
-        self.start()
+        if self.enabled:
+            self.start()
         return self
 
     def __exit__(

@@ -16,8 +16,8 @@ from cds.app import create_app
 from cds.clock import utc_now
 from cds.ids import new_uuid
 from cds.runtime import Runtime
-from cds.settings import Settings
 from cds.store.decisions import DecisionStore
+from tests.factories import settings
 from tests.fhir_server import fhir_base_url  # noqa: F401  (session fixture)
 
 # The machine's PostgreSQL (trust auth); every test run gets a database of its own.
@@ -31,7 +31,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def runtime(data_dir: Path) -> Runtime:
-    return Runtime.load(Settings(_env_file=None, data_dir=data_dir))  # type: ignore[call-arg]
+    return Runtime.load(settings(data_dir=data_dir))
 
 
 @pytest.fixture(scope="session")

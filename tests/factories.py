@@ -14,6 +14,7 @@ from cds.ids import new_uuid
 from cds.protocol import render
 from cds.runtime import Runtime
 from cds.services import crs_monitor
+from cds.settings import Settings
 
 AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -29,6 +30,11 @@ UNITS = {
     "ferritin": "ng/mL",
     "il6": "pg/mL",
 }
+
+
+def settings(**values: Any) -> Settings:
+    """Settings for a test: the defaults, no `.env` file, and `values`."""
+    return Settings(_env_file=None, **values)
 
 
 def h(hours_before: float) -> datetime:

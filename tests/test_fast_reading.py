@@ -205,7 +205,7 @@ def mutated(draw: st.DrawFn) -> dict[str, Any]:
             target[draw(st.integers(0, len(target) - 1))] = new_value
         else:
             target.append(new_value)
-    return resource
+    return dict(resource)
 
 
 @settings(
@@ -225,7 +225,7 @@ def test_mutated_resources_read_the_same(
     assert_same(fast, reference)
 
 
-MODELS = {
+MODELS: dict[str, type[models.Lean]] = {
     "Observation": models.Observation,
     "MedicationAdministration": models.MedicationAdministration,
     "Medication": models.Medication,

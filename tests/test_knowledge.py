@@ -170,7 +170,7 @@ def test_version_changes_when_a_rule_file_changes(dirs: tuple[Path, Path]) -> No
 def test_settings_override_cited_defaults_and_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRS_HYPOTENSION_SYSTOLIC_BELOW_MMHG", "100")
     monkeypatch.setenv("CRS_WINDOW_HOURS", "tebentafusp=72")
-    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None)
     rules = engine_rules(load_knowledge(), settings)
     assert rules.grading.systolic_below_mmhg == 100
     assert rules.windows["tebentafusp"].window_hours == 72
@@ -180,7 +180,7 @@ def test_settings_override_cited_defaults_and_say_so(monkeypatch: pytest.MonkeyP
 def test_unknown_product_in_window_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CRS_WINDOW_HOURS", "aspirin=72")
     with pytest.raises(KnowledgeError, match="aspirin"):
-        engine_rules(load_knowledge(), Settings(_env_file=None))  # type: ignore[call-arg]
+        engine_rules(load_knowledge(), Settings(_env_file=None))
 
 
 # --- verification status as data (issue #9.6) --------------------------------------------

@@ -48,7 +48,7 @@ def test_blow_by_coded_425478008_with_mask_in_its_display_is_low_flow(runtime: R
 @pytest.mark.parametrize("text", ["Blow-by O2", "blow by oxygen", "Blow by oxygen mask"])
 def test_blow_by_by_name_alone_is_low_flow(runtime: Runtime, text: str) -> None:
     device = b.oxygen_device(P, ONE_HOUR_AGO, "local-77", text)
-    device["valueCodeableConcept"]["coding"][0]["system"] = "urn:local:devices"  # type: ignore[index]
+    device["valueCodeableConcept"]["coding"][0]["system"] = "urn:local:devices"
     assert graded(runtime, device) == 2
 
 

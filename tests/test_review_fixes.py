@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -223,12 +224,12 @@ def test_malformed_route_keeps_the_administration(client: TestClient, route: Any
     assert r.json()["cards"][0]["extension"]["crs"]["grade"] == 3
 
 
-def _weekly(hours_before: list[float]) -> list[Administration]:
+def _weekly(hours_before: Sequence[float]) -> list[Administration]:
     return [_admin("talquetamab", "bispecific", x) for x in hours_before]
 
 
 def test_weekly_engager_old_tocilizumab_does_not_block_a_new_episode(runtime: Runtime) -> None:
-    weeks = [168 * k - 2 * k for k in range(8, 0, -1)]  # windows overlap: one exposure chain
+    weeks = [168.0 * k - 2 * k for k in range(8, 0, -1)]  # windows overlap: one exposure chain
     toci = [_admin("tocilizumab", "tocilizumab", x) for x in (600, 590, 580, 570)]
     fevers = [
         Measurement("temperature", 39.0, "Cel", h(x), f"Observation/f{x}") for x in (605, 1.0)
@@ -251,7 +252,7 @@ def test_weekly_engager_old_tocilizumab_does_not_block_a_new_episode(runtime: Ru
 def test_masking_weeks_ago_does_not_mask_today(runtime: Runtime) -> None:
     from cds.engine.grading import grade
 
-    weeks = [168 * k - 2 * k for k in range(8, 0, -1)]
+    weeks = [168.0 * k - 2 * k for k in range(8, 0, -1)]
     facts = Facts.build(
         [
             Measurement("temperature", 39.0, "Cel", h(1100), "Observation/old"),

@@ -10,7 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from cds.engine import dosing
-from cds.engine.dosing import DosingRules, dose_history, dose_problems, recommended_dose
+from cds.engine.dosing import (
+    DoseHistory,
+    DosingRules,
+    dose_history,
+    dose_problems,
+    recommended_dose,
+)
 from cds.engine.facts import Administration, Facts
 from cds.runtime import Runtime
 
@@ -127,7 +133,7 @@ def test_rounding_is_an_institution_setting(rules: DosingRules) -> None:
 
 def _history(
     rules: DosingRules, hours_before: list[float], crs_episode_start: datetime | None = None
-):
+) -> DoseHistory:
     admins = [
         Administration(
             "tocilizumab",

@@ -15,7 +15,7 @@ from cds.runtime import Runtime
 
 AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 hours = st.floats(min_value=-12, max_value=24 * 20, allow_nan=False)
-VALUES = {
+VALUES: dict[str, list[float]] = {
     "temperature": [36.8, 37.9, 38.0, 38.6, 40.1],
     "systolic_bp": [70, 85, 89.9, 90, 120],
     "mean_arterial_pressure": [55, 64.9, 65, 80],

@@ -210,7 +210,7 @@ def test_paging_follows_next_links(runtime: Runtime, loaded: str, anchor: dateti
     body = body_for(scenario, anchor, loaded)
 
     collected = gathered(rt, "crs-monitor", body)
-    assert sorted(r.data["id"] for r in collected.of_type("Observation")) == sorted(
+    assert sorted(r.get("id") for r in collected.of_type("Observation")) == sorted(
         o["id"] for o in observations
     )
     assert card_outcome("crs-monitor", post_hook(rt, "crs-monitor", body)) == scenario.expect

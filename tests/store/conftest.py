@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,10 +19,10 @@ from cds.app import create_app
 from cds.clock import Clock, utc_now
 from cds.ids import new_uuid
 from cds.runtime import Runtime
-from cds.settings import Settings
 from cds.store import database
 from cds.store.decisions import DecisionStore
 from tests.conftest import POSTGRES_ADMIN
+from tests.factories import settings as test_settings
 
 PSEUDONYM_KEY = "test-pseudonym-key-0123456789abcdef"
 
@@ -67,16 +68,10 @@ class Service:
 
 
 def open_service(
-    runtime: Runtime, url: str, data_dir: Path, clock: Clock = utc_now, **settings: object
+    runtime: Runtime, url: str, data_dir: Path, clock: Clock = utc_now, **settings: Any
 ) -> tuple[Runtime, DecisionStore, TestClient]:
     rt = Runtime.load(
-        Settings(  # type: ignore[call-arg]
-            _env_file=None,
-            data_dir=data_dir,
-            database_url=url,
-            pseudonym_key=PSEUDONYM_KEY,
-            **settings,
-        )
+        test_settings(data_dir=data_dir, database_url=url, pseudonym_key=PSEUDONYM_KEY, **settings)
     )
     store = DecisionStore.open(rt, new_uuid, clock)
     return rt, store, TestClient(create_app(rt, store=store, clock=clock))

@@ -21,7 +21,7 @@ def _card(service: Service, path: str = "crs-monitor", **context: Any) -> dict[s
     hook = "patient-view" if path == "crs-monitor" else "order-sign"
     body = hook_request(hook, context, prefetch(obs, admins))
     (card,) = service.client.post(f"/cds-services/{path}", json=body).json()["cards"]
-    return card
+    return dict(card)
 
 
 def _now() -> str:

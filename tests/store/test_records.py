@@ -73,7 +73,7 @@ def test_the_patient_is_a_pseudonym_never_the_id(service: Service) -> None:
     assert PATIENT not in stored
     assert PATIENT.encode() not in zlib.decompress(row.facts)
     with service.engine.connect() as connection:
-        patients = set(connection.scalars(select(cards.c.patient)))
+        patients: set[str] = set(connection.scalars(select(cards.c.patient)))
     assert PATIENT not in patients
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -18,11 +19,11 @@ from cds.cli import app as cli
 from cds.clock import utc_now
 from cds.ids import new_uuid
 from cds.runtime import Runtime
-from cds.settings import Settings
 from cds.store import database
 from cds.store.decisions import DecisionStore
 from cds.store.tables import metadata
 from tests.conftest import POSTGRES_ADMIN
+from tests.factories import settings as test_settings
 from tests.helpers import grade2_resources, hook_request, prefetch
 from tests.store.conftest import PSEUDONYM_KEY, Service
 
@@ -45,8 +46,8 @@ def empty_postgres() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _runtime(tmp_path: Path, **settings: object) -> Runtime:
-    return Runtime.load(Settings(_env_file=None, data_dir=tmp_path, **settings))  # type: ignore[call-arg]
+def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
+    return Runtime.load(test_settings(data_dir=tmp_path, **settings))
 
 
 def test_postgresql_must_be_migrated_first(empty_postgres: str, tmp_path: Path) -> None:

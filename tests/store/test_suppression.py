@@ -59,7 +59,7 @@ def _open(service: Service, pid: str, grade: int, **kw: Any) -> dict[str, Any]:
     obs, admins = _patient(pid, grade, **kw)
     response = service.client.post("/cds-services/crs-monitor", json=_body_for(pid, obs, admins))
     (card,) = response.json()["cards"]
-    return card
+    return dict(card)
 
 
 def test_an_accepted_grade_2_card_is_shown_quietly_at_the_next_chart_open(service: Service) -> None:
