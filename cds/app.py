@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cds.api import discovery, errors, health, hooks
+from cds.auth import ReplayGuard
+from cds.auth.authentication import authentication_from_settings
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess
 from cds.pipeline import Clock, Hooks
@@ -61,9 +63,12 @@ def create_app(
     clock: Clock = utc_now,
     http: Callable[[], httpx.AsyncClient] = http_client,
     new_id: NewId = new_uuid,
+    replay_guard: ReplayGuard | None = None,
 ) -> FastAPI:
     """Build the application; loads and validates the knowledge unless given a runtime.
-    The clock, the FHIR HTTP client and the id source are injected (tests replace them)."""
+    The clock, the HTTP client (FHIR servers, client key sets), the id source and the
+    memory of used token ids (default: this process's) are injected (tests replace them).
+    A bad trusted-clients file raises TrustedClientsError."""
     runtime = runtime or Runtime.load()
     settings = runtime.settings
     app = FastAPI(
@@ -72,6 +77,9 @@ def create_app(
         lifespan=_lifespan,
     )
     app.state.runtime = runtime
+    app.state.authentication = authentication_from_settings(
+        settings, clock=clock, http=http, replay_guard=replay_guard
+    )
     app.state.hooks = Hooks(
         runtime=runtime,
         services=registry(runtime),

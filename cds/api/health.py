@@ -7,15 +7,16 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from cds.api.deps import RuntimeDep
+from cds.api.deps import AuthenticationDep, RuntimeDep
 
 router = APIRouter()
 
 
 @router.get("/healthz", include_in_schema=False)
-async def health(runtime: RuntimeDep) -> dict[str, Any]:
+async def health(runtime: RuntimeDep, authentication: AuthenticationDep) -> dict[str, Any]:
     return {
         "status": "ok",
         "ruleSetVersion": runtime.rules.version,
         "unconfirmedValues": len(runtime.knowledge.unconfirmed),
+        "authentication": authentication.state,
     }
