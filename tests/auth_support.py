@@ -8,7 +8,12 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +22,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
@@ -183,3 +189,49 @@ def key_set_server() -> Iterator[KeySetServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- `crs-cds serve` as a real process ----------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def running_service(
+    directory: Path, env: dict[str, str], port: int | None = None, *args: str
+) -> Iterator[tuple[str, Path]]:
+    """`crs-cds serve` on 127.0.0.1 with `env` (and no other CRS_ setting): its URL and
+    its log file; stopped by its PID."""
+    port = port or free_port()
+    log = directory / f"serve-{port}.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CRS_")}
+    command = [sys.executable, "-c", "from cds.cli import main; main()", "serve"]
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(
+            [*command, "--port", str(port), *args],
+            env={**clean, **env},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            cwd=directory,  # no .env from the checkout
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start: {log.read_text()}")
+            time.sleep(0.1)
+        yield url, log
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
