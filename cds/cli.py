@@ -118,7 +118,7 @@ def serve(
     runtime = _load_runtime(settings)
     bind_host = host or settings.host
     bind_port = port or settings.port
-    _check_authentication(settings, bind_host, allow_unauthenticated)
+    _check_authentication(settings, bind_host, allow_unauthenticated, workers)
     if workers > 1:
         uvicorn.run(
             "cds.app:create_app",
@@ -135,7 +135,9 @@ def serve(
         )
 
 
-def _check_authentication(settings: Settings, host: str, allow_unauthenticated: bool) -> None:
+def _check_authentication(
+    settings: Settings, host: str, allow_unauthenticated: bool, workers: int
+) -> None:
     """The start-up rule (cds.auth.startup), and the trusted clients validated before
     serving: exit 2 with what is wrong; a warning when serving open."""
     from cds.app import utc_now
@@ -157,6 +159,11 @@ def _check_authentication(settings: Settings, host: str, allow_unauthenticated: 
     except TrustedClientsError as exc:
         typer.echo(f"error: invalid trusted clients: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if mode is AuthenticationMode.ON and workers > 1:
+        log.warning(
+            "token ids are remembered per worker process: a token replayed to another "
+            "worker is not detected (run one worker, or a replay guard shared by all)"
+        )
     if mode is not AuthenticationMode.ON:
         log.warning(
             "authentication is OFF: no trusted clients are configured "

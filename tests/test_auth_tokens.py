@@ -72,6 +72,10 @@ BAD_TOKENS: dict[str, tuple[Headers, str]] = {
         lambda now: bearer(token(now, FORGED_EC_KEY)),
         "bad-signature",
     ),
+    "forged, with its own key embedded (jwk header)": (
+        lambda now: bearer(sign(claims(now), FORGED_EC_KEY, jwk=FORGED_EC_KEY.public_jwk())),
+        "bad-signature",
+    ),
     "payload altered after signing": (lambda now: bearer(_altered(now)), "bad-signature"),
     "RS384 alg with the EC key's kid": (
         lambda now: bearer(sign(claims(now), RSA_KEY, kid=EC_KEY.kid)),
