@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
@@ -344,8 +345,6 @@ def test_pipeline_does_not_read_fhir_server_without_the_fallback(runtime: Runtim
 
 
 def _json(body: dict[str, Any]) -> bytes:
-    import orjson
-
     return orjson.dumps(body)
 
 
