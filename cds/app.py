@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cds.api import discovery, errors, feedback, health, hooks
+from cds.auth import ReplayGuard
+from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess
@@ -62,6 +64,10 @@ async def _drain_spool(store: DecisionStore, every_seconds: float) -> None:
     """Move records spooled while the database was away into it, once it is back."""
     while True:
         await asyncio.sleep(every_seconds)
+        try:  # token ids past their expiry need no remembering
+            await asyncio.to_thread(store.forget_expired_tokens, store.clock())
+        except Exception as exc:
+            log.warning("expired token ids not removed", extra={"error": type(exc).__name__})
         if not store.spool.pending():
             continue
         try:
@@ -79,10 +85,13 @@ def create_app(
     http: Callable[[], httpx.AsyncClient] = http_client,
     new_id: NewId = new_uuid,
     store: DecisionStore | None = None,
+    replay_guard: ReplayGuard | None = None,
 ) -> FastAPI:
     """Build the application; loads and validates the knowledge unless given a runtime,
-    and opens the decision store of the settings unless given one. The clock, the FHIR
-    HTTP client, the id source and the store are injected (tests replace them)."""
+    and opens the decision store of the settings unless given one. The clock, the HTTP
+    client (FHIR servers, client key sets), the id source, the store and the memory of
+    used token ids (default: the store's, shared by every replica) are injected (tests
+    replace them). A bad trusted-clients file raises TrustedClientsError."""
     runtime = runtime or Runtime.load()
     settings = runtime.settings
     store = store or DecisionStore.open(runtime, new_id, clock)
@@ -93,6 +102,12 @@ def create_app(
     )
     app.state.runtime = runtime
     app.state.store = store
+    app.state.authentication = authentication_from_settings(
+        settings,
+        clock=clock,
+        http=http,
+        replay_guard=replay_guard if replay_guard is not None else store,
+    )
     app.state.hooks = Hooks(
         runtime=runtime,
         services=registry(runtime),

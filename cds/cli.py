@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,6 +11,9 @@ import orjson
 import typer
 from pydantic import ValidationError
 
+from cds.auth.cli import register as register_key_tools
+from cds.auth.startup import AuthenticationMode, UnsafeStart, authentication_mode
+from cds.auth.trust import TrustedClientsError
 from cds.errors import CdsError
 from cds.fhir.reading import ResourceCollector
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
@@ -26,6 +30,8 @@ app = typer.Typer(
 )
 
 register_tools(app)
+register_key_tools(app)
+log = logging.getLogger("cds.cli")
 
 
 def load_settings() -> Settings:
@@ -52,6 +58,14 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Address to bind (CRS_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (CRS_PORT).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    allow_unauthenticated: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unauthenticated",
+            help="Serve without client authentication on an address other machines reach "
+            "(when no trusted clients are configured).",
+        ),
+    ] = False,
 ) -> None:
     """Run the CDS Hooks service."""
     import uvicorn
@@ -63,6 +77,7 @@ def serve(
     runtime = _load_runtime(settings)
     bind_host = host or settings.host
     bind_port = port or settings.port
+    _check_authentication(settings, bind_host, allow_unauthenticated, workers)
     if workers > 1:
         uvicorn.run(
             "cds.app:worker_app",  # each worker configures its logs and loads the rules
@@ -76,6 +91,43 @@ def serve(
     else:
         uvicorn.run(
             create_app(runtime), host=bind_host, port=bind_port, log_config=None, access_log=False
+        )
+
+
+def _check_authentication(
+    settings: Settings, host: str, allow_unauthenticated: bool, workers: int
+) -> None:
+    """The start-up rule (cds.auth.startup), and the trusted clients validated before
+    serving: exit 2 with what is wrong; a warning when serving open."""
+    from cds.auth.authentication import authentication_from_settings
+    from cds.clock import utc_now
+    from cds.fhir.client import http_client
+
+    try:
+        mode = authentication_mode(
+            trusted_clients=settings.trusted_clients_file is not None,
+            host=host,
+            allow_unauthenticated=allow_unauthenticated,
+        )
+        if mode is AuthenticationMode.ON:
+            # the file validated here, before any worker starts (each builds its own)
+            authentication_from_settings(settings, clock=utc_now, http=http_client)
+    except UnsafeStart as exc:
+        typer.echo(f"error: refusing to start: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except TrustedClientsError as exc:
+        typer.echo(f"error: invalid trusted clients: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if mode is AuthenticationMode.ON and workers > 1:
+        log.warning(
+            "token ids are remembered per worker process: a token replayed to another "
+            "worker is not detected (run one worker, or a replay guard shared by all)"
+        )
+    if mode is not AuthenticationMode.ON:
+        log.warning(
+            "authentication is OFF: no trusted clients are configured "
+            "(CRS_TRUSTED_CLIENTS_FILE), every caller is served"
+            + (" (--allow-unauthenticated)" if mode is AuthenticationMode.OPEN_ALLOWED else "")
         )
 
 

@@ -30,3 +30,13 @@ class PrefetchUnavailable(CdsError):
     """Data needed is neither in prefetch nor obtainable from fhirServer (412)."""
 
     status = 412
+
+
+class Unauthenticated(CdsError):
+    """The client's JWT is missing or fails a check (401); `reason` names the check."""
+
+    status = 401
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -21,6 +21,7 @@ LOG_FIELDS = (
     "error",
     "frames",
     "unconfirmed",
+    "reason",
 )
 
 

@@ -175,10 +175,17 @@ class Hooks:
     memory: Memory | None = None
 
     async def run(
-        self, service_id: str, body: bytes, client: ClientIdentity | None = None
+        self,
+        service_id: str,
+        body: bytes,
+        client: ClientIdentity | None = None,
+        *,
+        fhir_fallback: bool = False,
     ) -> Outcome:
         """Answer one hook call (raises a CdsError for anything the client must fix);
-        `client` is the verified caller, None when authentication is off."""
+        `client` is the verified caller, None when authentication is off. Data missing
+        from prefetch are read from fhirServer only with `fhir_fallback` (an authenticated
+        client, or the explicit open mode)."""
         started = time.perf_counter()
         call = parse(self.services, service_id, body, client)
         remembering = self.memory.begin(call, body) if self.memory is not None else None
@@ -191,6 +198,7 @@ class Hooks:
             self.runtime.knowledge,
             risk_data_since(self.runtime, at),
             log_extra,
+            fetch_allowed=fhir_fallback,
         )
         evaluation = evaluate_context(self.runtime, collected, call.context, at)
         if remembering is not None:

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from cds.auth.keys import KEY_TYPE
 from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR
 
 
@@ -60,11 +61,35 @@ class Settings(BaseSettings):
     acknowledgement_hours: float | None = Field(default=None, gt=0, le=24 * 14)
     spool_drain_seconds: float = Field(default=5.0, gt=0, le=3_600)
 
-    @field_validator("cors_origins", "fhir_allowed_servers", mode="before")
+    # Client authentication (CDS Hooks "Trusting CDS Clients"): on when a trusted-clients
+    # file is given; see cds/auth/.
+    trusted_clients_file: Path | None = None
+    authenticate_discovery: bool = True
+    jwt_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["ES384", "RS384"], min_length=1
+    )
+    jwt_clock_skew_seconds: float = Field(default=30.0, ge=0, le=300)
+    jwt_max_lifetime_seconds: float = Field(default=300.0, gt=0, le=3600)
+    jwks_cache_seconds: float = Field(default=3600.0, ge=0, le=86400)
+    jwks_min_refresh_seconds: float = Field(default=60.0, ge=0, le=3600)
+    replay_memory_size: int = Field(default=100_000, ge=100, le=10_000_000)
+
+    @field_validator("cors_origins", "fhir_allowed_servers", "jwt_algorithms", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("jwt_algorithms")
+    @classmethod
+    def _asymmetric(cls, value: list[str]) -> list[str]:
+        for alg in value:
+            if alg not in KEY_TYPE:
+                raise ValueError(
+                    f"{alg!r} is not accepted (never none, never HMAC); choose among "
+                    + ", ".join(KEY_TYPE)
+                )
         return value
 
     @field_validator("window_hours", mode="before")

@@ -16,6 +16,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
@@ -27,6 +28,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from cds.auth.signing import ClientTokenAuth, load_client_key
 from cds.fhir.client import (
     FHIR_JSON,
     FhirQuery,
@@ -207,18 +209,27 @@ def fire(
         typer.Option(help="Scenario id: its draft order for order hooks, its expected outcome."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw response.")] = False,
+    key: Annotated[
+        Path | None,
+        typer.Option(help="Sign each call with this private key (PEM; `crs-cds keys new`)."),
+    ] = None,
+    kid: Annotated[str | None, typer.Option(help="The key's kid (with --key).")] = None,
+    iss: Annotated[
+        str | None, typer.Option(help="The issuer the service trusts (with --key).")
+    ] = None,
 ) -> None:
     """Call a running CDS service as an EHR would and show the cards."""
     try:
         chosen = get(scenario) if scenario else None
     except ScenarioError as exc:
         raise _fail(str(exc), 2) from exc
+    auth = _client_auth(key, kid, iss)
     patient_id = patient or (chosen.patient_id if chosen else None)
     if not patient_id:
         raise _fail("give --patient (or --scenario)", 2)
     base = normalise_base_url(fhir_server)
     root = service_url.rstrip("/")
-    with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, auth=auth) as client:
         entry = _discover(client, root, service)
         hook = str(entry.get("hook"))
         context = _context(hook, patient_id, chosen)
@@ -265,6 +276,18 @@ def fire(
         console.print(Panel(response.text, title="error", border_style="red"))
         raise typer.Exit(1)
     render_response(response.json())
+
+
+def _client_auth(key: Path | None, kid: str | None, iss: str | None) -> ClientTokenAuth | None:
+    """A signer for every call (a fresh JWT each: aud the URL called, a new jti)."""
+    if key is None and kid is None and iss is None:
+        return None
+    if key is None or not kid or not iss:
+        raise _fail("--key, --kid and --iss go together", 2)
+    try:
+        return ClientTokenAuth(load_client_key(key.read_bytes(), kid), iss)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"--key {key}: {exc}", 2) from exc
 
 
 def _discover(client: httpx.Client, root: str, service: str) -> dict[str, Any]:

@@ -7,6 +7,8 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from cds.auth import ClientIdentity
+from cds.auth.authentication import Authentication
 from cds.pipeline import Hooks
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
@@ -27,6 +29,35 @@ def get_store(request: Request) -> DecisionStore:
     return store
 
 
+def get_authentication(request: Request) -> Authentication:
+    authentication: Authentication = request.app.state.authentication
+    return authentication
+
+
+def _public_path(request: Request) -> str:
+    """The path the client called, below the service's root (CRS_PUBLIC_BASE_URL)."""
+    path = request.url.path
+    root = str(request.scope.get("root_path") or "")
+    return path[len(root) :] if root and path.startswith(root) else path
+
+
+async def get_client(request: Request) -> ClientIdentity | None:
+    """The verified CDS client (its JWT checked against the URL called); None when
+    authentication is off. A missing or refused token raises Unauthenticated (401)."""
+    authentication = get_authentication(request)
+    return await authentication.client(request.headers.get("Authorization"), _public_path(request))
+
+
+async def get_discovery_client(request: Request) -> ClientIdentity | None:
+    """As `get_client`, for discovery: verified unless CRS_AUTHENTICATE_DISCOVERY is off."""
+    if not get_authentication(request).discovery:
+        return None
+    return await get_client(request)
+
+
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 StoreDep = Annotated[DecisionStore, Depends(get_store)]
 HooksDep = Annotated[Hooks, Depends(get_hooks)]
+AuthenticationDep = Annotated[Authentication, Depends(get_authentication)]
+ClientDep = Annotated[ClientIdentity | None, Depends(get_client)]
+DiscoveryClientDep = Annotated[ClientIdentity | None, Depends(get_discovery_client)]

@@ -11,7 +11,7 @@ from pathlib import PurePath
 from fastapi import FastAPI, Request
 
 from cds.api.responses import JsonResponse, error
-from cds.errors import CdsError
+from cds.errors import CdsError, Unauthenticated
 
 log = logging.getLogger("cds.api")
 
@@ -25,11 +25,22 @@ def frames(exc: BaseException) -> list[str]:
 
 
 def install(app: FastAPI) -> None:
-    """Map CdsError to its status, and anything else to a 500 that logs frames only."""
+    """Map CdsError to its status (a refused client token to 401 with WWW-Authenticate),
+    and anything else to a 500 that logs frames only."""
 
     @app.exception_handler(CdsError)
     async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
         return error(exc.status, exc.message, exc.location)
+
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(_: Request, exc: Unauthenticated) -> JsonResponse:
+        # counted by reason in the logs; never the token
+        log.warning("client token refused", extra={"reason": exc.reason})
+        response = JsonResponse({"error": exc.message, "reason": exc.reason}, status_code=401)
+        response.headers["WWW-Authenticate"] = (
+            f'Bearer error="invalid_token", error_description="{exc.reason}"'
+        )
+        return response
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JsonResponse:

@@ -14,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds.api.deps import HooksDep, StoreDep
+from cds.api.deps import ClientDep, HooksDep, StoreDep
 from cds.errors import CdsError, InvalidRequest, UnknownService
 from cds.fhir.reading import validation_message
 from cds.store.feedback import FeedbackRequest, apply
@@ -28,8 +28,11 @@ class FeedbackUnavailable(CdsError):
 
 
 @router.post("/cds-services/{service_id}/feedback", status_code=200)
-async def feedback(service_id: str, request: Request, hooks: HooksDep, store: StoreDep) -> Response:
-    """Store the outcomes of cards this service issued."""
+async def feedback(
+    service_id: str, request: Request, hooks: HooksDep, store: StoreDep, client: ClientDep
+) -> Response:
+    """Store the outcomes of cards this service issued (the caller verified like a hook
+    call's, when authentication is on)."""
     if service_id not in hooks.services:
         raise UnknownService(
             f"no CDS service {service_id!r}; GET /cds-services lists "
@@ -55,7 +58,7 @@ async def feedback(service_id: str, request: Request, hooks: HooksDep, store: St
                 parsed,
                 store.clock(),
                 store.new_id,
-                getattr(request.state, "client", None),
+                client,
                 override_system,
             )
         )

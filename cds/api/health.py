@@ -10,18 +10,19 @@ from fastapi import APIRouter
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from cds.api.deps import RuntimeDep, StoreDep
+from cds.api.deps import AuthenticationDep, RuntimeDep, StoreDep
 from cds.api.responses import JsonResponse
 
 router = APIRouter()
 
 
 @router.get("/healthz", include_in_schema=False)
-async def health(runtime: RuntimeDep) -> dict[str, Any]:
+async def health(runtime: RuntimeDep, authentication: AuthenticationDep) -> dict[str, Any]:
     return {
         "status": "ok",
         "ruleSetVersion": runtime.rules.version,
         "unconfirmedValues": len(runtime.knowledge.unconfirmed),
+        "authentication": authentication.state,
     }
 
 

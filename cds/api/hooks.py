@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from cds.api.deps import HooksDep
+from cds.api.deps import AuthenticationDep, ClientDep, HooksDep
 from cds.api.responses import RenderedJson
 
 router = APIRouter()
 
 
 @router.post("/cds-services/{service_id}", response_class=RenderedJson)
-async def invoke(service_id: str, request: Request, hooks: HooksDep) -> RenderedJson:
+async def invoke(
+    service_id: str,
+    request: Request,
+    hooks: HooksDep,
+    client: ClientDep,
+    authentication: AuthenticationDep,
+) -> RenderedJson:
     """Call a CDS service with a CDS Hooks request; answers its cards."""
-    outcome = await hooks.run(service_id, await request.body())
+    outcome = await hooks.run(
+        service_id,
+        await request.body(),
+        client,
+        fhir_fallback=authentication.fhir_fallback(client),
+    )
     return RenderedJson(outcome.body)

@@ -86,13 +86,16 @@ async def gather(
     knowledge: Knowledge,
     since: datetime,
     log_extra: Mapping[str, Any] | None = None,
+    *,
+    fetch_allowed: bool = True,
 ) -> ResourceCollector:
     """Collect the resources: prefetch values; what is missing, and the further pages of a
     prefetch Bundle sent with its first page only, from fhirServer.
 
     A missing key the service needs that cannot be fetched is a 412. Further pages that
     cannot be fetched are not: they stay in `collected.truncated`, and the cards say the
-    data are incomplete.
+    data are incomplete. Without `fetch_allowed` (a caller not authenticated while
+    authentication is on) nothing is fetched: a needed key is a 412.
     """
     collected = ResourceCollector()
     prefetch = request.prefetch or {}
@@ -111,6 +114,13 @@ async def gather(
                 f"{what} and the request has no fhirServer to fetch it from", "prefetch"
             )
         return collected
+    if not fetch_allowed:
+        if not needed:
+            return collected
+        raise PrefetchUnavailable(
+            f"{what}, and the service reads fhirServer only for an authenticated client",
+            "fhirServer",
+        )
     allowed = access.allowed_servers
     base_url = allowed_base_url(request.fhirServer, allowed)
     if base_url is None:

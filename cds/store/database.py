@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,13 @@ def _alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str) -> None:
-    """Migrate the database at `url` to the newest schema (idempotent)."""
+    """Migrate the database at `url` to the newest schema (idempotent; quick when it is
+    already there)."""
     config = _alembic_config(url)
     engine = create_engine(url, poolclass=NullPool)
     try:
+        if current_revision(engine) == _head():
+            return
         with engine.begin() as connection:
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -88,8 +92,14 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+@functools.cache
+def _head() -> str | None:
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
 def head_revision(url: str) -> str | None:
-    return ScriptDirectory.from_config(_alembic_config(url)).get_current_head()
+    """The newest schema revision the code knows (the same for every database)."""
+    return _head()
 
 
 def check_migrated(engine: Engine, url: str) -> None:

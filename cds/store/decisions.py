@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
-from sqlalchemy import Engine, delete, insert, select
+from sqlalchemy import Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds import cards
@@ -186,7 +186,9 @@ class DecisionStore:
     # --- token ids (the authentication's ReplayGuard) --------------------------------
 
     async def first_use(self, issuer: str, jti: str, expires: datetime) -> bool:
-        """True the first time this (issuer, jti) is presented, on any replica."""
+        """True the first time this (issuer, jti) is presented, on any replica (or again
+        once its earlier use has expired); False for a replay. Atomic: of concurrent
+        uses, exactly one is first."""
 
         def work() -> bool:
             try:
@@ -194,9 +196,20 @@ class DecisionStore:
                     connection.execute(
                         insert(seen_tokens).values(issuer=issuer, jti=jti, expires_at=expires)
                     )
+                return True
             except IntegrityError:
-                return False
-            return True
+                pass
+            with self.engine.begin() as connection:
+                renewed = connection.execute(
+                    update(seen_tokens)
+                    .where(
+                        seen_tokens.c.issuer == issuer,
+                        seen_tokens.c.jti == jti,
+                        seen_tokens.c.expires_at < self.clock(),
+                    )
+                    .values(expires_at=expires)
+                )
+                return renewed.rowcount == 1
 
         return await anyio.to_thread.run_sync(work)
 
