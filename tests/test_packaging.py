@@ -42,9 +42,7 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str
 def _outside_env() -> dict[str, str]:
     """The environment less anything that could point back at the checkout or its settings."""
     return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CRS_", "PYTHON", "VIRTUAL_ENV", "UV_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("CRS_", "PYTHON", "VIRTUAL_ENV"))
     }
 
 
