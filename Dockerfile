@@ -2,9 +2,9 @@
 # dependencies (every file checked against its hash) into a venv, run as a non-root user.
 #   docker build -t crs-cds:0.1.0 .
 #   docker run --read-only --tmpfs /tmp -p 8000:8000 \
-#     -v /etc/crs/trusted-clients.json:/run/secrets/crs/trusted-clients.json:ro \
-#     -e CRS_TRUSTED_CLIENTS_FILE=/run/secrets/crs/trusted-clients.json crs-cds:0.1.0
-# Other commands: `docker run crs-cds:0.1.0 db upgrade`, `… watch run`, `… rules`.
+#     -v "$PWD/trusted-clients.yaml:/etc/crs-cds/trusted-clients.yaml:ro" \
+#     -e CRS_TRUSTED_CLIENTS_FILE=/etc/crs-cds/trusted-clients.yaml crs-cds:0.1.0
+# Other commands: `docker run crs-cds:0.1.0 db upgrade`, `… watch run`, `… rules`. README "Deploy".
 # Pin the base by digest for a byte-for-byte rebuild: --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:…
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 

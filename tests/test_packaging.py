@@ -69,13 +69,20 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     _run(sys.executable, "-m", "venv", "--without-pip", venv, cwd=root)
     python = venv / "bin" / "python"
     env = {**_outside_env(), "UV_LINK_MODE": "copy"}
+    # Byte code compiled at install time, as pip does in the image: nothing is written at
+    # run time (checked below), so a read-only root file system is enough.
+    install = (UV, "pip", "install", "--quiet", "--compile-bytecode", "--python", python)
     _run(
-        UV, "pip", "install", "--quiet", "--python", python, "--require-hashes",
-        "-r", REPO / "requirements" / "runtime.txt",
+        *install, "--require-hashes", "-r", REPO / "requirements" / "runtime.txt",
         cwd=root, env=env,
     )  # fmt: skip
-    _run(UV, "pip", "install", "--quiet", "--python", python, "--no-deps", wheel, cwd=root, env=env)
+    _run(*install, "--no-deps", wheel, cwd=root, env=env)
+    (root / "installed-files.json").write_text(json.dumps(_files(venv)))
     return venv
+
+
+def _files(directory: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
 
 
 def test_the_wheel_carries_the_knowledge_and_reads_it_from_site_packages(installed: Path) -> None:
@@ -166,3 +173,9 @@ def test_the_installed_service_grades_a_hook_call_with_the_same_rules(
     assert crs["grade"] == 2
     # The version carries a digest of every knowledge file: the wheel's copy is this checkout's.
     assert crs["ruleSetVersion"] == runtime.rules.version
+
+
+def test_nothing_is_written_into_the_installation_at_run_time(installed: Path, served: str) -> None:
+    """After the calls above: the venv is as installed (read-only root file system)."""
+    before = json.loads((installed.parent / "installed-files.json").read_text())
+    assert _files(installed) == before
