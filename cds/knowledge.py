@@ -13,6 +13,7 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -27,8 +28,24 @@ from pydantic import (
 )
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_RULES_DIR = PROJECT_ROOT / "rules"
-DEFAULT_MAPPINGS_DIR = PROJECT_ROOT / "fhir_mappings"
+
+
+def bundled_dir(name: str) -> Path:
+    """The bundled knowledge directory `name` (`rules` or `fhir_mappings`).
+
+    In a checkout or an editable install it is the repository's own directory, so an edit
+    takes effect at the next start; an installed wheel carries a copy as package data,
+    `cds/_bundled/<name>` (put there by setup.py), found through importlib.resources.
+    """
+    checkout = PROJECT_ROOT / name
+    if (PROJECT_ROOT / "pyproject.toml").is_file() and checkout.is_dir():
+        return checkout
+    # A wheel is installed unpacked, so the resource is a directory on disk.
+    return Path(str(resources.files("cds") / "_bundled" / name))
+
+
+DEFAULT_RULES_DIR = bundled_dir("rules")
+DEFAULT_MAPPINGS_DIR = bundled_dir("fhir_mappings")
 
 
 _M = TypeVar("_M", bound=BaseModel)
