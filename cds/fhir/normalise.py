@@ -408,7 +408,9 @@ class Normaliser:
         scores: list[tuple[Measurement, str]] = []
         total = self._score(concept, obs.valueQuantity, obs.valueInteger, at, source, raw, "")
         if total is not None:
-            scores.append((total, ""))
+            scores.append(
+                (total, ".valueInteger" if obs.valueInteger is not None else ".valueQuantity")
+            )
         for i, part in enumerate(obs.component):
             part_concept = self._concepts.get(part.code, _UNSEEN)
             if part_concept is _UNSEEN:
