@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from cds.api import discovery, errors, health, hooks
+from cds.api import discovery, errors, health, hooks, questionnaires
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess
 from cds.pipeline import Clock, Hooks
@@ -92,6 +92,6 @@ def create_app(
         max_age=600,
     )
     errors.install(app)
-    for router in (discovery.router, hooks.router, health.router):
+    for router in (discovery.router, hooks.router, health.router, questionnaires.router):
         app.include_router(router)
     return app

@@ -730,6 +730,39 @@ def risk_infos(risk: RiskAssessment) -> tuple[RiskScoreInfo, ...]:
     )
 
 
+def pre_infusion_card(knowledge: Knowledge, evaluation: Evaluation, card_id: str) -> Card:
+    """After lymphodepletion, before the CAR-T infusion: the risk scores alone, as
+    information (`info`, never an alarm)."""
+    risk = evaluation.risk
+    assert risk is not None and risk.lymphodepletion is not None
+    shown = ", ".join(
+        f"{s.score} {s.value:g}" + (f" ({s.category})" if s.category else "")
+        for s in risk.scores
+        if s.value is not None
+    )
+    head = f"Pre-infusion risk scores after lymphodepletion: {shown or 'inputs missing'}"
+    sections = [
+        risk_section(risk),
+        "For a CAR-T infusion that follows this lymphodepletion. The scores inform; they are "
+        "not a CRS grade and raise no alert.",
+    ]
+    note = issues_note(evaluation.issues)
+    if note:
+        sections.append(note)
+    return Card(
+        uuid=card_id,
+        summary=summary_text(head),
+        detail="\n\n".join(sections),
+        indicator="info",
+        source=source(knowledge),
+        extension=CardExtension(
+            dataIssues=issue_infos(evaluation.issues),
+            incompleteData=incomplete_data(evaluation.truncated),
+            riskScores=risk_infos(risk),
+        ),
+    )
+
+
 # --- the ICANS card ------------------------------------------------------------------------
 
 

@@ -10,7 +10,9 @@ from typing import Literal
 from cds.extensions import ResponseExtension
 from cds.protocol import Card, CdsResponse
 
-CardKind = Literal["crs", "icans", "order-check", "unreadable-order", "data-incomplete"]
+CardKind = Literal[
+    "crs", "icans", "risk-scores", "order-check", "unreadable-order", "data-incomplete"
+]
 
 
 @dataclass(frozen=True)

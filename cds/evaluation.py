@@ -95,9 +95,11 @@ def evaluate(
     exposure = assessed.exposure if assessed is not None else None
     crs = assessed.result if assessed is not None else None
     icans = rules.icans.assess(facts, at) if rules.icans is not None else None
+    # the scores were built for CAR-T: after a CAR-T infusion, or after lymphodepletion
+    # before any risk exposure
     risk = (
-        risk_scores(facts, exposure, rules.risk_scores)
-        if exposure is not None and exposure.kind == "car-t" and rules.risk_scores is not None
+        risk_scores(facts, exposure, at, rules.risk_scores)
+        if rules.risk_scores is not None and (exposure is None or exposure.kind == "car-t")
         else None
     )
     crs_episode = (crs.crs_episode_start or at) if crs is not None else None

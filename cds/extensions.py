@@ -172,6 +172,7 @@ class CardExtension(_Ext, frozen=True):
     tocilizumabCheck: TocilizumabCheck | None = None
     dataIssues: tuple[IssueInfo, ...] = ()
     incompleteData: tuple[IncompleteData, ...] = ()
+    riskScores: tuple[RiskScoreInfo, ...] = ()  # the pre-infusion card (before any exposure)
 
 
 class ResponseExtension(_Ext, frozen=True):

@@ -188,3 +188,17 @@ def test_icans_card_beside_the_crs_card(runtime: Runtime) -> None:
     assert "ICANS grade 2" in icans["summary"] and len(icans["summary"]) < 140
     assert "clinician's call" in icans["detail"]
     assert "concurrent CRS grade 1" in icans["detail"]  # tocilizumab row, not isolated ICANS
+
+
+def test_questionnaires_are_served() -> None:
+    from fastapi.testclient import TestClient
+
+    from cds.app import create_app
+
+    client = TestClient(create_app())
+    r = client.get("/fhir/Questionnaire/ice")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/fhir+json")
+    assert r.json()["url"] == "urn:crs-cds:questionnaire:ice"
+    assert client.get("/fhir/Questionnaire/capd").json()["id"] == "capd"
+    missing = client.get("/fhir/Questionnaire/other")
+    assert missing.status_code == 404 and missing.json()["resourceType"] == "OperationOutcome"

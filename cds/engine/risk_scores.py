@@ -156,22 +156,36 @@ def compute(spec: ScoreSpec, inputs: tuple[ScoreInput, ...]) -> float | None:
     return product / denominator
 
 
-def risk_scores(facts: Facts, exposure: Exposure, rules: RiskScoreRules) -> RiskAssessment | None:
-    """Every score at the start of the lymphodepletion before the infusion of `exposure`;
-    None when neither a lymphodepletion nor any of the scores' labs before the infusion
-    is charted (nothing to show)."""
-    infusion = exposure.risk_period_start
-    earliest = infusion - rules.lymphodepletion_within
+def risk_scores(
+    facts: Facts, exposure: Exposure | None, at: datetime, rules: RiskScoreRules
+) -> RiskAssessment | None:
+    """Every score at the start of the lymphodepletion: the one before the infusion of a
+    CAR-T `exposure`, or, before any infusion (`exposure` None), one given within the
+    allowed interval before `at` with no CAR-T since. None when there is nothing to show
+    (after an infusion: no lymphodepletion and none of the scores' labs before it; before
+    one: no recent lymphodepletion)."""
+    if exposure is not None:
+        infusion = exposure.risk_period_start
+        earliest = infusion - rules.lymphodepletion_within
+        latest = infusion
+    else:
+        earliest, latest = at - rules.lymphodepletion_within, at
     start = next(
         (
             a
             for a in facts.administrations
-            if a.medication_class == LYMPHODEPLETION and earliest <= a.start <= infusion
+            if a.medication_class == LYMPHODEPLETION and earliest <= a.start <= latest
         ),
         None,
     )
-    if start is None and not any(
-        _latest_before(facts.of(i.concept), infusion) is not None
+    if exposure is None:
+        if start is None or any(
+            a.medication_class == "car-t" and start.start <= a.start <= at
+            for a in facts.administrations
+        ):
+            return None
+    elif start is None and not any(
+        _latest_before(facts.of(i.concept), latest) is not None
         for spec in rules.scores
         for i in spec.inputs()
     ):

@@ -84,6 +84,9 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
     if exposure is None or grading is None:
         if icans is not None:
             return Decision((icans,))
+        if evaluation.risk is not None:  # after lymphodepletion, before the infusion
+            card = cards.pre_infusion_card(runtime.knowledge, evaluation, new_id())
+            return Decision((DecidedCard(card, "risk-scores"),))
         if not evaluation.data_complete:
             card = cards.incomplete_data_card(runtime.knowledge, evaluation, new_id())
             return Decision((DecidedCard(card, "data-incomplete"),))

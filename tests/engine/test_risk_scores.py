@@ -138,7 +138,7 @@ def test_nothing_to_show_without_lymphodepletion_or_labs(runtime: Runtime) -> No
     facts = Facts.build([], [], [car_t])
     exposure = runtime.rules.crs.assess(facts, AT)
     assert exposure is not None
-    assert risk_scores(facts, exposure.exposure, rules) is None
+    assert risk_scores(facts, exposure.exposure, AT, rules) is None
 
 
 def test_the_card_section_and_extension(runtime: Runtime) -> None:
@@ -165,3 +165,26 @@ def test_the_card_section_and_extension(runtime: Runtime) -> None:
         "source": ldh["source"],
     }
     assert risk["CAR-HEMATOTOX"]["verification"] == "unconfirmed"
+
+
+def test_pre_infusion_card_after_lymphodepletion(runtime: Runtime) -> None:
+    from tests.factories import monitor_json
+
+    collected = ResourceCollector()
+    ld = b.administration(P, h(48), text="fludarabine 30 mg/m2")
+    collected.add_prefetch({"observations": b.searchset([*labs_us(72), ld])})
+    (card,) = monitor_json(runtime, collected, P, AT)["cards"]
+    assert card["indicator"] == "info"
+    assert card["summary"].startswith("Pre-infusion risk scores after lymphodepletion: EASIX 2.67")
+    assert {r["score"] for r in card["extension"]["riskScores"]} == {
+        "EASIX",
+        "m-EASIX",
+        "EASIX-F",
+        "CAR-HEMATOTOX",
+    }
+    # once the CAR-T is given, the scores move to the CRS card
+    infused = b.administration(P, h(2), text="Yescarta (axicabtagene ciloleucel)")
+    collected = ResourceCollector()
+    collected.add_prefetch({"observations": b.searchset([*labs_us(72), ld, infused])})
+    (card,) = monitor_json(runtime, collected, P, AT)["cards"]
+    assert card["extension"]["crs"]["riskScores"]
