@@ -13,7 +13,7 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from cds.api import discovery, errors, feedback, health, hooks
+from cds.api import discovery, errors, feedback, health, hooks, questionnaires
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
@@ -129,7 +129,13 @@ def create_app(
         max_age=600,
     )
     errors.install(app)
-    for router in (discovery.router, hooks.router, feedback.router, health.router):
+    for router in (
+        discovery.router,
+        hooks.router,
+        feedback.router,
+        health.router,
+        questionnaires.router,
+    ):
         app.include_router(router)
     return app
 

@@ -15,6 +15,8 @@ from cds.engine.dosing import Dose, DoseHistory, Indication
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Measurement
 from cds.engine.grading import Evidence, Grading
+from cds.engine.icans import IcansGrading
+from cds.engine.risk_scores import RiskAssessment, RiskScore
 from cds.evaluation import Evaluation
 from cds.extensions import (
     Acknowledged,
@@ -22,10 +24,13 @@ from cds.extensions import (
     CrsInfo,
     EvidenceInfo,
     ExposureInfo,
+    IcansInfo,
     IncompleteData,
     IssueInfo,
     MaskingDrug,
     ResponseExtension,
+    RiskInput,
+    RiskScoreInfo,
     TocilizumabAdvice,
     TocilizumabCheck,
 )
@@ -38,7 +43,16 @@ from cds.protocol import Card, Coding, Indicator, Source, Suggestion
 
 SUMMARY_MAX = 139
 GRADING_SYSTEM = "ASTCT 2019"
-UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg"}
+UNIT_DISPLAY = {"Cel": "°C", "mm[Hg]": "mmHg", "10^9/L": "×10⁹/L"}
+LAB_DISPLAY = {
+    "ldh": "LDH",
+    "creatinine": "creatinine",
+    "platelets": "platelets",
+    "hemoglobin": "haemoglobin",
+    "anc": "ANC",
+    "crp": "CRP",
+    "ferritin": "ferritin",
+}
 KIND_TEXT = {
     "car-t": "CAR-T infusion",
     "tcr-t": "TCR T-cell infusion",
@@ -319,6 +333,9 @@ def crs_card(
     sections.extend(f"**Warning:** {w}" for w in grading.warnings)
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
     sections.extend(tocilizumab_sections(knowledge, rules, plan))
+    risk = evaluation.risk
+    if risk is not None:
+        sections.append(risk_section(risk))
     note = issues_note(evaluation.issues)
     if note:
         sections.append(note)
@@ -355,6 +372,7 @@ def crs_card(
             else None
         ),
         tocilizumab=tocilizumab_advice(plan),
+        riskScores=risk_infos(risk) if risk is not None else (),
     )
     return Card(
         uuid=card_id,
@@ -631,4 +649,249 @@ def steroid_section(knowledge: Knowledge, grade: int) -> str | None:
         f"**Corticosteroids (grade {grade}, institution default — not confirmed against a "
         f"published guideline):** {guidance.guidance} "
         f"<sub>(based on {guidance.short_citation}; {guidance.verification.why})</sub>"
+    )
+
+
+# --- pre-infusion risk scores (a section of the CRS card) -----------------------------
+
+
+def _input_text(score: RiskScore) -> str:
+    parts = []
+    for i in score.inputs:
+        name = LAB_DISPLAY.get(i.concept, i.concept)
+        unit = UNIT_DISPLAY.get(i.unit, i.unit)
+        if i.status == "missing":
+            parts.append(f"{name}: missing")
+        elif i.value is not None and i.at is not None:
+            stale = " (stale)" if i.status == "stale" else ""
+            parts.append(f"{name} {i.value:g} {unit} {when(i.at)}{stale}")
+    return "; ".join(parts)
+
+
+def risk_section(risk: RiskAssessment) -> str:
+    """The scores as a small table: information for the physician, never a grade."""
+    if risk.lymphodepletion is None:
+        return (
+            "**Pre-infusion risk scores** (information only, not a grade): no lymphodepleting "
+            "chemotherapy (fludarabine, cyclophosphamide, bendamustine) is charted before the "
+            "infusion, so the scores' time point (labs before lymphodepletion) cannot be "
+            "placed; no score is computed."
+        )
+    ld = risk.lymphodepletion
+    rows = [
+        "**Pre-infusion risk scores** (information only, never a grade or an alarm; labs "
+        f"before lymphodepletion, {ld.display} {when(ld.start)}):",
+        "",
+        "| Score | Value | Category | Cut-off | Inputs | Cohort |",
+        "|---|---|---|---|---|---|",
+    ]
+    for score in risk.scores:
+        if score.value is None:
+            why = []
+            if score.missing:
+                why.append("missing " + ", ".join(LAB_DISPLAY.get(c, c) for c in score.missing))
+            if score.stale:
+                why.append("stale " + ", ".join(LAB_DISPLAY.get(c, c) for c in score.stale))
+            value = "— (" + "; ".join(why) + ")" if why else "—"
+        else:
+            value = f"{score.value:g}"
+        spec = score.spec
+        unconfirmed = "" if spec.confirmed else " (not confirmed against the publication)"
+        rows.append(
+            f"| {score.score} | {_md(value)} | {_md(score.category or '—')} | "
+            f"{_md(spec.cutoff)}{unconfirmed} | {_md(_input_text(score))} | "
+            f"{_md(spec.cohort)}; predicts {_md(spec.predicts)} |"
+        )
+    return "\n".join(rows)
+
+
+def risk_infos(risk: RiskAssessment) -> tuple[RiskScoreInfo, ...]:
+    """`extension.crs.riskScores`."""
+    time_point = _iso(risk.time_point)
+    return tuple(
+        RiskScoreInfo(
+            score=s.score,
+            inputs=tuple(
+                RiskInput(i.concept, i.unit, i.status, i.value, _iso(i.at), i.source)
+                for i in s.inputs
+            ),
+            cutoff=s.spec.cutoff,
+            source=s.spec.citation,
+            predicts=s.spec.predicts,
+            cohort=s.spec.cohort,
+            verification="confirmed" if s.spec.confirmed else "unconfirmed",
+            value=s.value,
+            category=s.category,
+            missing=tuple(s.missing) if risk.lymphodepletion is not None else ("lymphodepletion",),
+            stale=tuple(s.stale),
+            timePoint=time_point,
+        )
+        for s in risk.scores
+    )
+
+
+def pre_infusion_card(knowledge: Knowledge, evaluation: Evaluation, card_id: str) -> Card:
+    """After lymphodepletion, before the CAR-T infusion: the risk scores alone, as
+    information (`info`, never an alarm)."""
+    risk = evaluation.risk
+    assert risk is not None and risk.lymphodepletion is not None
+    shown = ", ".join(
+        f"{s.score} {s.value:g}" + (f" ({s.category})" if s.category else "")
+        for s in risk.scores
+        if s.value is not None
+    )
+    head = f"Pre-infusion risk scores after lymphodepletion: {shown or 'inputs missing'}"
+    sections = [
+        risk_section(risk),
+        "For a CAR-T infusion that follows this lymphodepletion. The scores inform; they are "
+        "not a CRS grade and raise no alert.",
+    ]
+    note = issues_note(evaluation.issues)
+    if note:
+        sections.append(note)
+    return Card(
+        uuid=card_id,
+        summary=summary_text(head),
+        detail="\n\n".join(sections),
+        indicator="info",
+        source=source(knowledge),
+        extension=CardExtension(
+            dataIssues=issue_infos(evaluation.issues),
+            incompleteData=incomplete_data(evaluation.truncated),
+            riskScores=risk_infos(risk),
+        ),
+    )
+
+
+# --- the ICANS card ------------------------------------------------------------------------
+
+
+def icans_management(knowledge: Knowledge, grading: IcansGrading, crs_grade: int) -> list[str]:
+    """The management defaults for the ICANS grade (institution-adjustable), with or
+    without concurrent CRS, and the seizure note."""
+    rules = knowledge.icans
+    assert rules is not None
+    m = rules.management
+    lines: list[str] = []
+    row = next((r for r in m.by_grade if r.grade == grading.grade), None)
+    if row is not None:
+        concurrent = crs_grade >= 1
+        text = row.concurrent_crs if concurrent else row.no_concurrent_crs
+        status = (
+            "institution-adjustable default"
+            if row.verification.status == "confirmed"
+            else "institution default — not confirmed against a published guideline"
+        )
+        context = f"with concurrent CRS grade {crs_grade}" if concurrent else "no concurrent CRS"
+        lines.append(
+            f"**Management (ICANS grade {grading.grade}, {context}; {status}):** {text} "
+            f"<sub>({row.citation})</sub>"
+        )
+        if not concurrent:
+            lines.append(
+                f"**No tocilizumab for isolated ICANS:** {m.no_tocilizumab_for_isolated_icans}"
+            )
+    if grading.seizure:
+        lines.append(f"**Seizure:** {m.seizures} <sub>({m.seizures_citation})</sub>")
+    lines.append(f"**All grades:** {m.all_grades} <sub>({m.all_grades_citation})</sub>")
+    return lines
+
+
+def icans_card(
+    knowledge: Knowledge, rules: EngineRules, evaluation: Evaluation, card_id: str
+) -> Card:
+    """The patient-view ICANS card, beside the CRS card."""
+    assessed = evaluation.icans
+    icans_rules = knowledge.icans
+    assert assessed is not None and icans_rules is not None and rules.icans is not None
+    exposure, grading, at = assessed.exposure, assessed.result, evaluation.at
+    crs_grade = evaluation.crs.grade if evaluation.crs is not None else 0
+    day = exposure.day(at)
+    system = icans_rules.grading_system
+    if grading.grade == 0:
+        head = f"ICANS: no ICANS finding now: day {day} after {exposure.display}"
+        if grading.max_grade > 0:
+            head += f" (max grade {grading.max_grade} since exposure)"
+    else:
+        head = f"ICANS grade {grading.grade} ({system}): day {day} after {exposure.display}"
+        if grading.max_grade > grading.grade:
+            head += f"; max grade {grading.max_grade}"
+    if not evaluation.data_complete:
+        head = f"{_incomplete_summary(evaluation.truncated)} — {head}"
+    why = (
+        f"Meets grade {grading.grade}: " + "; ".join(grading.drivers) + " (the worst domain "
+        "sets the grade)."
+        if grading.grade > 0
+        else "No ICANS finding in the look-back window."
+    )
+    sections = [
+        f"**{system} ICANS grade {grading.grade}** (highest since exposure: {grading.max_grade}"
+        + (f", {when(grading.max_grade_at)}" if grading.max_grade_at else "")
+        + ")",
+        exposure_line(exposure, at),
+        why,
+        evidence_table(grading.evidence),
+    ]
+    incomplete = incomplete_note(evaluation.truncated)
+    if incomplete:
+        sections.insert(0, incomplete)
+    sections.extend(f"**Warning:** {w}" for w in grading.warnings)
+    sections.append(
+        f"**Not attributable to another cause?** {icans_rules.footnotes.not_attributable}"
+    )
+    sections.extend(icans_management(knowledge, grading, crs_grade))
+    note = issues_note(evaluation.issues)
+    if note:
+        sections.append(note)
+    window = rules.icans.windows[exposure.product].window_hours
+    sections.append(
+        "<sub>" + f"Rule set {knowledge.ruleset.name} {rules.version}; grading {system} ICANS "
+        f"(Lee et al., {icans_rules.url}). Look-back: "
+        f"{hours(rules.icans.parameters.lookback.total_seconds())} h (configurable; ASTCT is "
+        f"silent). ICANS window of {exposure.display}: {window:g} h (rules/icans.yaml)."
+        + (
+            " Institution settings in force: " + "; ".join(rules.overrides) + "."
+            if rules.overrides
+            else ""
+        )
+        + "</sub>"
+    )
+    info = IcansInfo(
+        grade=grading.grade,
+        maxGrade=grading.max_grade,
+        gradingSystem=system,
+        exposure=ExposureInfo(
+            product=exposure.product,
+            display=exposure.display,
+            kind=exposure.kind,
+            at=exposure.at.isoformat(),
+            windowEnds=exposure.window_ends.isoformat(),
+            source=exposure.source,
+            extendedUntil=_iso(exposure.extended_until),
+        ),
+        evidence=tuple(_evidence_info(e) for e in grading.evidence),
+        warnings=tuple(grading.warnings),
+        lookbackHours=rules.icans.parameters.lookback.total_seconds() / 3600,
+        concurrentCrsGrade=crs_grade,
+        ruleSetVersion=rules.version,
+        evaluatedAt=at.isoformat(),
+        dataComplete=evaluation.data_complete,
+        maxGradeAt=_iso(grading.max_grade_at),
+        encephalopathyTool=grading.encephalopathy_tool,
+    )
+    by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
+    indicator: Indicator = by_grade[grading.grade]
+    if indicator == "info" and not evaluation.data_complete:
+        indicator = "warning"
+    return Card(
+        uuid=card_id,
+        summary=summary_text(head),
+        detail="\n\n".join(sections),
+        indicator=indicator,
+        source=Source(label=f"ICANS decision support ({system} grading)", url=icans_rules.url),
+        extension=CardExtension(
+            icans=info,
+            dataIssues=issue_infos(evaluation.issues),
+            incompleteData=incomplete_data(evaluation.truncated),
+        ),
     )

@@ -10,7 +10,9 @@ from typing import Literal
 from cds.extensions import ResponseExtension
 from cds.protocol import Card, CdsResponse
 
-CardKind = Literal["crs", "order-check", "unreadable-order", "data-incomplete"]
+CardKind = Literal[
+    "crs", "icans", "risk-scores", "order-check", "unreadable-order", "data-incomplete"
+]
 
 
 @dataclass(frozen=True)
@@ -19,10 +21,11 @@ class DecidedCard:
 
     card: Card
     kind: CardKind
-    grade: int | None = None  # the ASTCT grade (CRS cards)
+    grade: int | None = None  # the ASTCT CRS grade (CRS cards only)
     possible_grade: int | None = None  # with fever possibly masked by premedication
     exposure: str | None = None  # "product@instant": the exposure a CRS card is about
     acknowledged: bool = False  # shown quietly after a clinician acted on it
+    icans_grade: int | None = None  # the ASTCT ICANS grade (ICANS cards)
 
     @property
     def alert_grade(self) -> int | None:
@@ -50,4 +53,9 @@ class Decision:
     @property
     def grades(self) -> list[int]:
         """The CRS grades decided (for logs and metrics)."""
-        return [c.grade for c in self.cards if c.grade is not None]
+        return [c.grade for c in self.cards if c.kind == "crs" and c.grade is not None]
+
+    @property
+    def icans_grades(self) -> list[int]:
+        """The ICANS grades decided (for logs and metrics)."""
+        return [c.icans_grade for c in self.cards if c.icans_grade is not None]

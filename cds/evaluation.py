@@ -1,7 +1,9 @@
 """Evaluate: the gathered data of one patient, read and judged at one time.
 
 The one place where the request's data meet the engine: the resources are normalised
-into facts, the exposure is found, CRS is graded and the tocilizumab history counted.
+into facts, each syndrome (CRS, ICANS) is assessed behind the syndrome contract
+(engine/syndrome.py), the pre-infusion risk scores are computed for a CAR-T exposure and
+the tocilizumab history counted.
 The result, an `Evaluation`, is what every service decides its cards from; nothing
 after this step reads FHIR again.
 """
@@ -13,9 +15,12 @@ from datetime import datetime
 from typing import Any
 
 from cds.engine.dosing import DoseHistory, dose_history, latest_weight
-from cds.engine.exposure import Exposure, find_exposure
+from cds.engine.exposure import Exposure
 from cds.engine.facts import Facts, Measurement
-from cds.engine.grading import Grading, grade
+from cds.engine.grading import Grading
+from cds.engine.icans import IcansGrading
+from cds.engine.risk_scores import RiskAssessment, risk_scores
+from cds.engine.syndrome import Assessment, SyndromeResult
 from cds.fhir.normalise import Normaliser
 from cds.fhir.orders import DraftOrders, read_draft_orders
 from cds.fhir.reading import Issue, ResourceCollector, Truncated
@@ -33,8 +38,9 @@ class TocilizumabState:
 @dataclass(frozen=True)
 class Evaluation:
     """One patient at one time: the facts, what could not be read or was not sent, the
-    exposure and the CRS grade (None outside any risk window), tocilizumab, and for the
-    order hooks the draft orders."""
+    exposure and the CRS grade (None outside any risk window), the ICANS assessment (None
+    outside every ICANS window), the pre-infusion risk scores (CAR-T only), tocilizumab,
+    and for the order hooks the draft orders."""
 
     at: datetime
     patient_id: str | None
@@ -46,6 +52,18 @@ class Evaluation:
     crs: Grading | None
     tocilizumab: TocilizumabState
     orders: DraftOrders | None = None
+    icans: Assessment[IcansGrading] | None = None
+    risk: RiskAssessment | None = None
+
+    @property
+    def syndromes(self) -> dict[str, Assessment[SyndromeResult]]:
+        """Every syndrome assessed, by name (those outside their windows left out)."""
+        found: dict[str, Assessment[SyndromeResult]] = {}
+        if self.exposure is not None and self.crs is not None:
+            found["crs"] = Assessment("crs", self.exposure, self.crs)
+        if self.icans is not None:
+            found["icans"] = self.icans
+        return found
 
     @property
     def data_complete(self) -> bool:
@@ -73,8 +91,17 @@ def evaluate(
     normalised = normaliser.normalise(collected)
     facts = normalised.facts
     rules = runtime.rules
-    exposure = find_exposure(facts, rules.windows, at, rules.continuation)
-    crs = grade(facts, exposure, at, rules.grading) if exposure is not None else None
+    assessed = rules.crs.assess(facts, at)
+    exposure = assessed.exposure if assessed is not None else None
+    crs = assessed.result if assessed is not None else None
+    icans = rules.icans.assess(facts, at) if rules.icans is not None else None
+    # the scores were built for CAR-T: after a CAR-T infusion, or after lymphodepletion
+    # before any risk exposure
+    risk = (
+        risk_scores(facts, exposure, at, rules.risk_scores)
+        if rules.risk_scores is not None and (exposure is None or exposure.kind == "car-t")
+        else None
+    )
     crs_episode = (crs.crs_episode_start or at) if crs is not None else None
     tocilizumab = TocilizumabState(
         latest_weight(facts, at), dose_history(facts, at, crs_episode, rules.dosing)
@@ -97,4 +124,6 @@ def evaluate(
         crs=crs,
         tocilizumab=tocilizumab,
         orders=orders,
+        icans=icans,
+        risk=risk,
     )

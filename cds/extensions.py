@@ -78,6 +78,34 @@ class TocilizumabAdvice(_Ext, frozen=True):
     weightObservedAt: str | None = None
 
 
+class RiskInput(_Ext, frozen=True):
+    """One input of a pre-infusion risk score, in the score's unit (no value: missing)."""
+
+    concept: str
+    unit: str
+    status: str  # used | missing | stale
+    value: float | None = None
+    at: str | None = None
+    source: str | None = None
+
+
+class RiskScoreInfo(_Ext, frozen=True):
+    """`extension.crs.riskScores[]`: a pre-infusion score (information, never a grade)."""
+
+    score: str
+    inputs: tuple[RiskInput, ...]
+    cutoff: str
+    source: str
+    predicts: str
+    cohort: str
+    verification: str  # confirmed | unconfirmed
+    value: float | None = None
+    category: str | None = None
+    missing: tuple[str, ...] = ()
+    stale: tuple[str, ...] = ()
+    timePoint: str | None = None
+
+
 class CrsInfo(_Ext, frozen=True):
     """`extension.crs` of the CRS card."""
 
@@ -98,6 +126,25 @@ class CrsInfo(_Ext, frozen=True):
     feverPossiblyMaskedBy: MaskingDrug | None = None
     tocilizumab: TocilizumabAdvice | None = None
     acknowledged: Acknowledged | None = None
+    riskScores: tuple[RiskScoreInfo, ...] = ()
+
+
+class IcansInfo(_Ext, frozen=True):
+    """`extension.icans` of the ICANS card."""
+
+    grade: int
+    maxGrade: int
+    gradingSystem: str
+    exposure: ExposureInfo
+    evidence: tuple[EvidenceInfo, ...]
+    warnings: tuple[str, ...]
+    lookbackHours: float
+    concurrentCrsGrade: int
+    ruleSetVersion: str
+    evaluatedAt: str
+    dataComplete: bool
+    maxGradeAt: str | None = None
+    encephalopathyTool: str | None = None
 
 
 class TocilizumabCheck(_Ext, frozen=True):
@@ -121,9 +168,11 @@ class CardExtension(_Ext, frozen=True):
     """A card's `extension`: its finding, and the data it could not read."""
 
     crs: CrsInfo | None = None
+    icans: IcansInfo | None = None
     tocilizumabCheck: TocilizumabCheck | None = None
     dataIssues: tuple[IssueInfo, ...] = ()
     incompleteData: tuple[IncompleteData, ...] = ()
+    riskScores: tuple[RiskScoreInfo, ...] = ()  # the pre-infusion card (before any exposure)
 
 
 class ResponseExtension(_Ext, frozen=True):

@@ -250,3 +250,62 @@ def transaction(resources: list[Resource]) -> Resource:
             for r in resources
         ],
     }
+
+
+ICANS = "urn:crs-cds:icans"
+ICE_ITEMS = ("ice-orientation", "ice-naming", "ice-commands", "ice-writing", "ice-attention")
+
+
+def ice_score(pid: str, at: datetime, total: int, items: tuple[int, ...] | None = None) -> Resource:
+    """An ICE score Observation (valueInteger), with its five items as components if given."""
+    obs: Resource = {
+        "resourceType": "Observation",
+        "id": new_id(),
+        "status": "final",
+        "category": _category("exam"),
+        "code": {
+            "coding": [{"system": ICANS, "code": "ice-total", "display": "ICE score"}],
+            "text": "Immune Effector Cell-associated Encephalopathy (ICE) score",
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": iso(at),
+        "valueInteger": total,
+    }
+    if items is not None:
+        obs["component"] = [
+            {"code": {"coding": [{"system": ICANS, "code": code}]}, "valueInteger": value}
+            for code, value in zip(ICE_ITEMS, items, strict=True)
+        ]
+    return obs
+
+
+def capd_score(pid: str, at: datetime, total: int) -> Resource:
+    """A CAPD score Observation (valueInteger)."""
+    return {
+        "resourceType": "Observation",
+        "id": new_id(),
+        "status": "final",
+        "category": _category("exam"),
+        "code": {
+            "coding": [{"system": ICANS, "code": "capd-total", "display": "CAPD score"}],
+            "text": "Cornell Assessment of Pediatric Delirium (CAPD) score",
+        },
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": iso(at),
+        "valueInteger": total,
+    }
+
+
+def neuro_finding(pid: str, at: datetime, domain: str, level: str) -> Resource:
+    """A coded neurological finding: Observation code `domain` (consciousness, seizure,
+    motor, icp) with the level as its coded value."""
+    return {
+        "resourceType": "Observation",
+        "id": new_id(),
+        "status": "final",
+        "category": _category("exam"),
+        "code": {"coding": [{"system": ICANS, "code": domain}]},
+        "subject": {"reference": f"Patient/{pid}"},
+        "effectiveDateTime": iso(at),
+        "valueCodeableConcept": {"coding": [{"system": ICANS, "code": level}], "text": level},
+    }

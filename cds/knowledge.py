@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from cds.questionnaires import items_by_url
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -146,6 +148,7 @@ MedicationClass = Literal[
     "antipyretic",
     "vasopressor",
     "cytokine-blocker",
+    "lymphodepletion",
 ]
 
 
@@ -426,6 +429,197 @@ class AlertingFile(_Strict):
     acknowledgement: AcknowledgementRule
 
 
+# --- rules/icans.yaml ---------------------------------------------------------------
+
+NeuroDomain = Literal["consciousness", "seizure", "motor", "icp"]
+
+
+class IceItem(_Strict):
+    item: Literal["orientation", "naming", "commands", "writing", "attention"]
+    max: int = Field(ge=1, le=10)
+    text: str
+
+
+class ScoreBand(_Strict):
+    min: int = Field(ge=0)
+    max: int = Field(ge=0)
+    grade: int = Field(ge=1, le=4)
+
+
+class IceRule(_Strict):
+    max_total: int = Field(ge=1)
+    items: list[IceItem]
+    grade_by_total: list[ScoreBand]
+    citation: str
+    verification: Verification
+
+    @model_validator(mode="after")
+    def _items_add_up(self) -> IceRule:
+        if sum(i.max for i in self.items) != self.max_total:
+            raise ValueError("the items' maxima must add up to max_total")
+        return self
+
+
+class CapdRule(_Strict):
+    below_age_years: int = Field(ge=1, le=25)
+    max_total: int = Field(ge=1)
+    delirium_from: int = Field(ge=1)
+    delirium_grade: int = Field(ge=1, le=4)
+    grade1_from: int = Field(ge=0)
+    citation: str
+    verification: Verification
+
+
+class LevelsRule(_Strict):
+    consciousness: dict[str, int]
+    seizure: dict[str, int]
+    motor: dict[str, int]
+    icp: dict[str, int]
+    citation: str
+    verification: Verification
+
+    def grade_of(self, domain: str, level: str) -> int | None:
+        table: dict[str, int] = getattr(self, domain)
+        return table.get(level)
+
+
+class FootnotesRule(_Strict):
+    not_attributable: str
+    citation: str
+    verification: Verification
+
+
+class DefaultWindowsRule(_Strict):
+    cell_therapy_min_hours: int = Field(gt=0)
+    citation: str
+    verification: Verification
+
+
+class IcansWindow(_Strict):
+    product: str
+    window_hours: int = Field(gt=0)
+    onset: str
+    citation: str
+    verification: Verification
+    url: str | None = None
+
+
+class IcansManagementRow(_Strict):
+    grade: int = Field(ge=1, le=4)
+    no_concurrent_crs: str
+    concurrent_crs: str
+    citation: str
+    verification: Verification
+
+
+class IcansManagement(_Strict):
+    institution_adjustable: bool
+    all_grades: str
+    all_grades_citation: str
+    all_grades_verification: Verification
+    no_tocilizumab_for_isolated_icans: str
+    no_tocilizumab_citation: str
+    no_tocilizumab_verification: Verification
+    seizures: str
+    seizures_citation: str
+    seizures_verification: Verification
+    by_grade: list[IcansManagementRow]
+
+
+class IcansFile(_Strict):
+    version: str
+    grading_system: str
+    citation: str
+    verification: Verification
+    url: str
+    ice: IceRule
+    capd: CapdRule
+    levels: LevelsRule
+    footnotes: FootnotesRule
+    lookback: LookbackRule
+    default_windows: DefaultWindowsRule
+    windows: list[IcansWindow]
+    management: IcansManagement
+
+
+# --- rules/risk_scores.yaml ----------------------------------------------------------
+
+Comparison = Literal["<", "<=", ">", ">="]
+
+
+class ScoreInput(_Strict):
+    concept: str
+    unit: str
+    factor: float = Field(gt=0)
+
+
+class PointBand(_Strict):
+    op: Comparison
+    value: float
+    points: int = Field(ge=0)
+
+
+class PointsInput(ScoreInput):
+    bands: list[PointBand] = Field(min_length=1)
+
+
+class CategoryRule(_Strict):
+    op: Comparison
+    value: float
+    category: str
+
+
+class Cohort(_Strict):
+    study: str
+    n: str
+    auc: str
+
+
+class RiskScoreRule(_Strict):
+    score: Literal["EASIX", "m-EASIX", "EASIX-F", "CAR-HEMATOTOX"]
+    kind: Literal["ratio", "points"]
+    formula: str
+    numerator: list[ScoreInput] = Field(default_factory=list)
+    denominator: ScoreInput | None = None
+    points: list[PointsInput] = Field(default_factory=list)
+    categories: list[CategoryRule]
+    default_category: str | None
+    cutoff: str
+    predicts: str
+    cohort: Cohort
+    citation: str
+    verification: Verification
+    url: str
+
+    @model_validator(mode="after")
+    def _complete(self) -> RiskScoreRule:
+        if self.kind == "ratio" and (not self.numerator or self.denominator is None):
+            raise ValueError("a ratio score needs `numerator` and `denominator`")
+        if self.kind == "points" and not self.points:
+            raise ValueError("a points score needs `points`")
+        return self
+
+    def inputs(self) -> list[ScoreInput]:
+        """Every input, in the order the card lists them."""
+        if self.kind == "points":
+            return list(self.points)
+        assert self.denominator is not None
+        return [*self.numerator, self.denominator]
+
+
+class TimePointRule(_Strict):
+    lymphodepletion_within_days: float = Field(gt=0, le=60)
+    max_age_days: float = Field(gt=0, le=60)
+    citation: str
+    verification: Verification
+
+
+class RiskScoresFile(_Strict):
+    version: str
+    time_point: TimePointRule
+    scores: list[RiskScoreRule]
+
+
 # --- fhir_mappings/ ----------------------------------------------------------------
 
 
@@ -508,6 +702,21 @@ class DeviceConcept(_Strict):
     names: list[str]
 
 
+class NeuroFinding(_Strict):
+    domain: NeuroDomain
+    level: str
+    codes: list[ObservationCode]
+    names: list[str]
+
+
+class NeuroFindingsFile(_Strict):
+    version: str
+    systems: dict[str, str]
+    citations: dict[str, Source]
+    observation_values: list[NeuroFinding]
+    conditions: list[NeuroFinding]
+
+
 class OxygenDevicesFile(_Strict):
     version: str
     systems: dict[str, str]
@@ -587,6 +796,21 @@ class Knowledge:
     non_iv_route_codes: frozenset[tuple[str, str]] = frozenset()
     non_iv_route_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
     unconfirmed: tuple[UnconfirmedValue, ...] = ()
+    icans: IcansFile | None = None
+    risk_scores: RiskScoresFile | None = None
+    # neurological findings: (system, code) or name -> (domain, level)
+    neuro_value_by_code: dict[tuple[str, str], tuple[str, str]] = field(
+        default_factory=dict, repr=False
+    )
+    neuro_value_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
+    neuro_condition_by_code: dict[tuple[str, str], tuple[str, str]] = field(
+        default_factory=dict, repr=False
+    )
+    neuro_condition_names: NameIndex = field(default_factory=lambda: NameIndex({}), repr=False)
+    # the published Questionnaires: canonical url -> linkId -> (system, code) of the item
+    questionnaire_items: dict[str, dict[str, tuple[str, str]]] = field(
+        default_factory=dict, repr=False
+    )
 
     def excluded(self, concept: str, text: str) -> bool:
         """Whether `text` names another measurement or product than `concept` (e.g.
@@ -680,6 +904,9 @@ def load_knowledge(
         "medications": mappings_dir / "medications.yaml",
         "observations": mappings_dir / "observations.yaml",
         "devices": mappings_dir / "oxygen_devices.yaml",
+        "icans": rules_dir / "icans.yaml",
+        "risk_scores": rules_dir / "risk_scores.yaml",
+        "neuro": mappings_dir / "neuro_findings.yaml",
     }
     ruleset = _validate(RuleSetFile, files["ruleset"])
     astct = _validate(AstctFile, files["astct"])
@@ -690,6 +917,9 @@ def load_knowledge(
     medications = _validate(MedicationsFile, files["medications"])
     observations = _validate(ObservationsFile, files["observations"])
     devices = _validate(OxygenDevicesFile, files["devices"])
+    icans = _validate(IcansFile, files["icans"])
+    risk_scores = _validate(RiskScoresFile, files["risk_scores"])
+    neuro = _validate(NeuroFindingsFile, files["neuro"])
 
     _unique(files["therapies"], "product", [t.product for t in therapies.products])
     _unique(files["medications"], "concept", [m.concept for m in medications.medications])
@@ -774,6 +1004,38 @@ def load_knowledge(
                 dict.fromkeys(med_concept.exclude_names, med_concept.concept)
             )
     routes = astct.vasopressors.non_intravenous_routes
+    _unique(files["icans"], "product", [w.product for w in icans.windows])
+    unknown_products = sorted({w.product for w in icans.windows} - set(med_index))
+    if unknown_products:
+        raise KnowledgeError(
+            f"{files['icans']}: field windows: unknown product(s) {', '.join(unknown_products)}"
+        )
+    for finding in [*neuro.observation_values, *neuro.conditions]:
+        if icans.levels.grade_of(finding.domain, finding.level) is None:
+            raise KnowledgeError(
+                f"{files['neuro']}: level {finding.level!r} of {finding.domain} has no grade "
+                f"in {files['icans']} (levels)"
+            )
+    for score in risk_scores.scores:
+        for item in score.inputs():
+            if item.concept not in obs_by_code.values():
+                raise KnowledgeError(
+                    f"{files['risk_scores']}: score {score.score}: unknown concept "
+                    f"{item.concept!r} (not in {files['observations']})"
+                )
+    neuro_maps: list[dict[tuple[str, str], tuple[str, str]]] = [{}, {}]
+    neuro_names: list[dict[str, tuple[str, str]]] = [{}, {}]
+    for slot, findings in enumerate((neuro.observation_values, neuro.conditions)):
+        for finding in findings:
+            _check_citation_keys(
+                files["neuro"], neuro.citations, [c.citation for c in finding.codes]
+            )
+            meaning = (finding.domain, finding.level)
+            for ncode in finding.codes:
+                system = _resolve_system(files["neuro"], neuro.systems, ncode.system)
+                neuro_maps[slot][(system, ncode.code)] = meaning
+            for name in finding.names:
+                neuro_names[slot][name.lower()] = meaning
 
     digest = hashlib.sha256()
     for name in sorted(files):
@@ -788,6 +1050,9 @@ def load_knowledge(
         "medications": medications,
         "observations": observations,
         "devices": devices,
+        "icans": icans,
+        "risk_scores": risk_scores,
+        "neuro": neuro,
     }
     unconfirmed = tuple(
         UnconfirmedValue(_shown(files[name]), path, verification.why or "")
@@ -820,4 +1085,16 @@ def load_knowledge(
         non_iv_route_codes=frozenset((c.system, c.code) for c in routes.codes),
         non_iv_route_names=NameIndex(dict.fromkeys(routes.names, "not-intravenous")),
         unconfirmed=unconfirmed,
+        icans=icans,
+        risk_scores=risk_scores,
+        neuro_value_by_code=neuro_maps[0],
+        neuro_value_names=_tuple_names(neuro_names[0]),
+        neuro_condition_by_code=neuro_maps[1],
+        neuro_condition_names=_tuple_names(neuro_names[1]),
+        questionnaire_items=items_by_url(),
     )
+
+
+def _tuple_names(names: dict[str, tuple[str, str]]) -> NameIndex:
+    """A NameIndex whose concepts are "domain level" pairs (split back by the reader)."""
+    return NameIndex({name: f"{domain} {level}" for name, (domain, level) in names.items()})

@@ -6,14 +6,19 @@ the loader so that the rule files stay exactly as cited.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import cached_property
 
 from cds.engine.activity import ActivityRules
 from cds.engine.dosing import DosingRules
 from cds.engine.exposure import TherapyWindow
 from cds.engine.grading import GradeTable, GradingParameters
-from cds.knowledge import Knowledge, KnowledgeError
+from cds.engine.icans import IcansParameters, ScoreBand
+from cds.engine.risk_scores import InputSpec, RiskScoreRules, ScoreSpec
+from cds.engine.syndrome import Crs, Icans
+from cds.knowledge import Knowledge, KnowledgeError, RiskScoreRule, ScoreInput
 from cds.settings import Settings
 
 DEFAULT_TOLERANCE_PERCENT = 10.0  # issue #3: ±10 %, an institution setting
@@ -30,6 +35,13 @@ class EngineRules:
     overrides: list[str]  # human text for each setting that replaces a cited default
     version: str
     acknowledgement: timedelta  # how long an acted-on CRS card is shown quietly
+    icans: Icans | None = None
+    risk_scores: RiskScoreRules | None = None
+
+    @cached_property
+    def crs(self) -> Crs:
+        """CRS behind the syndrome contract (the same parameters and windows)."""
+        return Crs(self.grading, self.windows, self.continuation)
 
 
 def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
@@ -153,6 +165,8 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
     )
     assert acknowledgement is not None
     continuation = grading.activity()
+    icans = _icans(knowledge, settings, windows, pick)
+    risk = _risk_scores(knowledge)
     return EngineRules(
         grading,
         windows,
@@ -161,4 +175,96 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         overrides,
         knowledge.version,
         timedelta(hours=acknowledgement),
+        icans,
+        risk,
+    )
+
+
+def _icans(
+    knowledge: Knowledge,
+    settings: Settings,
+    crs_windows: dict[str, TherapyWindow],
+    pick: Callable[[str, float | None, float | None, str], float | None],
+) -> Icans:
+    """ICANS parameters and windows (rules/icans.yaml), with the settings' overrides."""
+    rules = knowledge.icans
+    assert rules is not None
+    lookback = pick(
+        "ICANS look-back window", rules.lookback.hours, settings.icans_lookback_hours, "h"
+    )
+    assert lookback is not None
+    labelled = {w.product: float(w.window_hours) for w in rules.windows}
+    windows: dict[str, TherapyWindow] = {}
+    for product, crs in crs_windows.items():
+        hours = labelled.get(product)
+        if hours is None:
+            hours = crs.window_hours
+            if crs.kind != "bispecific":
+                hours = max(hours, float(rules.default_windows.cell_therapy_min_hours))
+        hours = (
+            pick(
+                f"ICANS window of {crs.display}",
+                hours,
+                settings.icans_window_hours.get(product),
+                "h",
+            )
+            or hours
+        )
+        windows[product] = TherapyWindow(
+            product, crs.display, crs.kind, hours, crs.premedication_hours
+        )
+    unknown = sorted(set(settings.icans_window_hours) - set(crs_windows))
+    if unknown:
+        raise KnowledgeError(
+            f"setting CRS_ICANS_WINDOW_HOURS: unknown product(s) {', '.join(unknown)} "
+            f"(known: {', '.join(sorted(crs_windows))})"
+        )
+    parameters = IcansParameters(
+        ice_bands=tuple(ScoreBand(b.min, b.max, b.grade) for b in rules.ice.grade_by_total),
+        ice_max=rules.ice.max_total,
+        capd_below_age=rules.capd.below_age_years,
+        capd_delirium_from=rules.capd.delirium_from,
+        capd_delirium_grade=rules.capd.delirium_grade,
+        capd_grade1_from=rules.capd.grade1_from,
+        level_grades={
+            "consciousness": dict(rules.levels.consciousness),
+            "seizure": dict(rules.levels.seizure),
+            "motor": dict(rules.levels.motor),
+            "icp": dict(rules.levels.icp),
+        },
+        lookback=timedelta(hours=lookback),
+    )
+    return Icans(parameters, windows)
+
+
+def _spec_input(item: ScoreInput) -> InputSpec:
+    bands = tuple((b.op, b.value, b.points) for b in getattr(item, "bands", ()))
+    return InputSpec(item.concept, item.unit, item.factor, bands)
+
+
+def _score_spec(rule: RiskScoreRule) -> ScoreSpec:
+    return ScoreSpec(
+        score=rule.score,
+        kind=rule.kind,
+        formula=rule.formula,
+        numerator=tuple(_spec_input(i) for i in rule.numerator),
+        denominator=_spec_input(rule.denominator) if rule.denominator is not None else None,
+        points=tuple(_spec_input(i) for i in rule.points),
+        categories=tuple((c.op, c.value, c.category) for c in rule.categories),
+        default_category=rule.default_category,
+        cutoff=rule.cutoff,
+        predicts=rule.predicts,
+        cohort=f"{rule.cohort.study}; n = {rule.cohort.n}; AUC {rule.cohort.auc}",
+        citation=rule.citation,
+        confirmed=rule.verification.status == "confirmed",
+    )
+
+
+def _risk_scores(knowledge: Knowledge) -> RiskScoreRules:
+    rules = knowledge.risk_scores
+    assert rules is not None
+    return RiskScoreRules(
+        scores=tuple(_score_spec(r) for r in rules.scores),
+        lymphodepletion_within=timedelta(days=rules.time_point.lymphodepletion_within_days),
+        max_age=timedelta(days=rules.time_point.max_age_days),
     )

@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     spo2_warning_below_percent: float | None = Field(default=None, gt=50, le=100)
     window_hours: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
     premedication_hours: float | None = Field(default=None, gt=0, le=72)
+    # ICANS (rules/icans.yaml): look-back of the current grade, per-product window.
+    icans_lookback_hours: float | None = Field(default=None, gt=0, le=336)
+    icans_window_hours: Annotated[dict[str, float], NoDecode] = Field(default_factory=dict)
 
     # Tocilizumab (pharmacist checks and the physician's order).
     tocilizumab_dose_tolerance_percent: float = Field(default=10.0, ge=0, le=50)
@@ -92,7 +95,7 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("window_hours", mode="before")
+    @field_validator("window_hours", "icans_window_hours", mode="before")
     @classmethod
     def _window_pairs(cls, value: object) -> object:
         """`product=hours,product=hours`, e.g. `tisagenlecleucel=1224`."""

@@ -107,6 +107,30 @@ def _base_resources() -> list[dict[str, Any]]:
         ),
         b.administration(P, T, text="x", medication_reference="Medication/m9", dose=(0.57, "g")),
         b.medication("m9", "tocilizumab", "612865"),
+        # issue #14: ICANS assessments, a Condition, a QuestionnaireResponse
+        b.ice_score(P, T, 7, (4, 2, 1, 0, 0)),
+        b.capd_score(P, T, 10),
+        b.neuro_finding(P, T, "consciousness", "awakens-to-voice"),
+        {
+            "resourceType": "Condition",
+            "id": "c1",
+            "code": {"coding": [{"system": "http://snomed.info/sct", "code": "91175000"}]},
+            "subject": {"reference": f"Patient/{P}"},
+            "onsetDateTime": "2026-11-20T07:00:00Z",
+        },
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": "qr1",
+            "status": "completed",
+            "questionnaire": "urn:crs-cds:questionnaire:ice",
+            "subject": {"reference": f"Patient/{P}"},
+            "authored": "2026-11-20T07:30:00Z",
+            "item": [
+                {"linkId": link, "answer": [{"valueInteger": 1}]}
+                for link in ("ice-orientation", "ice-naming", "ice-commands")
+            ]
+            + [{"linkId": "ice-total", "answer": [{"valueInteger": 3}]}],
+        },
     ]
 
 
@@ -117,6 +141,8 @@ FIELDS = [
     "subject", "reference", "effectiveDateTime", "effectiveInstant", "effectivePeriod",
     "start", "end", "valueQuantity", "value", "unit", "valueCodeableConcept", "component",
     "medicationCodeableConcept", "medicationReference", "dosage", "dose", "contained",
+    "valueInteger", "onsetDateTime", "recordedDate", "verificationStatus", "questionnaire",
+    "authored", "item", "linkId", "answer",
 ]  # fmt: skip
 TEXTS = st.sampled_from(
     [

@@ -47,10 +47,29 @@ def monitor_outcome(runtime: Runtime, scenario: Scenario, at: datetime) -> dict[
     assert not response.get("extension", {}).get("dataIssues")
     if not response["cards"]:
         return {"service": "crs-monitor", "card": False}
-    (card,) = response["cards"]
+    return monitor_cards_outcome(response["cards"])
+
+
+def monitor_cards_outcome(cards: list[dict[str, Any]]) -> dict[str, Any]:
+    """The crs-monitor cards as an `expect` dict: one CRS card, and (issue #14) the ICANS
+    card's grades and the CRS card's risk-score categories only when they are there."""
+    for card in cards:
+        assert not card["extension"].get("dataIssues"), card["extension"].get("dataIssues")
+    (card,) = [c for c in cards if "crs" in c["extension"]]
     crs = card["extension"]["crs"]
-    assert not card["extension"].get("dataIssues"), card["extension"].get("dataIssues")
-    return {"service": "crs-monitor", "grade": crs["grade"], "maxGrade": crs["maxGrade"]}
+    outcome: dict[str, Any] = {
+        "service": "crs-monitor",
+        "grade": crs["grade"],
+        "maxGrade": crs["maxGrade"],
+    }
+    icans = [c["extension"]["icans"] for c in cards if "icans" in c["extension"]]
+    assert len(icans) + 1 == len(cards), "only a CRS card and at most one ICANS card"
+    if icans:
+        (info,) = icans
+        outcome["icansGrade"], outcome["icansMaxGrade"] = info["grade"], info["maxGrade"]
+    if crs.get("riskScores"):
+        outcome["riskScores"] = {r["score"]: r.get("category") for r in crs["riskScores"]}
+    return outcome
 
 
 # --- the library as a whole --------------------------------------------------------------

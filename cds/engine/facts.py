@@ -16,11 +16,13 @@ from operator import attrgetter
 
 from msgspec import Struct
 
-# The measured concepts the rules read (engine/ and the cards). fhir_mappings/ recognises
-# more (heart rate, respiratory rate, diastolic pressure: recognised, so never mistaken
-# for something else); the normaliser makes facts of these only, so the rest of a chart's
-# vital signs cost no conversion. `Facts.of` refuses any other concept.
-CONCEPTS_READ = frozenset(
+# The measured concepts the rules read (engine/ and the cards), per reader: each
+# syndrome names its own (engine/syndrome.py), dosing reads the weight, the pre-infusion
+# risk scores their labs. fhir_mappings/ recognises more (heart rate, respiratory rate,
+# diastolic pressure: recognised, so never mistaken for something else); the normaliser
+# makes facts of these only, so the rest of a chart's vital signs cost no conversion.
+# `Facts.of` refuses any other concept.
+CRS_CONCEPTS = frozenset(
     {
         "temperature",
         "systolic_bp",
@@ -28,11 +30,24 @@ CONCEPTS_READ = frozenset(
         "oxygen_flow",
         "spo2",
         "inhaled_oxygen_concentration",
-        "body_weight",
         "crp",
         "ferritin",
         "il6",
     }
+)
+ICE_ITEM_CONCEPTS = frozenset(
+    {"ice_orientation", "ice_naming", "ice_commands", "ice_writing", "ice_attention"}
+)
+ICANS_CONCEPTS = frozenset({"ice_score", "capd_score"}) | ICE_ITEM_CONCEPTS
+# Coded neurological findings (level of consciousness, seizure, motor, raised ICP): the
+# normaliser makes `NeuroFinding`s of these, not measurements.
+NEURO_CONCEPTS = frozenset({"neuro_consciousness", "neuro_seizure", "neuro_motor", "neuro_icp"})
+DOSING_CONCEPTS = frozenset({"body_weight"})
+RISK_SCORE_CONCEPTS = frozenset(
+    {"ldh", "creatinine", "platelets", "hemoglobin", "anc", "crp", "ferritin"}
+)
+CONCEPTS_READ = (
+    CRS_CONCEPTS | ICANS_CONCEPTS | NEURO_CONCEPTS | DOSING_CONCEPTS | RISK_SCORE_CONCEPTS
 )
 
 
@@ -52,6 +67,19 @@ class OxygenSupport(Struct, frozen=True, gc=False):
 
     support: str  # nasal-cannula | low-flow | high-flow | facemask | ... | positive-pressure
     device: str
+    at: datetime
+    source: str
+
+
+class NeuroFinding(Struct, frozen=True, gc=False):
+    """A charted neurological finding that grades ICANS: its domain (consciousness,
+    seizure, motor, icp) and level (rules/icans.yaml `levels`), e.g. consciousness
+    awakens-to-voice, from an Observation's coded value, a Condition or a
+    QuestionnaireResponse."""
+
+    domain: str
+    level: str
+    display: str
     at: datetime
     source: str
 
@@ -80,6 +108,7 @@ class Facts:
     administrations: tuple[Administration, ...] = ()
     by_concept: dict[str, tuple[Measurement, ...]] = field(default_factory=dict, compare=False)
     birth_date: date | None = None  # Patient.birthDate, when a full date is known
+    neuro: tuple[NeuroFinding, ...] = ()
 
     @classmethod
     def build(
@@ -88,6 +117,7 @@ class Facts:
         oxygen: list[OxygenSupport],
         administrations: list[Administration],
         birth_date: date | None = None,
+        neuro: list[NeuroFinding] | None = None,
     ) -> Facts:
         """Facts sorted by time, with measurements indexed by concept."""
         measurements = sorted(measurements, key=_AT)
@@ -104,6 +134,7 @@ class Facts:
             administrations=tuple(sorted(administrations, key=_START)),
             by_concept={concept: tuple(items) for concept, items in index.items()},
             birth_date=birth_date,
+            neuro=tuple(sorted(neuro or (), key=_AT)),
         )
 
     def age_at(self, at: datetime) -> int | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class Lean(BaseModel):
@@ -65,6 +65,7 @@ class ObservationComponent(Lean):
     code: CodeableConcept
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
+    valueInteger: StrictInt | None = None  # scores (ICE items) are integers
 
 
 class Observation(Lean):
@@ -78,6 +79,7 @@ class Observation(Lean):
     effectivePeriod: Period | None = None
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
+    valueInteger: StrictInt | None = None  # scores (ICE, CAPD) are integers
     component: list[ObservationComponent] = Field(default_factory=list)
 
 
@@ -144,3 +146,46 @@ class MedicationRequest(Lean):
 class Patient(Lean):
     resourceType: Literal["Patient"]
     id: str | None = None
+
+
+class Condition(Lean):
+    """A diagnosis or finding (a seizure, cerebral oedema): its code, when, and whether it
+    was refuted."""
+
+    resourceType: Literal["Condition"]
+    id: str | None = None
+    code: CodeableConcept | None = None
+    subject: Reference | None = None
+    clinicalStatus: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
+    onsetDateTime: str | None = None
+    recordedDate: str | None = None
+
+
+class Answer(Lean):
+    valueInteger: StrictInt | None = None
+    valueDecimal: float | None = None
+    valueCoding: Coding | None = None
+
+
+class ResponseItem(Lean):
+    linkId: str
+    answer: list[Answer] = Field(default_factory=list)
+    item: list[ResponseItem] = Field(default_factory=list)
+
+
+QuestionnaireResponseStatus = Literal[
+    "in-progress", "completed", "amended", "entered-in-error", "stopped"
+]
+
+
+class QuestionnaireResponse(Lean):
+    """A completed assessment form (the ICE or CAPD Questionnaire the service publishes)."""
+
+    resourceType: Literal["QuestionnaireResponse"]
+    id: str | None = None
+    status: QuestionnaireResponseStatus
+    questionnaire: str | None = None
+    subject: Reference | None = None
+    authored: str | None = None
+    item: list[ResponseItem] = Field(default_factory=list)

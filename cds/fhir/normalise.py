@@ -26,16 +26,28 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
-from cds.engine.facts import CONCEPTS_READ, Administration, Facts, Measurement, OxygenSupport
+from cds.engine.facts import (
+    CONCEPTS_READ,
+    ICANS_CONCEPTS,
+    ICE_ITEM_CONCEPTS,
+    NEURO_CONCEPTS,
+    Administration,
+    Facts,
+    Measurement,
+    NeuroFinding,
+    OxygenSupport,
+)
 from cds.fhir import models
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
 from cds.fhir.structs import (
     CodeableConcept,
+    Coding,
     Component,
     Dosage,
     Quantity,
     Reference,
     Resource,
+    ResponseItem,
     checked,
     from_json,
 )
@@ -43,6 +55,12 @@ from cds.fhir.timing import EARLIEST_YEAR, TimeFormatError, parse_fhir_datetime
 from cds.knowledge import Knowledge, NameIndex, UnitRule
 
 COUNTED_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
+COUNTED_RESPONSE_STATUSES = frozenset({"completed", "amended"})
+NOT_A_CONDITION = frozenset({"refuted", "entered-in-error"})
+# Assessments (ICE, CAPD, coded neurological findings) are read by their own method: the
+# item sums, the CAPD age rule and coded levels are theirs alone.
+ASSESSMENT_CONCEPTS = ICANS_CONCEPTS | NEURO_CONCEPTS
+CAPD_ITEM = re.compile(r"capd-[1-8]")
 IGNORED_ADMINISTRATION_STATUSES = frozenset({"not-done", "entered-in-error"})
 
 
@@ -161,6 +179,8 @@ class Normaliser:
         self.assume_tz = assume_tz
         self.fast = fast
         self.issues: list[Issue] = []
+        self._birth: date | None = None
+        self._neuro: list[NeuroFinding] = []
         self._reset_memos()
 
     def _reset_memos(self) -> None:
@@ -192,6 +212,8 @@ class Normaliser:
         measurements: list[Measurement] = []
         oxygen: list[OxygenSupport] = []
         administrations: list[Administration] = []
+        self._birth = birth_date = self._birth_date(collected)
+        self._neuro = []
         for raw in collected.resources:
             resource_type = raw.resource_type
             if resource_type == "Observation":
@@ -200,9 +222,12 @@ class Normaliser:
                 admin = self._administration(raw, medications)
                 if admin is not None:
                     administrations.append(admin)
-        birth_date = self._birth_date(collected)
+            elif resource_type == "Condition":
+                self._condition(raw)
+            elif resource_type == "QuestionnaireResponse":
+                self._questionnaire_response(raw, measurements)
         return Normalised(
-            Facts.build(measurements, oxygen, administrations, birth_date),
+            Facts.build(measurements, oxygen, administrations, birth_date, self._neuro),
             self.issues,
             medications,
         )
@@ -308,6 +333,9 @@ class Normaliser:
             meaning = (self._observation_concept(code), self._device(code))
             self._codes.put(code, meaning, _chars(code))
         concept, device = meaning
+        if concept in ASSESSMENT_CONCEPTS:
+            self._assessment(raw, obs, concept, measurements)
+            return
         value_concept = obs.valueCodeableConcept
         if device is None and value_concept is not None:
             device = self._coded_device(value_concept)
@@ -344,6 +372,264 @@ class Normaliser:
                 m = self._measurement(part_concept, quantity, at, source, raw, path)
                 if m is not None:
                     measurements.append(m)
+
+    # --- ICANS assessments -------------------------------------------------------------
+
+    def _assessment(
+        self, raw: RawResource, obs: Resource, concept: str, measurements: list[Measurement]
+    ) -> None:
+        """An ICE or CAPD score (with its items as components), or a coded neurological
+        finding (level of consciousness, seizure, motor, raised ICP)."""
+        at = self._effective(raw, obs)
+        if at is None:
+            return
+        rid = obs.id
+        source = "Observation/" + rid if rid else raw.reference
+        if concept in NEURO_CONCEPTS:
+            value = obs.valueCodeableConcept
+            meaning = self._neuro_value(value) if value is not None else None
+            if meaning is None or meaning[0] != concept.removeprefix("neuro_"):
+                accepted = ", ".join(
+                    level
+                    for (domain, level) in self.k.neuro_value_by_code.values()
+                    if domain == concept.removeprefix("neuro_")
+                )
+                self.issues.append(
+                    Issue(
+                        f"{raw.location}.valueCodeableConcept",
+                        f"{self.k.observations[concept].display}: no recognised coded value "
+                        f"(accepted: {accepted}); not used",
+                    )
+                )
+                return
+            display = value.text if value is not None and value.text else meaning[1]
+            self._neuro.append(NeuroFinding(meaning[0], meaning[1], display, at, source))
+            return
+        scores: list[tuple[Measurement, str]] = []
+        total = self._score(concept, obs.valueQuantity, obs.valueInteger, at, source, raw, "")
+        if total is not None:
+            scores.append(
+                (total, ".valueInteger" if obs.valueInteger is not None else ".valueQuantity")
+            )
+        for i, part in enumerate(obs.component):
+            part_concept = self._concepts.get(part.code, _UNSEEN)
+            if part_concept is _UNSEEN:
+                part_concept = self._part(part)
+            if part_concept in ICE_ITEM_CONCEPTS:
+                path = f".component[{i}]"
+                item = self._score(
+                    part_concept, part.valueQuantity, part.valueInteger, at, source, raw, path
+                )
+                if item is not None:
+                    scores.append((item, path))
+        measurements.extend(self._checked_scores(scores, raw))
+
+    def _score(
+        self,
+        concept: str,
+        quantity: Quantity | None,
+        integer: int | None,
+        at: datetime,
+        source: str,
+        raw: RawResource,
+        path: str,
+    ) -> Measurement | None:
+        """A score as valueInteger or valueQuantity (at `path` in `raw`), or None."""
+        if integer is not None:
+            return self._integer(concept, float(integer), at, source, raw, f"{path}.valueInteger")
+        if quantity is None:
+            return None
+        return self._measurement(concept, quantity, at, source, raw, f"{path}.valueQuantity")
+
+    def _integer(
+        self, concept: str, value: float, at: datetime, source: str, raw: RawResource, path: str
+    ) -> Measurement | None:
+        """A unitless score within its scale's range, or None (and an issue)."""
+        bounds = self.k.plausible.get(concept)
+        if bounds is not None and not bounds.min <= value <= bounds.max:
+            self.issues.append(
+                Issue(
+                    f"{raw.location}{path}",
+                    f"{value:g} is outside the {self.k.observations[concept].display} range "
+                    f"{bounds.min:g}-{bounds.max:g}; not used",
+                )
+            )
+            return None
+        return Measurement(concept, value, self.k.observations[concept].canonical_unit, at, source)
+
+    def _checked_scores(
+        self, scores: list[tuple[Measurement, str]], raw: RawResource
+    ) -> list[Measurement]:
+        """The scores of one assessment, unless its items disagree with its total, or a
+        CAPD score belongs to a patient too old for it (then none, and an issue)."""
+        concepts = {m.concept: m for m, _ in scores}
+        total = concepts.get("ice_score")
+        items = [m for m in concepts.values() if m.concept in ICE_ITEM_CONCEPTS]
+        if total is not None and items:
+            added = sum(m.value for m in items)
+            complete = len(items) == len(ICE_ITEM_CONCEPTS)
+            if added > total.value or (complete and added != total.value):
+                self.issues.append(
+                    Issue(
+                        raw.location,
+                        f"ICE items add up to {added:g} but the ICE total is {total.value:g}: "
+                        "the assessment is not used",
+                    )
+                )
+                return []
+        capd = concepts.get("capd_score")
+        if capd is not None and self._too_old_for_capd(capd.at):
+            path = next(p for m, p in scores if m is capd)
+            self.issues.append(
+                Issue(
+                    f"{raw.location}{path}",
+                    f"CAPD score for a patient aged {self._age(capd.at)}: ASTCT grades ICANS by "
+                    f"the CAPD only below age {self._capd_age()} (use the ICE score); not used",
+                )
+            )
+            return [m for m, _ in scores if m is not capd]
+        return [m for m, _ in scores]
+
+    def _capd_age(self) -> int:
+        icans = self.k.icans
+        return icans.capd.below_age_years if icans is not None else 12
+
+    def _age(self, at: datetime) -> int | None:
+        born = self._birth
+        if born is None:
+            return None
+        day = at.date()
+        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+    def _too_old_for_capd(self, at: datetime) -> bool:
+        age = self._age(at)
+        return age is not None and age >= self._capd_age()
+
+    def _neuro_value(self, value: CodeableConcept) -> tuple[str, str] | None:
+        """(domain, level) a coded value charts, by code or else by name."""
+        return self._neuro_meaning(
+            value.coding, value.texts(), self.k.neuro_value_by_code, self.k.neuro_value_names
+        )
+
+    @staticmethod
+    def _neuro_meaning(
+        codings: Iterable[Coding],
+        texts: Iterable[str],
+        by_code: Mapping[tuple[str, str], tuple[str, str]],
+        names: NameIndex,
+    ) -> tuple[str, str] | None:
+        for coding in codings:
+            if coding.system and coding.code:
+                meaning = by_code.get((coding.system, coding.code))
+                if meaning is not None:
+                    return meaning
+        for text in texts:
+            found = names.match(text)
+            if found is not None:
+                domain, level = found.split(" ", 1)
+                return domain, level
+        return None
+
+    def _condition(self, raw: RawResource) -> None:
+        """A Condition charting a seizure or cerebral oedema, from its onset."""
+        cond = self._read(raw, models.Condition)
+        if cond is None:
+            return
+        status = cond.verificationStatus
+        if status is not None and any(c.code in NOT_A_CONDITION for c in status.coding):
+            return
+        code = cond.code
+        if not isinstance(code, CodeableConcept):
+            return
+        meaning = self._neuro_meaning(
+            code.coding, code.texts(), self.k.neuro_condition_by_code, self.k.neuro_condition_names
+        )
+        if meaning is None:
+            return
+        if cond.subject is not None and not self._same_patient(raw, cond.subject):
+            return
+        if cond.onsetDateTime is not None:
+            at = self._time(cond.onsetDateTime, raw, ".onsetDateTime")
+        elif cond.recordedDate is not None:
+            at = self._time(cond.recordedDate, raw, ".recordedDate")
+        else:
+            self.issues.append(Issue(f"{raw.location}.onset[x]", "no onset or recorded date"))
+            return
+        if at is None:
+            return
+        display = code.text or next((c.display for c in code.coding if c.display), meaning[1])
+        self._neuro.append(NeuroFinding(meaning[0], meaning[1], display, at, raw.reference))
+
+    def _questionnaire_response(self, raw: RawResource, measurements: list[Measurement]) -> None:
+        """A completed ICE or CAPD assessment on the service's published Questionnaire."""
+        qr = self._read(raw, models.QuestionnaireResponse)
+        if qr is None or qr.status not in COUNTED_RESPONSE_STATUSES:
+            return
+        items_of = self.k.questionnaire_items.get((qr.questionnaire or "").split("|", 1)[0])
+        if items_of is None:
+            return  # another form: nothing the rules read
+        if qr.subject is not None and not self._same_patient(raw, qr.subject):
+            return
+        if qr.authored is None:
+            self.issues.append(Issue(f"{raw.location}.authored", "no authored time"))
+            return
+        at = self._time(qr.authored, raw, ".authored")
+        if at is None:
+            return
+        source = raw.reference
+        scores: list[tuple[Measurement, str]] = []
+        capd_items: list[float] = []
+        for path, item in _walk(qr.item, ""):
+            coded = items_of.get(item.linkId)
+            answer = item.answer[0] if item.answer else None
+            if coded is None or answer is None:
+                continue
+            concept = self.k.observation_by_code.get(coded)
+            if concept in NEURO_CONCEPTS:
+                coding = answer.valueCoding
+                meaning = (
+                    self._neuro_meaning((coding,), (), self.k.neuro_value_by_code, NameIndex({}))
+                    if coding is not None
+                    else None
+                )
+                if meaning is not None:
+                    display = coding.display if coding is not None and coding.display else ""
+                    self._neuro.append(
+                        NeuroFinding(meaning[0], meaning[1], display or meaning[1], at, source)
+                    )
+                continue
+            value = answer.valueInteger
+            if value is None:
+                continue
+            answer_path = f"{path}.answer[0].valueInteger"
+            if concept is not None and concept in ICANS_CONCEPTS:
+                m = self._integer(concept, float(value), at, source, raw, answer_path)
+                if m is not None:
+                    scores.append((m, answer_path))
+            elif CAPD_ITEM.fullmatch(item.linkId) and 0 <= value <= 4:
+                capd_items.append(float(value))
+        concepts = {m.concept for m, _ in scores}
+        items = [m for m, _ in scores if m.concept in ICE_ITEM_CONCEPTS]
+        if "ice_score" not in concepts and len(items) == len(ICE_ITEM_CONCEPTS):
+            added = sum(m.value for m in items)
+            scores.append((Measurement("ice_score", added, "{score}", at, source), ""))
+        if capd_items:
+            added = sum(capd_items)
+            total = next((m for m, _ in scores if m.concept == "capd_score"), None)
+            if total is not None and (
+                added > total.value or (len(capd_items) == 8 and added != total.value)
+            ):
+                self.issues.append(
+                    Issue(
+                        raw.location,
+                        f"CAPD items add up to {added:g} but the CAPD total is "
+                        f"{total.value:g}: the assessment is not used",
+                    )
+                )
+                return
+            if total is None and len(capd_items) == 8:
+                scores.append((Measurement("capd_score", added, "{score}", at, source), ""))
+        measurements.extend(self._checked_scores(scores, raw))
 
     def _part(self, component: Component) -> str | None:
         """The concept of a component's code (remembered)."""
@@ -466,7 +752,8 @@ class Normaliser:
         self.issues.append(Issue(f"{raw.location}{path}.unit", f"{problem} (accepted: {accepted})"))
 
     def _unit_rule(self, concept: str, code: str | None, unit: str | None) -> UnitRule | None:
-        """The conversion to the canonical unit: by the UCUM code, else by the unit text."""
+        """The conversion to the canonical unit: by the UCUM code, else by the unit text;
+        a quantity without any unit only for a unitless concept (a score: unit "")."""
         table = self.k.units[concept]
         rule = None
         for given in (code, unit):
@@ -474,6 +761,8 @@ class Normaliser:
                 rule = table.get(given.strip().lower())
                 if rule is not None:
                     break
+        if rule is None and code is None and unit is None:
+            rule = table.get("")
         return rule
 
     def _effective(self, raw: RawResource, obs: Resource) -> datetime | None:
@@ -675,6 +964,14 @@ class Normaliser:
                 )
             )
         return same
+
+
+def _walk(items: Iterable[ResponseItem], path: str) -> Iterable[tuple[str, ResponseItem]]:
+    """Every item of a QuestionnaireResponse (nested ones too), with its FHIR path."""
+    for i, item in enumerate(items):
+        here = f"{path}.item[{i}]"
+        yield here, item
+        yield from _walk(item.item, here)
 
 
 def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:

@@ -74,6 +74,19 @@ class Component(_Frozen, frozen=True, gc=False, omit_defaults=True):
     code: CodeableConcept
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
+    valueInteger: int | None = None
+
+
+class Answer(_Frozen, frozen=True, gc=False, omit_defaults=True):
+    valueInteger: int | None = None
+    valueDecimal: float | None = None
+    valueCoding: Coding | None = None
+
+
+class ResponseItem(_Frozen, frozen=True, gc=False, omit_defaults=True):
+    linkId: str
+    answer: tuple[Answer, ...] = ()
+    item: tuple[ResponseItem, ...] = ()
 
 
 class Dosage(_Frozen, frozen=True, gc=False, omit_defaults=True):
@@ -93,8 +106,9 @@ class Link(_Frozen, frozen=True, gc=False, omit_defaults=True):
 
 class Resource(_Frozen, frozen=True, gc=False, omit_defaults=True):
     """Any resource: the fields the rules read of Observation, MedicationAdministration,
-    Medication, Patient and Bundle (a Bundle's `entry` and `link` are UNSET when absent,
-    as the collector tells an absent `entry` from a null one)."""
+    Medication, Patient, Condition, QuestionnaireResponse and Bundle (a Bundle's `entry`
+    and `link` are UNSET when absent, as the collector tells an absent `entry` from a null
+    one)."""
 
     resourceType: str
     id: str | None = None
@@ -108,7 +122,15 @@ class Resource(_Frozen, frozen=True, gc=False, omit_defaults=True):
     effectivePeriod: Period | None = None
     valueQuantity: Quantity | None = None
     valueCodeableConcept: CodeableConcept | None = None
+    valueInteger: int | None = None
     component: tuple[Component, ...] = ()
+    clinicalStatus: CodeableConcept | None = None
+    verificationStatus: CodeableConcept | None = None
+    onsetDateTime: str | None = None
+    recordedDate: str | None = None
+    questionnaire: str | None = None
+    authored: str | None = None
+    item: tuple[ResponseItem, ...] = ()
     medicationCodeableConcept: CodeableConcept | None = None
     medicationReference: Reference | None = None
     dosage: Dosage | None = None
@@ -152,6 +174,7 @@ _BODY = msgspec.json.Decoder(Body)
 
 OBSERVATION_STATUSES = frozenset(get_args(models.ObservationStatus))
 MEDICATION_ADMINISTRATION_STATUSES = frozenset(get_args(models.MedicationAdministrationStatus))
+QUESTIONNAIRE_RESPONSE_STATUSES = frozenset(get_args(models.QuestionnaireResponseStatus))
 
 
 def decode_body(body: bytes) -> Body | None:
@@ -191,4 +214,6 @@ def checked(resource: Resource, resource_type: str) -> bool:
             type(item) is dict and all(type(key) is str for key in item)
             for item in resource.contained
         )
+    if resource_type == "QuestionnaireResponse":
+        return resource.status in QUESTIONNAIRE_RESPONSE_STATUSES
     return True

@@ -55,12 +55,28 @@ class Local(_Strict):
     unit: str
 
 
-LabName = Literal["crp", "ferritin", "il6"]
+LabName = Literal["crp", "ferritin", "il6", "ldh", "creatinine", "platelets", "hemoglobin", "anc"]
 LABS: dict[str, tuple[str, str, str]] = {
     "crp": ("1988-5", "C reactive protein [Mass/volume] in Serum or Plasma", "mg/L"),
     "ferritin": ("2276-4", "Ferritin [Mass/volume] in Serum or Plasma", "ng/mL"),
     "il6": ("26881-3", "Interleukin 6 [Mass/volume] in Serum or Plasma", "pg/mL"),
+    "ldh": (
+        "2532-0",
+        "Lactate dehydrogenase [Enzymatic activity/volume] in Serum or Plasma",
+        "U/L",
+    ),
+    "creatinine": ("2160-0", "Creatinine [Mass/volume] in Serum or Plasma", "mg/dL"),
+    "platelets": ("777-3", "Platelets [#/volume] in Blood by Automated count", "10*3/uL"),
+    "hemoglobin": ("718-7", "Hemoglobin [Mass/volume] in Blood", "g/dL"),
+    "anc": ("751-8", "Neutrophils [#/volume] in Blood by Automated count", "10*3/uL"),
 }
+
+
+class Neuro(_Strict):
+    """A coded neurological finding (rules/icans.yaml levels)."""
+
+    domain: Literal["consciousness", "seizure", "motor", "icp"]
+    level: str
 
 
 class Event(_Strict):
@@ -81,6 +97,10 @@ class Event(_Strict):
     labs: dict[LabName, float] = Field(default_factory=dict)
     local: Local | None = None
     give: Give | None = None
+    ice: int | None = None  # ICE score total (valueInteger)
+    ice_items: tuple[int, int, int, int, int] | None = None  # with the total, as components
+    capd: int | None = None
+    neuro: Neuro | None = None
 
     @model_validator(mode="after")
     def _says_something(self) -> Event:
@@ -103,6 +123,9 @@ class Expect(_Strict):
     maxGrade: int | None = Field(default=None, ge=0, le=4)
     card: bool = True
     problems: list[str] | None = None
+    icansGrade: int | None = Field(default=None, ge=0, le=4)
+    icansMaxGrade: int | None = Field(default=None, ge=0, le=4)
+    riskScores: dict[str, str | None] | None = None  # score -> category on the CRS card
 
     def as_json(self) -> dict[str, Any]:
         """Only the fields that were given, e.g. `{"service": …, "grade": 2, "maxGrade": 2}`."""
@@ -274,6 +297,12 @@ def _build(spec: ScenarioSpec, anchor: datetime) -> Iterator[Resource]:
         if event.local is not None:
             local = event.local
             yield ident(fb.observation(pid, at, None, local.text, local.value, local.unit), "obs")
+        if event.ice is not None:
+            yield ident(fb.ice_score(pid, at, event.ice, event.ice_items), "obs")
+        if event.capd is not None:
+            yield ident(fb.capd_score(pid, at, event.capd), "obs")
+        if event.neuro is not None:
+            yield ident(fb.neuro_finding(pid, at, event.neuro.domain, event.neuro.level), "obs")
         if event.give is not None:
             yield from _administration(pid, at, event.give, ident)
 

@@ -64,28 +64,44 @@ def plan_tocilizumab(
     return cards.TocilizumabPlan(grading.grade, indication, history, weight, dose, text, order)
 
 
+def icans_card(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> DecidedCard | None:
+    """The ICANS card, when the patient is in an ICANS window and a neurological
+    assessment (ICE, CAPD, consciousness, seizure, motor, ICP) is charted since the
+    exposure; None otherwise (no assessment charted: nothing to grade)."""
+    assessed = evaluation.icans
+    if assessed is None or not assessed.result.assessed:
+        return None
+    card = cards.icans_card(runtime.knowledge, runtime.rules, evaluation, new_id())
+    return DecidedCard(card, "icans", icans_grade=assessed.result.grade)
+
+
 def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
-    """One card while in a risk window; outside one, none (and the data issues in the
-    response's extension), unless data are missing that may hide an exposure."""
+    """The CRS card while in a CRS risk window, and the ICANS card beside it while in an
+    ICANS window with a neurological assessment charted; outside both, none (and the data
+    issues in the response's extension), unless data are missing that may hide an
+    exposure."""
     exposure, grading = evaluation.exposure, evaluation.crs
+    icans = icans_card(runtime, evaluation, new_id) if evaluation.icans is not None else None
     if exposure is None or grading is None:
+        if icans is not None:
+            return Decision((icans,))
+        if evaluation.risk is not None:  # after lymphodepletion, before the infusion
+            card = cards.pre_infusion_card(runtime.knowledge, evaluation, new_id())
+            return Decision((DecidedCard(card, "risk-scores"),))
         if not evaluation.data_complete:
             card = cards.incomplete_data_card(runtime.knowledge, evaluation, new_id())
             return Decision((DecidedCard(card, "data-incomplete"),))
         return Decision((), cards.data_only_extension(evaluation))
     plan = plan_tocilizumab(runtime, evaluation, new_id)
     card = cards.crs_card(runtime.knowledge, runtime.rules, evaluation, plan, new_id())
-    return Decision(
-        (
-            DecidedCard(
-                card,
-                "crs",
-                grade=grading.grade,
-                possible_grade=grading.possible_grade,
-                exposure=f"{exposure.product}@{exposure.at.isoformat()}",
-            ),
-        )
+    crs = DecidedCard(
+        card,
+        "crs",
+        grade=grading.grade,
+        possible_grade=grading.possible_grade,
+        exposure=f"{exposure.product}@{exposure.at.isoformat()}",
     )
+    return Decision((crs, icans) if icans is not None else (crs,))
 
 
 def definition(runtime: Runtime) -> ServiceDefinition:

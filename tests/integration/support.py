@@ -118,9 +118,24 @@ def card_outcome(service_id: str, response: httpx.Response) -> dict[str, Any]:
     if service_id == "crs-monitor":
         if not cards:
             return {"service": service_id, "card": False}
-        (card,) = cards
+        (card,) = [c for c in cards if "crs" in c["extension"]]
         crs = card["extension"]["crs"]
-        return {"service": service_id, "grade": crs["grade"], "maxGrade": crs["maxGrade"]}
+        outcome: dict[str, Any] = {
+            "service": service_id,
+            "grade": crs["grade"],
+            "maxGrade": crs["maxGrade"],
+        }
+        # issue #14: the ICANS card beside it, and the risk scores, only when present
+        icans = [c["extension"]["icans"] for c in cards if "icans" in c["extension"]]
+        assert len(icans) + 1 == len(cards)
+        if icans:
+            outcome["icansGrade"], outcome["icansMaxGrade"] = (
+                icans[0]["grade"],
+                icans[0]["maxGrade"],
+            )
+        if crs.get("riskScores"):
+            outcome["riskScores"] = {r["score"]: r.get("category") for r in crs["riskScores"]}
+        return outcome
     return {
         "service": service_id,
         "problems": [p for c in cards for p in c["extension"]["tocilizumabCheck"]["problems"]],
