@@ -89,7 +89,39 @@ def evaluate(
     `draft_orders` (order hooks), also read the (selected) tocilizumab orders."""
     normaliser = Normaliser(runtime.knowledge, patient_id, runtime.settings.assume_tz)
     normalised = normaliser.normalise(collected)
-    facts = normalised.facts
+    orders = (
+        read_draft_orders(
+            runtime.knowledge, normaliser, draft_orders, selections, normalised.medications
+        )
+        if draft_orders is not None
+        else None
+    )
+    return judge(
+        runtime,
+        normalised.facts,
+        at,
+        patient_id=patient_id,
+        encounter_id=encounter_id,
+        issues=tuple(normalised.issues),
+        truncated=tuple(collected.truncated),
+        orders=orders,
+    )
+
+
+def judge(
+    runtime: Runtime,
+    facts: Facts,
+    at: datetime,
+    *,
+    patient_id: str | None,
+    encounter_id: str | None = None,
+    issues: tuple[Issue, ...] = (),
+    truncated: tuple[Truncated, ...] = (),
+    orders: DraftOrders | None = None,
+) -> Evaluation:
+    """The engine's part of an evaluation, on facts already read: the exposure, each
+    syndrome, the risk scores and tocilizumab at `at` (also how a recorded decision is
+    replayed from its stored facts)."""
     rules = runtime.rules
     assessed = rules.crs.assess(facts, at)
     exposure = assessed.exposure if assessed is not None else None
@@ -106,20 +138,13 @@ def evaluate(
     tocilizumab = TocilizumabState(
         latest_weight(facts, at), dose_history(facts, at, crs_episode, rules.dosing)
     )
-    orders = (
-        read_draft_orders(
-            runtime.knowledge, normaliser, draft_orders, selections, normalised.medications
-        )
-        if draft_orders is not None
-        else None
-    )
     return Evaluation(
         at=at,
         patient_id=patient_id,
         encounter_id=encounter_id,
         facts=facts,
-        issues=tuple(normalised.issues),
-        truncated=tuple(collected.truncated),
+        issues=issues,
+        truncated=truncated,
         exposure=exposure,
         crs=crs,
         tocilizumab=tocilizumab,

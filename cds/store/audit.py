@@ -13,10 +13,7 @@ import msgspec
 from sqlalchemy import Engine, and_, delete, func, select
 
 from cds.decision import Decision
-from cds.engine.dosing import dose_history, latest_weight
-from cds.engine.exposure import find_exposure
-from cds.engine.grading import grade
-from cds.evaluation import Evaluation, TocilizumabState
+from cds.evaluation import Evaluation, judge
 from cds.fhir import models
 from cds.fhir.orders import DraftOrder, DraftOrders
 from cds.fhir.reading import RawResource
@@ -84,6 +81,9 @@ def _essence(card: dict[str, Any]) -> dict[str, Any]:
         out["tocilizumab"] = {
             key: toci.get(key) for key in ("problems", "recommendedDoseMg") if key in toci
         }
+    icans = extension.get("icans") or {}
+    if icans:
+        out["icans"] = {key: icans.get(key) for key in ("grade", "maxGrade")}
     check = extension.get("tocilizumabCheck") or {}
     if check:
         out["tocilizumabCheck"] = {key: check.get(key) for key in COMPARED_CHECK}
@@ -138,28 +138,10 @@ def replay(engine: Engine, runtime: Runtime, hook_instance: str) -> list[Replay]
 
 def _evaluation(runtime: Runtime, snapshot: FactsSnapshot, at: datetime) -> Evaluation:
     """The engine run again on stored facts (no FHIR: the facts are the input)."""
-    facts = snapshot.facts(at)
-    rules = runtime.rules
-    exposure = find_exposure(facts, rules.windows, at, rules.continuation)
-    crs = grade(facts, exposure, at, rules.grading) if exposure is not None else None
-    episode = (crs.crs_episode_start or at) if crs is not None else None
     orders = None
     if snapshot.orders is not None:
         orders = DraftOrders(tocilizumab=tuple(_order(o) for o in snapshot.orders))
-    return Evaluation(
-        at=at,
-        patient_id="replay",
-        encounter_id=None,
-        facts=facts,
-        issues=(),
-        truncated=(),
-        exposure=exposure,
-        crs=crs,
-        tocilizumab=TocilizumabState(
-            latest_weight(facts, at), dose_history(facts, at, episode, rules.dosing)
-        ),
-        orders=orders,
-    )
+    return judge(runtime, snapshot.facts(at), at, patient_id="replay", orders=orders)
 
 
 def _order(snapshot: Any) -> DraftOrder:

@@ -14,7 +14,7 @@ import msgspec
 from msgspec import Struct
 
 from cds.decision import DecidedCard, Decision
-from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
+from cds.engine.facts import Administration, Facts, Measurement, NeuroFinding, OxygenSupport
 from cds.evaluation import Evaluation
 from cds.fhir.orders import DraftOrders
 from cds.protocol import Card, to_json
@@ -35,6 +35,7 @@ class FactsSnapshot(Struct, frozen=True):
     measurements: tuple[Measurement, ...]
     oxygen: tuple[OxygenSupport, ...]
     administrations: tuple[Administration, ...]
+    neuro: tuple[NeuroFinding, ...] = ()
     age_years: int | None = None
     orders: tuple[OrderSnapshot, ...] | None = None
     unchecked_orders: int = 0
@@ -48,7 +49,11 @@ class FactsSnapshot(Struct, frozen=True):
             day = min(at.day, 28) if at.month == 2 else at.day
             born = date(at.year - self.age_years, at.month, day)
         return Facts.build(
-            list(self.measurements), list(self.oxygen), list(self.administrations), born
+            list(self.measurements),
+            list(self.oxygen),
+            list(self.administrations),
+            born,
+            list(self.neuro),
         )
 
 
@@ -111,6 +116,7 @@ def snapshot(evaluation: Evaluation) -> FactsSnapshot:
         measurements=facts.measurements,
         oxygen=facts.oxygen,
         administrations=facts.administrations,
+        neuro=facts.neuro,
         age_years=evaluation.age,
         orders=_orders(orders) if orders is not None else None,
         unchecked_orders=len(orders.unchecked) if orders is not None else 0,

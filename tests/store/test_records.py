@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import zlib
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import select
 
+from cds.scenarios import get
 from cds.store.audit import export, replay
 from cds.store.records import decode_facts
 from cds.store.tables import audit_records, cards
@@ -126,3 +128,14 @@ def test_export_filters_by_service_and_time(service: Service) -> None:
     assert body["hookInstance"] in {r["hook_instance"] for r in rows}
     assert all(r["service"] == "crs-monitor" and "facts" not in r for r in rows)
     assert list(export(service.engine, service="crs-order-select")) == []
+
+
+def test_replay_of_a_call_with_an_icans_card(service: Service) -> None:
+    scenario = get("icans-g3-tisacel-seizure")
+    body = hook_request("patient-view", {}, scenario.prefetch(datetime.now(UTC)))
+    body["context"]["patientId"] = scenario.patient_id
+    cards_shown = service.client.post("/cds-services/crs-monitor", json=body).json()["cards"]
+    assert any("icans" in c["extension"] for c in cards_shown)
+    (result,) = replay(service.engine, service.runtime, body["hookInstance"])
+    assert result.same, (result.recorded, result.replayed)
+    assert any("icans" in card for card in result.replayed)
