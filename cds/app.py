@@ -13,7 +13,8 @@ import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from cds.api import discovery, errors, feedback, health, hooks, questionnaires
+from cds import tracing
+from cds.api import discovery, errors, feedback, health, hooks, observability, questionnaires
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
@@ -21,6 +22,7 @@ from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess
 from cds.ids import NewId, new_uuid
 from cds.logs import configure_logging
+from cds.metrics import MetricsMiddleware
 from cds.pipeline import Hooks
 from cds.runtime import Runtime
 from cds.services import registry
@@ -128,13 +130,16 @@ def create_app(
         allow_headers=["Authorization", "Content-Type", "Accept"],
         max_age=600,
     )
+    app.add_middleware(MetricsMiddleware, services=frozenset(app.state.hooks.services))
     errors.install(app)
+    tracing.configure(app, store.engine)  # only when the OTEL_* variables ask for it
     for router in (
         discovery.router,
         hooks.router,
         feedback.router,
         health.router,
         questionnaires.router,
+        observability.router,
     ):
         app.include_router(router)
     return app

@@ -26,6 +26,7 @@ from cds.fhir.gather import FhirAccess, gather
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
 from cds.ids import NewId
+from cds.metrics import observe_cards
 from cds.protocol import HookRequest, OrderContext, PatientContext, parse_context, render
 from cds.runtime import Runtime
 from cds.services.base import ServiceDefinition
@@ -208,6 +209,17 @@ class Hooks:
             decision = await remembering.suppress(evaluation, decision)
             await remembering.record(evaluation, decision, started)
         rendered = render(decision.response())
+        observe_cards(
+            call.service.id,
+            (
+                (
+                    c.kind,
+                    c.card.indicator,
+                    c.alert_grade if c.alert_grade is not None else c.icans_grade,
+                )
+                for c in decision.cards
+            ),
+        )
         log.info(
             "evaluated",
             extra={

@@ -404,3 +404,24 @@ def test_feedback_needs_a_valid_token_too(auth_runtime: Runtime, clock: Clock) -
         headers=bearer(token(clock(), aud=f"{MONITOR_URL}/feedback")),
     )
     assert signed.status_code == 200, signed.text
+
+
+def test_refused_tokens_are_counted_by_reason_in_the_metrics(
+    auth_runtime: Runtime, clock: Clock
+) -> None:
+    client = TestClient(auth_app(auth_runtime, clock))
+
+    def refused(text: str) -> float:
+        line = next(
+            (
+                line
+                for line in text.splitlines()
+                if line.startswith('crs_cds_authentication_failures_total{reason="missing-token"}')
+            ),
+            None,
+        )
+        return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+    before = refused(client.get("/metrics").text)
+    client.post("/cds-services/crs-monitor", json=monitor_body())
+    assert refused(client.get("/metrics").text) == before + 1

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 
 from cds.api.responses import JsonResponse, error
 from cds.errors import CdsError, Unauthenticated
+from cds.metrics import AUTH_FAILURES
 
 log = logging.getLogger("cds.api")
 
@@ -36,6 +37,7 @@ def install(app: FastAPI) -> None:
     async def _unauthenticated(_: Request, exc: Unauthenticated) -> JsonResponse:
         # counted by reason in the logs; never the token
         log.warning("client token refused", extra={"reason": exc.reason})
+        AUTH_FAILURES.labels(exc.reason).inc()
         response = JsonResponse({"error": exc.message, "reason": exc.reason}, status_code=401)
         response.headers["WWW-Authenticate"] = (
             f'Bearer error="invalid_token", error_description="{exc.reason}"'

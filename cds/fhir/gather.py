@@ -47,6 +47,7 @@ from cds.fhir.client import (
 from cds.fhir.prefetch import PrefetchPlan, observation_code_param
 from cds.fhir.reading import ResourceCollector, Truncated, reports_failure
 from cds.knowledge import Knowledge
+from cds.metrics import FHIR_QUERIES
 from cds.protocol import HookRequest
 
 log = logging.getLogger("cds.fhir.gather")
@@ -150,11 +151,13 @@ async def gather(
         results = await run_all({**jobs, **page_jobs}, timeout)
     except FhirQueryFailed as exc:
         _log_failure(extra, missing, started, exc.reason)
+        FHIR_QUERIES.labels("failed").inc()
         raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
     except QueriesTimedOut as exc:
         late = [label for label in exc.labels if label in jobs]
         if late:
             _log_failure(extra, missing, started, f"timed out after {timeout:g} s")
+            FHIR_QUERIES.labels("timeout").inc()
             raise PrefetchUnavailable(
                 f"{ROOT}: the queries for prefetch {', '.join(late)} timed out after "
                 f"{timeout:g} s (the overall deadline for fhirServer queries, setting "
@@ -170,6 +173,7 @@ async def gather(
         if entries is not None:
             collected.truncated.remove(truncated)
             collected.add(_searchset(entries), f"{truncated.location}.next")
+    FHIR_QUERIES.labels("ok").inc()
     log.info(
         "fhirServer fallback",
         extra={

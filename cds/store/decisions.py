@@ -21,6 +21,7 @@ from cds.decision import DecidedCard, Decision
 from cds.errors import CdsError
 from cds.evaluation import Evaluation
 from cds.extensions import Acknowledged
+from cds.metrics import DATABASE_SECONDS, RECORDS_SPOOLED, Timer
 from cds.pipeline import HookCall
 from cds.runtime import Runtime
 from cds.store import database, records
@@ -174,7 +175,10 @@ class DecisionStore:
 
     def acknowledgements(self, patient: str) -> dict[str, Acknowledgement]:
         """The acknowledgements of a patient's exposures, by exposure."""
-        with self.engine.connect() as connection:
+        with (
+            Timer(DATABASE_SECONDS.labels("acknowledgements")),
+            self.engine.connect() as connection,
+        ):
             rows = connection.execute(
                 select(acknowledgements).where(acknowledgements.c.patient == patient)
             )
@@ -292,11 +296,13 @@ class CallRecord:
                 latency_ms=latency_ms,
             )
             try:
-                store.write([record])
+                with Timer(DATABASE_SECONDS.labels("record")):
+                    store.write([record])
             except SQLAlchemyError as exc:
                 log.warning(
                     "database unavailable: record spooled", extra={"error": type(exc).__name__}
                 )
+                RECORDS_SPOOLED.inc()
                 try:
                     store.spool.append(record)
                 except OSError as spool_error:
