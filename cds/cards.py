@@ -347,15 +347,7 @@ def crs_card(
         grade=grading.grade,
         maxGrade=grading.max_grade,
         gradingSystem=GRADING_SYSTEM,
-        exposure=ExposureInfo(
-            product=exposure.product,
-            display=exposure.display,
-            kind=exposure.kind,
-            at=exposure.at.isoformat(),
-            windowEnds=exposure.window_ends.isoformat(),
-            source=exposure.source,
-            extendedUntil=_iso(exposure.extended_until),
-        ),
+        exposure=exposure_info(exposure),
         evidence=tuple(_evidence_info(e) for e in grading.evidence),
         feverRequired=grading.fever_masked_since is None,
         hypotensionDefinition=rules.grading.hypotension_definition(),
@@ -455,6 +447,19 @@ def data_only_extension(evaluation: Evaluation) -> ResponseExtension | None:
     if not evaluation.issues:
         return None
     return ResponseExtension(dataIssues=issue_infos(evaluation.issues))
+
+
+def exposure_info(exposure: Exposure) -> ExposureInfo:
+    """The exposure as a card's extension carries it."""
+    return ExposureInfo(
+        product=exposure.product,
+        display=exposure.display,
+        kind=exposure.kind,
+        at=exposure.at.isoformat(),
+        windowEnds=exposure.window_ends.isoformat(),
+        source=exposure.source,
+        extendedUntil=_iso(exposure.extended_until),
+    )
 
 
 def _evidence_info(e: Evidence) -> EvidenceInfo:
@@ -860,15 +865,7 @@ def icans_card(
         grade=grading.grade,
         maxGrade=grading.max_grade,
         gradingSystem=system,
-        exposure=ExposureInfo(
-            product=exposure.product,
-            display=exposure.display,
-            kind=exposure.kind,
-            at=exposure.at.isoformat(),
-            windowEnds=exposure.window_ends.isoformat(),
-            source=exposure.source,
-            extendedUntil=_iso(exposure.extended_until),
-        ),
+        exposure=exposure_info(exposure),
         evidence=tuple(_evidence_info(e) for e in grading.evidence),
         warnings=tuple(grading.warnings),
         lookbackHours=rules.icans.parameters.lookback.total_seconds() / 3600,
