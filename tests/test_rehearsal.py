@@ -1,0 +1,24 @@
+"""The production rehearsal (scripts/rehearse), small: three replicas on one PostgreSQL
+behind nginx, one killed part-way — every answered call keeps its record."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.rehearsal import rehearse
+
+
+@pytest.mark.skipif(
+    not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists() or os.geteuid() == 0),
+    reason="needs Debian's nginx (installed by the rehearsal when run as root)",
+)
+def test_a_killed_replica_costs_no_answered_record() -> None:
+    figures = rehearse(calls=300, concurrency=16)
+    assert figures.answered >= 200  # most calls answered despite the kill
+    assert figures.answered_with_record == figures.answered
+    assert len(figures.by_replica) == 3  # calls spread over every replica
+    assert set(figures.statuses) <= {200, 502, 0}
