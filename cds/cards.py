@@ -382,15 +382,20 @@ def crs_card(
     )
 
 
-def acknowledged_card(card: Card, acknowledged: Acknowledged) -> Card:
+def acknowledged_card(
+    card: Card, outcome: str, grade: int, acted_at: datetime, until: datetime
+) -> Card:
     """The CRS card shown quietly: `info`, "Acknowledged", the acknowledgement in its
     extension. Its suggestions stay (the order is still at hand)."""
     extension = card.extension
     assert isinstance(extension, CardExtension) and extension.crs is not None
     crs = extension.crs
+    acknowledged = Acknowledged(
+        outcome=outcome, at=acted_at.isoformat(), grade=grade, until=until.isoformat()
+    )
     note = (
-        f"**Acknowledged:** a clinician {acknowledged.outcome} this card at grade "
-        f"{acknowledged.grade} ({acknowledged.at}); shown quietly until {acknowledged.until} "
+        f"**Acknowledged:** a clinician {'accepted' if outcome == 'accepted' else 'dismissed'} "
+        f"this card at grade {grade} ({when(acted_at)}); shown quietly until {when(until)} "
         "or until the grade rises."
     )
     return Card(
@@ -653,7 +658,8 @@ def steroid_section(knowledge: Knowledge, grade: int) -> str | None:
     return (
         f"**Corticosteroids (grade {grade}, institution default — not confirmed against a "
         f"published guideline):** {guidance.guidance} "
-        f"<sub>(based on {guidance.short_citation}; {guidance.verification.why})</sub>"
+        f"<sub>(based on {guidance.short_citation}; what could not be read is noted in "
+        "rules/corticosteroids.yaml)</sub>"
     )
 
 

@@ -20,7 +20,6 @@ from cds.clock import Clock
 from cds.decision import DecidedCard, Decision
 from cds.errors import CdsError
 from cds.evaluation import Evaluation
-from cds.extensions import Acknowledged
 from cds.metrics import DATABASE_SECONDS, RECORDS_SPOOLED, Timer
 from cds.pipeline import HookCall
 from cds.runtime import Runtime
@@ -155,15 +154,7 @@ class DecisionStore:
         until = ack.acted_at + self.acknowledgement_period
         if grade > ack.grade or not (ack.acted_at <= at <= until):
             return decided
-        quiet = cards.acknowledged_card(
-            decided.card,
-            Acknowledged(
-                outcome=ack.outcome,
-                at=ack.acted_at.isoformat(),
-                grade=ack.grade,
-                until=until.isoformat(),
-            ),
-        )
+        quiet = cards.acknowledged_card(decided.card, ack.outcome, ack.grade, ack.acted_at, until)
         return DecidedCard(
             quiet,
             decided.kind,
