@@ -81,3 +81,12 @@ def test_day_count(runtime: Runtime) -> None:
     facts = Facts.build([], [], [admin("axicabtagene-ciloleucel", "car-t", 72)])
     exposure = find_exposure(facts, runtime.rules.windows, AT)
     assert exposure is not None and exposure.day(AT) == 3
+
+
+def test_dose_number_counts_every_dose_of_the_product(runtime: Runtime) -> None:
+    """Six weekly talquetamab doses and one half an hour ago: the card's dose number is 7,
+    counting every earlier dose of the product."""
+    weekly = [168 * k for k in range(6, 0, -1)] + [0.5]
+    facts = Facts.build([], [], [admin("talquetamab", "bispecific", x) for x in weekly])
+    exposure = find_exposure(facts, runtime.rules.windows, AT)
+    assert exposure is not None and exposure.doses == 7
