@@ -14,8 +14,9 @@ from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.reading import ResourceCollector, Truncated
 from cds.fhir.structs import from_json
 from cds.runtime import Runtime
+from tests.factories import h
 
-T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+T = h(4)  # 08:00
 P = "pat-1"
 
 

@@ -10,7 +10,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from cds import fhirbuild as b
 from cds.fhir.systems import UCUM
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
     draft_bundle,

@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from cds import fhirbuild as b
 from cds.cli import app as cli_app
 from cds.fhir.structs import decode_body
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
+    grade2_monitor_request,
     grade2_resources,
     hook_request,
     hours_ago,
@@ -45,8 +46,7 @@ def test_discovery(client: TestClient) -> None:
 
 
 def test_grade_2_card(client: TestClient) -> None:
-    obs, admins = grade2_resources()
-    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    r = monitor(client, grade2_monitor_request())
     assert r.status_code == 200
     (card,) = r.json()["cards"]
     assert card["indicator"] == "warning"

@@ -5,7 +5,7 @@ total starts; and activity keeps a closed risk window open."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from cds.engine.activity import crs_episodes
 from cds.engine.dosing import dose_history
@@ -15,17 +15,15 @@ from cds.engine.grading import grade
 from cds.runtime import Runtime
 from tests.factories import AT, given, h, systolic, temperature
 
-T = datetime(2026, 11, 20, tzinfo=UTC)
-
 
 def test_episode_gap_boundary(runtime: Runtime) -> None:
     gap = runtime.rules.grading.episode_gap
     assert gap == timedelta(hours=72)
-    at_gap = [(T, T), (T + gap, T + gap)]
+    at_gap = [(AT, AT), (AT + gap, AT + gap)]
     assert len(crs_episodes(at_gap, gap)) == 1  # exactly the gap apart: one episode
-    past_gap = [(T, T), (T + gap + timedelta(minutes=1),) * 2]
+    past_gap = [(AT, AT), (AT + gap + timedelta(minutes=1),) * 2]
     assert len(crs_episodes(past_gap, gap)) == 2
-    spanning = [(T, T + timedelta(hours=10)), (T + gap + timedelta(hours=9),) * 2]
+    spanning = [(AT, AT + timedelta(hours=10)), (AT + gap + timedelta(hours=9),) * 2]
     assert len(crs_episodes(spanning, gap)) == 1  # measured from the end of the earlier span
 
 

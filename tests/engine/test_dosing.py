@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -17,12 +17,11 @@ from cds.engine.dosing import (
     dose_problems,
     recommended_dose,
 )
-from cds.engine.facts import Administration, Facts
+from cds.engine.facts import Facts
 from cds.runtime import Runtime
+from tests.factories import AT, h
 from tests.factories import given as administered
-from tests.factories import h
 
-AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 weights = st.floats(min_value=3, max_value=250, allow_nan=False, allow_infinity=False)
 
 
@@ -149,17 +148,7 @@ def test_rounding_never_takes_a_childs_dose_beyond_the_tolerance(rules: DosingRu
 def _history(
     rules: DosingRules, hours_before: list[float], crs_episode_start: datetime | None = None
 ) -> DoseHistory:
-    admins = [
-        Administration(
-            "tocilizumab",
-            "tocilizumab",
-            "tocilizumab",
-            AT - timedelta(hours=h),
-            AT - timedelta(hours=h),
-            f"MA/{i}",
-        )
-        for i, h in enumerate(hours_before)
-    ]
+    admins = [administered("tocilizumab", "tocilizumab", hours) for hours in hours_before]
     return dose_history(Facts.build([], [], admins), AT, crs_episode_start, rules)
 
 
@@ -189,7 +178,7 @@ def test_interval_and_count_table(
 
 
 def test_doses_before_the_episode_do_not_count(rules: DosingRules) -> None:
-    history = _history(rules, [200, 190, 180, 170], crs_episode_start=AT - timedelta(hours=100))
+    history = _history(rules, [200, 190, 180, 170], crs_episode_start=h(100))
     assert (history.doses_total, history.problems) == (0, [])
 
 

@@ -23,8 +23,8 @@ from cds.store import database
 from cds.store.decisions import DecisionStore
 from cds.store.tables import metadata
 from tests.conftest import POSTGRES_ADMIN
+from tests.factories import grade2_monitor_request
 from tests.factories import settings as test_settings
-from tests.helpers import grade2_resources, hook_request, prefetch
 from tests.store.conftest import PSEUDONYM_KEY, Service
 
 
@@ -83,7 +83,7 @@ def test_the_embedded_store_makes_itself_on_first_run(tmp_path: Path) -> None:
 
 
 def test_the_audit_commands(service: Service, database_url: str, tmp_path: Path) -> None:
-    body = hook_request("patient-view", {}, prefetch(*grade2_resources()))
+    body = grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     env = {
         "CRS_DATABASE_URL": database_url,

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds import fhirbuild as b
-from tests.helpers import (
+from tests.factories import (
     draft_bundle,
     draft_order,
     grade2_resources,
@@ -49,15 +49,10 @@ def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | No
     assert response.status_code == 200, response.text
 
 
-def _body_for(pid: str, obs: list[Any], admins: list[Any]) -> dict[str, Any]:
-    body = hook_request("patient-view", {}, prefetch(obs, admins, pid=pid))
-    body["context"]["patientId"] = pid
-    return body
-
-
 def _open(service: Service, pid: str, grade: int, **kw: Any) -> dict[str, Any]:
     obs, admins = _patient(pid, grade, **kw)
-    response = service.client.post("/cds-services/crs-monitor", json=_body_for(pid, obs, admins))
+    body = hook_request("patient-view", {}, prefetch(obs, admins, pid=pid), patient_id=pid)
+    response = service.client.post("/cds-services/crs-monitor", json=body)
     (card,) = response.json()["cards"]
     return dict(card)
 
