@@ -49,7 +49,9 @@ def hours_ago(hours: float) -> datetime:
 
 
 def settings(**values: Any) -> Settings:
-    """Settings for a test: the defaults, no `.env` file, and `values`."""
+    """Settings for a test: the defaults, no `.env` file, and `values`.
+
+    (Never import it under a name starting with `test`: pytest would collect it.)"""
     return Settings(_env_file=None, **values)
 
 
