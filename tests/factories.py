@@ -40,9 +40,9 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
-def hours_ago(hours: float) -> datetime:
-    """The time `hours` hours before now."""
-    return now() - timedelta(hours=hours)
+def hours_ago(hours: float, anchor: datetime | None = None) -> datetime:
+    """The time `hours` hours before `anchor` (default: now)."""
+    return (anchor or now()) - timedelta(hours=hours)
 
 
 # --- settings --------------------------------------------------------------------------
@@ -122,22 +122,29 @@ PATIENT = "pat-http"
 
 
 def grade2_resources(
-    pid: str = PATIENT, weight_kg: float | None = 80.0, toci_hours_ago: list[float] | None = None
+    pid: str = PATIENT,
+    weight_kg: float | None = 80.0,
+    toci_hours_ago: list[float] | None = None,
+    anchor: datetime | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(observations, administrations) for a grade 2 CRS patient 3 days after Yescarta:
     38.6 °C 2 h ago, SBP 85 1 h ago, 80 kg (unless `weight_kg` says otherwise), and a
-    640 mg tocilizumab dose at each of `toci_hours_ago`."""
+    640 mg tocilizumab dose at each of `toci_hours_ago` — hours before `anchor` (default:
+    now; give one to chart the same instants again)."""
+    base = anchor or now()
     observations = [
-        b.temperature(pid, hours_ago(2), 38.6),
-        b.blood_pressure(pid, hours_ago(1), 85, 50),
+        b.temperature(pid, hours_ago(2, base), 38.6),
+        b.blood_pressure(pid, hours_ago(1, base), 85, 50),
     ]
     if weight_kg is not None:
-        observations.append(b.weight(pid, hours_ago(30), weight_kg))
-    admins = [b.administration(pid, hours_ago(72), text="YESCARTA suspension for IV infusion")]
+        observations.append(b.weight(pid, hours_ago(30, base), weight_kg))
+    admins = [
+        b.administration(pid, hours_ago(72, base), text="YESCARTA suspension for IV infusion")
+    ]
     for hours in toci_hours_ago or []:
         admins.append(
             b.administration(
-                pid, hours_ago(hours), rxnorm="612865", text="tocilizumab", dose=(640, "mg")
+                pid, hours_ago(hours, base), rxnorm="612865", text="tocilizumab", dose=(640, "mg")
             )
         )
     return observations, admins

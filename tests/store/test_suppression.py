@@ -15,19 +15,24 @@ from tests.factories import (
     grade2_resources,
     hook_request,
     hours_ago,
+    now,
     prefetch,
 )
 from tests.store.conftest import Service
 
+# Every chart counts back from this one instant. An exposure is known by its product and
+# time, so a chart rebuilt from the wall clock a second later would be a new exposure.
+CHARTED = now()
+
 
 def _patient(pid: str, grade: int, product: str = "Yescarta", dose_hours: float = 72) -> Any:
-    obs, _ = grade2_resources(pid=pid)
-    admins = [b.administration(pid, hours_ago(dose_hours), text=product)]
+    obs, _ = grade2_resources(pid=pid, anchor=CHARTED)
+    admins = [b.administration(pid, hours_ago(dose_hours, CHARTED), text=product)]
     if grade >= 3:
         admins.append(
             b.administration(
                 pid,
-                hours_ago(1),
+                hours_ago(1, CHARTED),
                 rxnorm="7512",
                 text="norepinephrine",
                 period=True,
