@@ -31,7 +31,6 @@ from cds.app import create_app
 from cds.auth import ReplayGuard
 from cds.auth.signing import ClientKey, new_client_key
 from cds.runtime import Runtime
-from tests.helpers import grade2_resources, hook_request, prefetch
 
 ISSUER = "https://ehr.example.org"
 PUBLIC_BASE_URL = "https://cds.example.org"
@@ -135,11 +134,6 @@ def hmac_with_public_key(payload: dict[str, Any], key: ClientKey = EC_KEY) -> st
 
 def bearer(value: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {value}"}
-
-
-def monitor_body() -> dict[str, Any]:
-    """A crs-monitor call with its whole prefetch (a grade 2 patient)."""
-    return hook_request("patient-view", {}, prefetch(*grade2_resources()))
 
 
 # --- a JWK Set server on 127.0.0.1 -------------------------------------------------------

@@ -21,12 +21,12 @@ from tests.auth_support import (
     claims,
     jwks,
     key_set_server,
-    monitor_body,
     runtime_with_auth,
     sign,
     token,
     trusted_clients_file,
 )
+from tests.factories import grade2_monitor_request
 
 OLD = new_client_key("ES384", "2026-old")
 NEW = new_client_key("ES384", "2026-new")
@@ -60,7 +60,9 @@ def client(
 
 
 def call(client: TestClient, value: str) -> tuple[int, str | None]:
-    response = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=bearer(value))
+    response = client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=bearer(value)
+    )
     return response.status_code, response.json().get("reason")
 
 

@@ -19,8 +19,8 @@ from cds.runtime import Runtime
 from cds.store import database
 from cds.store.decisions import DecisionStore
 from cds.store.tables import seen_tokens
+from tests import factories
 from tests.auth_support import Clock
-from tests.factories import settings as test_settings
 
 GuardFactory = Callable[[Clock], ReplayGuard]
 
@@ -48,7 +48,7 @@ def make_guard(
     stores: list[DecisionStore] = []
 
     def factory(clock: Clock) -> ReplayGuard:
-        settings = test_settings(
+        settings = factories.settings(
             data_dir=tmp_path, database_url=url, pseudonym_key="guard-test-key-0123456789"
         )
         store = DecisionStore.open(Runtime.load(settings), new_uuid, clock)

@@ -39,13 +39,12 @@ from tests.auth_support import (
     claims,
     default_trusted_clients,
     hmac_with_public_key,
-    monitor_body,
     runtime_with_auth,
     sign,
     token,
     unsigned,
 )
-from tests.helpers import hook_request
+from tests.factories import grade2_monitor_request, hook_request
 
 Headers = Callable[[datetime], dict[str, str]]
 
@@ -154,7 +153,7 @@ def assert_refused(response: Any, reason: str) -> None:
 def test_bad_token_is_refused_with_its_reason(case: str, client: TestClient, clock: Clock) -> None:
     headers, reason = BAD_TOKENS[case]
     sent = headers(clock())
-    response = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent)
+    response = client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent)
     assert_refused(response, reason)
     for value in sent.values():
         assert value.split()[-1] not in response.text  # the token is never echoed
@@ -163,7 +162,9 @@ def test_bad_token_is_refused_with_its_reason(case: str, client: TestClient, clo
 @pytest.mark.parametrize("key", [EC_KEY, RSA_KEY], ids=["ES384", "RS384"])
 def test_good_token_is_served(key: Any, client: TestClient, clock: Clock) -> None:
     response = client.post(
-        "/cds-services/crs-monitor", json=monitor_body(), headers=bearer(token(clock(), key))
+        "/cds-services/crs-monitor",
+        json=grade2_monitor_request(),
+        headers=bearer(token(clock(), key)),
     )
     assert response.status_code == 200, response.text
     assert response.json()["cards"][0]["extension"]["crs"]["grade"] == 2
@@ -171,35 +172,39 @@ def test_good_token_is_served(key: Any, client: TestClient, clock: Clock) -> Non
 
 def test_aud_may_be_an_array_holding_the_url_called(client: TestClient, clock: Clock) -> None:
     sent = bearer(token(clock(), aud=["https://other.example.org", MONITOR_URL]))
-    response = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent)
+    response = client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent)
     assert response.status_code == 200, response.text
 
 
 def test_skew_tolerates_a_client_clock_slightly_ahead(client: TestClient, clock: Clock) -> None:
     sent = bearer(token(clock(), iat=_t(clock(), 20), exp=_t(clock(), 80)))  # skew 30 s
-    response = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent)
+    response = client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent)
     assert response.status_code == 200, response.text
 
 
 def test_a_token_is_verified_before_the_service_is_looked_up(client: TestClient) -> None:
-    response = client.post("/cds-services/no-such-service", json=monitor_body())
+    response = client.post("/cds-services/no-such-service", json=grade2_monitor_request())
     assert_refused(response, "missing-token")
 
 
 def test_replayed_jti_is_refused(client: TestClient, clock: Clock) -> None:
     sent = bearer(token(clock()))
-    first = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent)
+    first = client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent)
     assert first.status_code == 200, first.text
-    again = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent)
+    again = client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent)
     assert_refused(again, "replayed")
 
 
 def test_same_jti_from_a_fresh_token_is_a_replay(client: TestClient, clock: Clock) -> None:
     first = bearer(token(clock(), jti="one-id"))
-    assert client.post("/cds-services/crs-monitor", json=monitor_body(), headers=first).is_success
+    assert client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=first
+    ).is_success
     clock.advance(5)
     second = bearer(token(clock(), jti="one-id"))  # newly signed, same id
-    response = client.post("/cds-services/crs-monitor", json=monitor_body(), headers=second)
+    response = client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=second
+    )
     assert_refused(response, "replayed")
 
 
@@ -210,9 +215,12 @@ def test_replay_to_a_second_instance_sharing_the_guard_is_refused(
     one = TestClient(auth_app(auth_runtime, clock, shared))
     two = TestClient(auth_app(auth_runtime, clock, shared))
     sent = bearer(token(clock()))
-    assert one.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent).is_success
+    assert one.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent
+    ).is_success
     assert_refused(
-        two.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent), "replayed"
+        two.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent),
+        "replayed",
     )
 
 
@@ -223,9 +231,12 @@ def test_by_default_a_replay_to_another_instance_on_the_same_database_is_refused
     one = TestClient(auth_app(auth_runtime, clock))
     two = TestClient(auth_app(auth_runtime, clock))
     sent = bearer(token(clock()))
-    assert one.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent).is_success
+    assert one.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent
+    ).is_success
     assert_refused(
-        two.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent), "replayed"
+        two.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent),
+        "replayed",
     )
 
 
@@ -235,17 +246,23 @@ def test_a_replayed_token_is_remembered_through_the_skew(
     guard = MemoryReplayGuard(clock)
     client = TestClient(auth_app(auth_runtime, clock, guard))
     sent = bearer(token(clock()))  # exp = now + 60
-    assert client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent).is_success
+    assert client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent
+    ).is_success
     clock.advance(75)  # past exp, within the 30 s skew: still acceptable, so still remembered
     assert_refused(
-        client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent), "replayed"
+        client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent),
+        "replayed",
     )
     clock.advance(30)
     assert_refused(
-        client.post("/cds-services/crs-monitor", json=monitor_body(), headers=sent), "expired"
+        client.post("/cds-services/crs-monitor", json=grade2_monitor_request(), headers=sent),
+        "expired",
     )
     fresh = bearer(token(clock()))
-    assert client.post("/cds-services/crs-monitor", json=monitor_body(), headers=fresh).is_success
+    assert client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=fresh
+    ).is_success
     assert len(guard) == 1  # the first id forgotten once it could no longer pass
 
 
@@ -276,7 +293,9 @@ def test_off_by_default(runtime: Runtime) -> None:
     client = TestClient(auth_app(runtime, Clock()))
     assert client.get("/healthz").json()["authentication"] == "off"
     assert client.get("/cds-services").json()["extension"] == {"authentication": "off"}
-    assert client.post("/cds-services/crs-monitor", json=monitor_body()).status_code == 200
+    assert (
+        client.post("/cds-services/crs-monitor", json=grade2_monitor_request()).status_code == 200
+    )
 
 
 def test_cors_preflight_needs_no_token(client: TestClient) -> None:
@@ -308,7 +327,7 @@ def _recorded_client(app: Any, hook_instance: str) -> tuple[str | None, ...]:
 def test_the_verified_identity_is_recorded(auth_runtime: Runtime, clock: Clock) -> None:
     app = auth_app(auth_runtime, clock)
     sent = bearer(token(clock(), sub="Practitioner/doc", tenant="hospital-a"))
-    body = monitor_body()
+    body = grade2_monitor_request()
     response = TestClient(app).post("/cds-services/crs-monitor", json=body, headers=sent)
     assert response.status_code == 200, response.text
     assert _recorded_client(app, body["hookInstance"]) == (
@@ -320,7 +339,7 @@ def test_the_verified_identity_is_recorded(auth_runtime: Runtime, clock: Clock) 
 
 def test_open_mode_records_no_identity(runtime: Runtime) -> None:
     app = auth_app(runtime, Clock())
-    body = monitor_body()
+    body = grade2_monitor_request()
     assert TestClient(app).post("/cds-services/crs-monitor", json=body).is_success
     assert _recorded_client(app, body["hookInstance"]) == (None, None, None)
 
@@ -345,7 +364,7 @@ def test_pipeline_does_not_read_fhir_server_without_the_fallback(runtime: Runtim
         update={"fhir_allowed_servers": ["http://127.0.0.1:9/fhir"]}
     )
     app = auth_app(dataclasses.replace(runtime, settings=settings), Clock())
-    body = hook_request("patient-view", {}, None, fhirServer="http://127.0.0.1:9/fhir")
+    body = hook_request("patient-view", fhir_server="http://127.0.0.1:9/fhir")
     with pytest.raises(PrefetchUnavailable, match="only for an authenticated client"):
         asyncio.run(app.state.hooks.run("crs-monitor", _json(body), None, fhir_fallback=False))
 
@@ -367,13 +386,13 @@ def test_tokens_never_reach_the_logs_and_refusals_are_counted_by_reason(
             if value:
                 sent.append(value.split()[-1])
             response = client.post(
-                "/cds-services/crs-monitor", json=monitor_body(), headers=headers(clock())
+                "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=headers(clock())
             )
             assert response.status_code == 401, case
         good = token(clock())
         sent.append(good)
         assert client.post(
-            "/cds-services/crs-monitor", json=monitor_body(), headers=bearer(good)
+            "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=bearer(good)
         ).is_success
     formatter = JsonLogFormatter()
     lines = [formatter.format(record) for record in caplog.records]
@@ -392,7 +411,7 @@ def test_tokens_never_reach_the_logs_and_refusals_are_counted_by_reason(
 
 def test_feedback_needs_a_valid_token_too(auth_runtime: Runtime, clock: Clock) -> None:
     client = TestClient(auth_app(auth_runtime, clock))
-    body = monitor_body()
+    body = grade2_monitor_request()
     card_call = client.post("/cds-services/crs-monitor", json=body, headers=bearer(token(clock())))
     (card,) = card_call.json()["cards"]
     item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": clock().isoformat()}

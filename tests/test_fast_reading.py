@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import math
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -35,8 +35,9 @@ from cds.fhir.structs import Resource, checked, decode_body, from_json
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.runtime import Runtime
 from cds.scenarios import library
+from tests.factories import h, hook_request
 
-T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+T = h(4)  # 08:00
 P = "pat-1"
 SCENARIO_FILES = sorted((Path(__file__).parent / "scenarios").glob("*.json"))
 
@@ -275,18 +276,6 @@ def test_what_the_structs_accept_is_valid_and_read_unchanged(resource: dict[str,
             assert repr(None if got is UNSET else got) == repr(getattr(as_read, name)), name
 
 
-def _body(resources: list[dict[str, Any]]) -> bytes:
-    entries = [{"resource": r} for r in resources]
-    return json.dumps(
-        {
-            "hook": "patient-view",
-            "hookInstance": "h",
-            "context": {"patientId": P},
-            "prefetch": {"data": {"resourceType": "Bundle", "entry": entries}},
-        }
-    ).encode()
-
-
 @settings(
     max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
@@ -294,7 +283,9 @@ def _body(resources: list[dict[str, Any]]) -> bytes:
 def test_a_body_decoded_in_one_pass_reads_as_plain_json(
     runtime: Runtime, resources: list[dict[str, Any]]
 ) -> None:
-    body = _body([*resources, *BASES])
+    entries = [{"resource": r} for r in [*resources, *BASES]]
+    data = {"resourceType": "Bundle", "entry": entries}
+    body = json.dumps(hook_request("patient-view", {}, {"data": data}, patient_id=P)).encode()
     decoded = decode_body(body)
     try:
         plain = orjson.loads(body)

@@ -4,7 +4,6 @@ Conditions; and bad input reported with its location, never used, never a 500.""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Any
 
 from cds import fhirbuild as b
@@ -12,10 +11,10 @@ from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.reading import ResourceCollector
 from cds.questionnaires import questionnaire
 from cds.runtime import Runtime
-from tests.factories import AT
+from tests.factories import AT, h
 
 P = "pat-icans"
-T = AT - timedelta(hours=2)
+T = h(2)
 
 
 def read(runtime: Runtime, resources: list[dict[str, Any]], fast: bool = True) -> Normalised:
@@ -174,7 +173,7 @@ def test_icans_card_beside_the_crs_card(runtime: Runtime) -> None:
 
     resources = [
         b.patient(P, "1960-01-01"),
-        b.administration(P, AT - timedelta(hours=72), text="Yescarta (axicabtagene ciloleucel)"),
+        b.administration(P, h(72), text="Yescarta (axicabtagene ciloleucel)"),
         b.temperature(P, T, 38.5),
         b.ice_score(P, T, 5),
     ]

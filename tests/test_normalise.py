@@ -14,8 +14,9 @@ from cds.fhir.normalise import Normalised, Normaliser
 from cds.fhir.reading import ResourceCollector, Truncated
 from cds.fhir.structs import from_json
 from cds.runtime import Runtime
+from tests.factories import h
 
-T = datetime(2026, 11, 20, 8, 0, tzinfo=UTC)
+T = h(4)  # 08:00
 P = "pat-1"
 
 
@@ -254,7 +255,21 @@ def test_oxygen_device_by_text_only(runtime: Runtime) -> None:
     assert read(runtime, obs).facts.oxygen[0].support == "high-flow"
 
 
-# --- found in review: names that mean something else, implausible values, routes -------
+# --- names: what they mean, and what they do not; implausible values; routes -----------
+
+
+def test_standard_codes_not_in_the_mappings_are_recognised_by_their_names(
+    runtime: Runtime,
+) -> None:
+    """SNOMED 386725007 "Body temperature" and LOINC 76215-3 "Invasive Systolic blood
+    pressure", neither in fhir_mappings/, are read by their names: a temperature and a
+    systolic pressure."""
+    snomed_temp = b.observation(
+        P, T, "386725007", "Body temperature", 39.0, "Cel", system="http://snomed.info/sct"
+    )
+    art_line = b.observation(P, T, "76215-3", "Invasive Systolic blood pressure", 80, "mm[Hg]")
+    n = read(runtime, snomed_temp, art_line)
+    assert [m.concept for m in n.facts.measurements] == ["temperature", "systolic_bp"]
 
 
 def test_unmapped_loinc_code_is_not_matched_by_its_text(runtime: Runtime) -> None:

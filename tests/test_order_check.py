@@ -10,7 +10,7 @@ from fhir.resources.R4B.medicationrequest import MedicationRequest
 
 from cds import fhirbuild as b
 from cds.fhir.systems import UCUM
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
     draft_bundle,
@@ -26,10 +26,12 @@ def sign(
     client: TestClient,
     orders: list[dict[str, Any]],
     weight_kg: float | None = 80.0,
-    toci: list[float] | None = None,
+    toci_hours_ago: list[float] | None = None,
     crs: bool = True,
 ) -> dict[str, Any]:
-    obs, admins = grade2_resources(weight_kg=weight_kg, toci_hours_ago=toci)
+    """The crs-order-sign answer for draft `orders` of the grade 2 patient of
+    `grade2_resources` (`crs=False`: only the weight on file, no CRS findings)."""
+    obs, admins = grade2_resources(weight_kg=weight_kg, toci_hours_ago=toci_hours_ago)
     if not crs:
         obs = [o for o in obs if o["code"]["coding"][0]["code"] == "29463-7"]
     body = hook_request("order-sign", {"draftOrders": draft_bundle(*orders)}, prefetch(obs, admins))
@@ -87,8 +89,19 @@ def test_not_weight_based_is_warning(client: TestClient) -> None:
     ]["doseQuantity"] == {"value": 640, "unit": "mg", "system": UCUM, "code": "mg"}
 
 
+def test_corrected_dose_is_offered_but_not_recommended_within_8h_of_the_last_dose(
+    client: TestClient,
+) -> None:
+    """500 mg for 80 kg (not 8 mg/kg), 3 h after a tocilizumab dose: a corrected order is
+    offered, but not recommended while the 8 h interval forbids any dose."""
+    (card,) = sign(client, [draft_order("mr1", 500, "mg")], toci_hours_ago=[3])["cards"]
+    check = card["extension"]["tocilizumabCheck"]
+    assert set(check["problems"]) == {"dose-not-weight-based", "interval-under-8h"}
+    assert card["suggestions"][0]["isRecommended"] is False
+
+
 def test_interval_under_8h_is_critical(client: TestClient) -> None:
-    card, check = only_check(sign(client, [draft_order("mr1", 640, "mg")], toci=[7.5]))
+    card, check = only_check(sign(client, [draft_order("mr1", 640, "mg")], toci_hours_ago=[7.5]))
     assert card["indicator"] == "critical"
     assert check["problems"] == ["interval-under-8h"]
     assert check["hoursSinceLastDose"] == pytest.approx(7.5, abs=0.02)
@@ -97,9 +110,11 @@ def test_interval_under_8h_is_critical(client: TestClient) -> None:
 
 
 def test_fourth_in_24h_and_fifth_in_all(client: TestClient) -> None:
-    _, check = only_check(sign(client, [draft_order("mr1", 640, "mg")], toci=[20, 12, 9]))
+    _, check = only_check(sign(client, [draft_order("mr1", 640, "mg")], toci_hours_ago=[20, 12, 9]))
     assert check["problems"] == ["over-3-in-24h"] and check["dosesLast24h"] == 3
-    _, check = only_check(sign(client, [draft_order("mr1", 640, "mg")], toci=[60, 40, 30, 20]))
+    _, check = only_check(
+        sign(client, [draft_order("mr1", 640, "mg")], toci_hours_ago=[60, 40, 30, 20])
+    )
     assert check["problems"] == ["over-4-total"] and check["dosesTotal"] == 4
     assert "nextDoseAllowedAt" not in check
 
@@ -157,6 +172,75 @@ def test_sandbox_style_order_without_intent(client: TestClient) -> None:
     order["category"] = {"text": "inpatient"}  # an object, as the Sandbox sends it
     _card, check = only_check(sign(client, [order]))
     assert check["problems"] == []
+
+
+def test_overdose_in_a_sandbox_style_order_is_critical_without_a_corrected_order(
+    client: TestClient,
+) -> None:
+    """2000 mg drafted as the CDS Hooks Sandbox sends it (no intent, category an object,
+    not a list) is checked, not refused with a 400: above the 800 mg cap it is critical,
+    and as the draft is not valid FHIR R4 no corrected order is offered, saying so."""
+    order = draft_order("mr1", 2000, "mg", intent=None)
+    order["category"] = {"text": "inpatient"}
+    (card,) = sign(client, [order])["cards"]
+    check = card["extension"]["tocilizumabCheck"]
+    assert "dose-above-cap" in check["problems"] and card["indicator"] == "critical"
+    assert "suggestions" not in card
+    assert "No corrected order offered" in card["detail"]
+
+
+def test_tocilizumab_named_by_a_medication_reference_in_the_draft_bundle_is_checked(
+    client: TestClient,
+) -> None:
+    """An order naming its drug by medicationReference to a Medication drafted beside it
+    (Actemra, RxNorm 612865) is checked like one coded inline: 2000 mg is above the cap."""
+    order = draft_order("mr1", 2000, "mg")
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/toci"}
+    med = b.medication("toci", "Actemra 20 mg/mL", "612865")
+    bundle_orders = [order, med]
+    (card,) = sign(client, bundle_orders)["cards"]
+    assert "dose-above-cap" in card["extension"]["tocilizumabCheck"]["problems"]
+
+
+def test_order_whose_medication_reference_cannot_be_resolved_says_not_checked(
+    client: TestClient,
+) -> None:
+    """An order referencing a Medication that is not in the draft bundle is not dropped
+    silently: its card says it was NOT checked."""
+    order = draft_order("mr1", 2000, "mg")
+    del order["medicationCodeableConcept"]
+    order["medicationReference"] = {"reference": "Medication/elsewhere"}
+    (card,) = sign(client, [order])["cards"]
+    assert "NOT checked" in card["summary"]
+
+
+def test_unreadable_order_naming_tocilizumab_says_not_checked(client: TestClient) -> None:
+    """A tocilizumab draft that cannot be read (a number for its status) still gets a
+    card, saying it was NOT checked."""
+    order = draft_order("mr1", 640, "mg")
+    order["status"] = 5
+    order["note"] = [{"text": "give after methylprednisolone"}]
+    (card,) = sign(client, [order])["cards"]
+    assert "NOT checked" in card["summary"]
+
+
+def test_order_for_another_drug_by_medication_reference_is_skipped_quietly(
+    client: TestClient,
+) -> None:
+    """Beside a correct tocilizumab order, an ondansetron order naming its drug by
+    medicationReference gets no card: one card, for tocilizumab, with no problems."""
+    ond = {
+        "resourceType": "MedicationRequest",
+        "id": "mr-ond",
+        "status": "draft",
+        "intent": "order",
+        "medicationReference": {"reference": "Medication/ond"},
+        "subject": {"reference": f"Patient/{PATIENT}"},
+    }
+    med = b.medication("ond", "Ondansetron 4 mg")
+    r = sign(client, [draft_order("mr1", 640, "mg"), ond, med])
+    assert [c["extension"]["tocilizumabCheck"]["problems"] for c in r["cards"]] == [[]]
 
 
 def test_unparseable_order_is_reported_not_500(client: TestClient) -> None:

@@ -3,8 +3,6 @@ over words in its display, and the 6 L/min threshold is the nasal cannula's."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 
 from cds import fhirbuild as b
@@ -13,7 +11,7 @@ from cds.engine.grading import grade
 from cds.fhir.normalise import Normaliser
 from cds.fhir.reading import ResourceCollector
 from cds.runtime import Runtime
-from tests.factories import AT
+from tests.factories import AT, h
 
 P = "pat-oxygen"
 
@@ -24,9 +22,9 @@ def graded(runtime: Runtime, *observations: dict[str, object]) -> int:
     collector.add(
         b.searchset(
             [
-                b.temperature(P, AT - timedelta(hours=1), 38.6),
+                b.temperature(P, h(1), 38.6),
                 *observations,
-                b.administration(P, AT - timedelta(days=2), text="Yescarta"),
+                b.administration(P, h(48), text="Yescarta"),
             ]
         ),
         "prefetch.all",
@@ -37,7 +35,7 @@ def graded(runtime: Runtime, *observations: dict[str, object]) -> int:
     return grade(facts, exposure, AT, runtime.rules.grading).grade
 
 
-ONE_HOUR_AGO = AT - timedelta(hours=1)
+ONE_HOUR_AGO = h(1)
 
 
 def test_blow_by_coded_425478008_with_mask_in_its_display_is_low_flow(runtime: Runtime) -> None:

@@ -22,7 +22,7 @@ import pytest
 
 from cds.runtime import Runtime
 from cds.scenarios.library import library
-from tests import helpers
+from tests.factories import grade2_monitor_request
 
 pytestmark = pytest.mark.packaging
 
@@ -164,8 +164,7 @@ def test_the_installed_service_answers_discovery(served: str) -> None:
 def test_the_installed_service_grades_a_hook_call_with_the_same_rules(
     served: str, runtime: Runtime
 ) -> None:
-    observations, administrations = helpers.grade2_resources()
-    body = helpers.hook_request("patient-view", {}, helpers.prefetch(observations, administrations))
+    body = grade2_monitor_request()
     response = httpx.post(f"{served}/cds-services/crs-monitor", json=body, timeout=10.0)
     assert response.status_code == 200, response.text
     (card,) = response.json()["cards"]

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 
 from cds import fhirbuild as b
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
     draft_bundle,

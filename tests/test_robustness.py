@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cds.app import create_app
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
-from tests.helpers import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
+from tests.factories import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
 
 json_values = st.recursive(
     st.none()

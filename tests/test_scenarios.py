@@ -8,7 +8,7 @@ checked against the FHIR R4B models (the FHIR server in tests/integration checks
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -20,9 +20,9 @@ from cds.pipeline import decide_offline
 from cds.protocol import OrderContext, render
 from cds.runtime import Runtime
 from cds.scenarios import Scenario, ScenarioError, get, library
-from tests.factories import monitor_json
+from tests.factories import AT, monitor_json
 
-ANCHOR = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
+ANCHOR = AT  # the scenarios' times count back from here
 PROBLEM_CODES = {
     "dose-above-cap",
     "dose-not-weight-based",

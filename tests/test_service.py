@@ -13,9 +13,10 @@ from typer.testing import CliRunner
 from cds import fhirbuild as b
 from cds.cli import app as cli_app
 from cds.fhir.structs import decode_body
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
+    grade2_monitor_request,
     grade2_resources,
     hook_request,
     hours_ago,
@@ -45,8 +46,7 @@ def test_discovery(client: TestClient) -> None:
 
 
 def test_grade_2_card(client: TestClient) -> None:
-    obs, admins = grade2_resources()
-    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    r = monitor(client, grade2_monitor_request())
     assert r.status_code == 200
     (card,) = r.json()["cards"]
     assert card["indicator"] == "warning"
@@ -115,6 +115,47 @@ def test_bad_entries_are_reported_not_500(client: TestClient) -> None:
     assert "prefetch.observations.entry[3].resource.code" in locations
     assert "prefetch.observations.entry[4].resource" in locations
     assert "Data not read" in r.json()["cards"][0]["detail"]
+
+
+def test_a_period_ending_past_the_last_utc_instant_is_read_as_running_not_a_500(
+    client: TestClient,
+) -> None:
+    """Blinatumomab in progress with its period ending 9999-12-31T23:59:59-14:00 (a
+    placeholder for "no end", later than any UTC time can be) is read as still running:
+    the grade 2 card is answered."""
+    obs, admins = grade2_resources()
+    blina = b.administration(
+        PATIENT, hours_ago(30), text="Blincyto", period=True, status="in-progress"
+    )
+    blina["effectivePeriod"]["end"] = "9999-12-31T23:59:59-14:00"
+    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, [*admins, blina])))
+    assert r.status_code == 200
+    assert r.json()["cards"][0]["extension"]["crs"]["grade"] == 2
+
+
+@pytest.mark.parametrize(
+    "route",
+    ["IV", ["IV"], {"coding": [{"code": 47625008}]}],
+    ids=["a string", "a list", "a numeric code"],
+)
+def test_a_malformed_route_keeps_the_administration(client: TestClient, route: Any) -> None:
+    """A route that is not a valid CodeableConcept (a string, a list, a coding whose code
+    is a number) does not drop the administration: the CAR-T infusion still opens the
+    risk window and the running norepinephrine with fever still grades 3."""
+    obs = [b.temperature(PATIENT, hours_ago(1), 39.0)]
+    car_t = b.administration(PATIENT, hours_ago(72), text="Yescarta")
+    car_t["dosage"] = {"route": route}
+    pressor = b.administration(
+        PATIENT,
+        hours_ago(3),
+        rxnorm="7512",
+        text="norepinephrine",
+        period=True,
+        status="in-progress",
+    )
+    pressor["dosage"] = {"route": route}
+    r = monitor(client, hook_request("patient-view", {}, prefetch(obs, [car_t, pressor])))
+    assert r.json()["cards"][0]["extension"]["crs"]["grade"] == 3
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from hypothesis import given
@@ -17,10 +17,11 @@ from cds.engine.dosing import (
     dose_problems,
     recommended_dose,
 )
-from cds.engine.facts import Administration, Facts
+from cds.engine.facts import Facts
 from cds.runtime import Runtime
+from tests.factories import AT, h
+from tests.factories import given as administered
 
-AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 weights = st.floats(min_value=3, max_value=250, allow_nan=False, allow_infinity=False)
 
 
@@ -131,20 +132,23 @@ def test_rounding_is_an_institution_setting(rules: DosingRules) -> None:
     assert recommended_dose(73, rules).mg == 584
 
 
+def test_rounding_never_takes_a_childs_dose_beyond_the_tolerance(rules: DosingRules) -> None:
+    """Rounding to 100 mg must not give a 5 kg child 100 mg for a 60 mg (12 mg/kg) dose:
+    at every weight the rounded dose stays within the 10 % tolerance, 60 mg is
+    recommended, and 100 mg is flagged not weight-based."""
+    rounded = replace(rules, rounding_mg=100.0)
+    for weight in (3.0, 5.0, 29.9, 47.0):
+        dose = recommended_dose(weight, rounded)
+        assert abs(dose.mg - dose.target_mg) <= 0.1 * dose.target_mg + 1e-6
+    assert recommended_dose(5.0, rounded).mg == 60  # not 100 mg (20 mg/kg)
+    assert dose_problems(100, recommended_dose(5.0, rounded), rounded) == ["dose-not-weight-based"]
+    assert dose_problems(60, recommended_dose(5.0, rounded), rounded) == []
+
+
 def _history(
     rules: DosingRules, hours_before: list[float], crs_episode_start: datetime | None = None
 ) -> DoseHistory:
-    admins = [
-        Administration(
-            "tocilizumab",
-            "tocilizumab",
-            "tocilizumab",
-            AT - timedelta(hours=h),
-            AT - timedelta(hours=h),
-            f"MA/{i}",
-        )
-        for i, h in enumerate(hours_before)
-    ]
+    admins = [administered("tocilizumab", "tocilizumab", hours) for hours in hours_before]
     return dose_history(Facts.build([], [], admins), AT, crs_episode_start, rules)
 
 
@@ -174,8 +178,28 @@ def test_interval_and_count_table(
 
 
 def test_doses_before_the_episode_do_not_count(rules: DosingRules) -> None:
-    history = _history(rules, [200, 190, 180, 170], crs_episode_start=AT - timedelta(hours=100))
+    history = _history(rules, [200, 190, 180, 170], crs_episode_start=h(100))
     assert (history.doses_total, history.problems) == (0, [])
+
+
+def test_8h_interval_counts_tocilizumab_given_before_the_episode_start(
+    rules: DosingRules,
+) -> None:
+    """With the CRS episode starting at a teclistamab dose 3.5 h ago, tocilizumab given
+    4 h ago still counts for the 8 h interval; the episode's total counts from the
+    episode start, so it holds none."""
+    facts = Facts.build(
+        [],
+        [],
+        [
+            administered("teclistamab", "bispecific", 60),
+            administered("tocilizumab", "tocilizumab", 4),
+            administered("teclistamab", "bispecific", 3.5),
+        ],
+    )
+    history = dose_history(facts, AT, h(3.5), rules)
+    assert history.problems == ["interval-under-8h"]
+    assert history.doses_total == 0
 
 
 def test_future_doses_are_ignored(rules: DosingRules) -> None:

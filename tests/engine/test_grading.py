@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 
@@ -11,13 +11,9 @@ from cds.engine.exposure import Exposure
 from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
 from cds.engine.grading import grade
 from cds.runtime import Runtime
+from tests.factories import AT, h
 
-AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
-INFUSION = AT - timedelta(days=3)
-
-
-def h(hours_before: float) -> datetime:
-    return AT - timedelta(hours=hours_before)
+INFUSION = h(72)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
@@ -12,8 +12,8 @@ from cds.engine.exposure import find_exposure
 from cds.engine.facts import Administration, Facts, Measurement, OxygenSupport
 from cds.engine.grading import grade
 from cds.runtime import Runtime
+from tests.factories import AT, h
 
-AT = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 hours = st.floats(min_value=-12, max_value=24 * 20, allow_nan=False)
 VALUES: dict[str, list[float]] = {
     "temperature": [36.8, 37.9, 38.0, 38.6, 40.1],
@@ -25,23 +25,23 @@ VALUES: dict[str, list[float]] = {
 }
 measurement = st.sampled_from(sorted(VALUES)).flatmap(
     lambda c: st.builds(
-        lambda v, h: Measurement(c, v, "u", AT - timedelta(hours=h), "Observation/x"),
+        lambda v, before: Measurement(c, v, "u", h(before), "Observation/x"),
         st.sampled_from(VALUES[c]),
         hours,
     )
 )
 support = st.builds(
-    lambda s, h: OxygenSupport(s, s, AT - timedelta(hours=h), "Observation/d"),
+    lambda s, before: OxygenSupport(s, s, h(before), "Observation/d"),
     st.sampled_from(["nasal-cannula", "high-flow", "facemask", "venturi", "positive-pressure"]),
     hours,
 )
 admin = st.builds(
-    lambda m, h, d: Administration(
+    lambda m, before, d: Administration(
         m[0],
         m[1],
         m[0],
-        AT - timedelta(hours=h),
-        None if d is None else AT - timedelta(hours=h) + timedelta(hours=d),
+        h(before),
+        None if d is None else h(before) + timedelta(hours=d),
         "MA/x",
     ),
     st.sampled_from(

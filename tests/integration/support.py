@@ -11,7 +11,6 @@ import dataclasses
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -39,35 +38,6 @@ SLOW_SECONDS = 2.0
 def runtime_with(runtime: Runtime, **settings: Any) -> Runtime:
     """The session runtime with some settings replaced (fallback settings do not touch rules)."""
     return dataclasses.replace(runtime, settings=runtime.settings.model_copy(update=settings))
-
-
-def hook_body(
-    patient_id: str,
-    fhir_server: str | None,
-    *,
-    hook: str = "patient-view",
-    prefetch: dict[str, Any] | None = None,
-    token: str | None = None,
-    draft_orders: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """A CDS Hooks request body as an EHR sends it."""
-    context: dict[str, Any] = {"userId": "Practitioner/test", "patientId": patient_id}
-    if draft_orders is not None:
-        context["draftOrders"] = draft_orders
-    body: dict[str, Any] = {"hook": hook, "hookInstance": str(uuid.uuid4()), "context": context}
-    if fhir_server is not None:
-        body["fhirServer"] = fhir_server
-    if prefetch is not None:
-        body["prefetch"] = prefetch
-    if token is not None:
-        body["fhirAuthorization"] = {
-            "access_token": token,
-            "token_type": "Bearer",
-            "expires_in": 300,
-            "scope": "patient/*.read",
-            "subject": "test",
-        }
-    return body
 
 
 async def gather_with(

@@ -31,12 +31,12 @@ from cds.protocol import HookRequest
 from cds.runtime import Runtime
 from cds.scenarios import Scenario, get, library
 from cds.services import registry
+from tests.factories import hook_request, scenario_request
 from tests.integration.support import (
     GOOD_TOKEN,
     StubServer,
     card_outcome,
     gather_with,
-    hook_body,
     post_hook,
     runtime_with,
 )
@@ -46,13 +46,6 @@ KEYS = ("patient", "observations", "medicationAdministrations")
 
 def allowing(runtime: Runtime, *servers: str, **settings: Any) -> Runtime:
     return runtime_with(runtime, fhir_allowed_servers=list(servers), **settings)
-
-
-def body_for(scenario: Scenario, anchor: datetime, server: str | None, **kw: Any) -> dict[str, Any]:
-    if scenario.service == "crs-order-sign":
-        kw.setdefault("hook", "order-sign")
-        kw.setdefault("draft_orders", scenario.draft_orders(anchor))
-    return hook_body(scenario.patient_id, server, **kw)
 
 
 def gathered(runtime: Runtime, service_id: str, body: dict[str, Any]) -> ResourceCollector:
@@ -83,7 +76,7 @@ def test_scenario_without_prefetch_gives_its_outcome(
 ) -> None:
     services_available(runtime, scenario)
     response = post_hook(
-        allowing(runtime, loaded), scenario.service, body_for(scenario, anchor, loaded)
+        allowing(runtime, loaded), scenario.service, scenario_request(scenario, anchor, loaded)
     )
     assert card_outcome(scenario.service, response) == scenario.expect
 
@@ -94,7 +87,7 @@ def test_local_codes_are_not_found_by_code_search(
 ) -> None:
     scenario = get("local-codes-obecel")
     response = post_hook(
-        allowing(runtime, loaded), "crs-monitor", body_for(scenario, anchor, loaded)
+        allowing(runtime, loaded), "crs-monitor", scenario_request(scenario, anchor, loaded)
     )
     assert card_outcome("crs-monitor", response) == scenario.expect
 
@@ -125,7 +118,7 @@ def test_fallback_fetches_the_one_missing_key(
     else:
         prefetch[key] = OPERATION_OUTCOME if how == "operation-outcome" else BUNDLE_WITH_ERROR
     rt = allowing(runtime, loaded)
-    body = body_for(scenario, anchor, loaded, prefetch=prefetch)
+    body = scenario_request(scenario, anchor, loaded, prefetch=prefetch)
 
     collected = gathered(rt, "crs-monitor", body)
     fetched = {r.resource_type for r in collected.resources if r.location.startswith("fhirServer")}
@@ -160,7 +153,7 @@ def test_null_prefetch_is_no_data_and_never_fetched(
     response = post_hook(
         allowing(runtime, server),
         "crs-monitor",
-        body_for(scenario, anchor, server, prefetch=prefetch),
+        scenario_request(scenario, anchor, server, prefetch=prefetch),
     )
     assert len(stub.seen) == before
     assert card_outcome("crs-monitor", response) == scenario.expect
@@ -174,7 +167,7 @@ def test_partial_prefetch_absent_keys_are_fetched(
     response = post_hook(
         allowing(runtime, loaded),
         "crs-monitor",
-        body_for(scenario, anchor, loaded, prefetch=prefetch),
+        scenario_request(scenario, anchor, loaded, prefetch=prefetch),
     )
     assert card_outcome("crs-monitor", response) == scenario.expect
 
@@ -184,7 +177,7 @@ def test_fetched_data_issues_name_their_fhir_server_location(
 ) -> None:
     scenario = get("g2-brexucel-bp-panel")
     collected = gathered(
-        allowing(runtime, loaded), "crs-monitor", body_for(scenario, anchor, loaded)
+        allowing(runtime, loaded), "crs-monitor", scenario_request(scenario, anchor, loaded)
     )
     locations = [r.location for r in collected.of_type("Observation")]
     assert locations and all(
@@ -207,7 +200,7 @@ def test_paging_follows_next_links(runtime: Runtime, loaded: str, anchor: dateti
         or r.get("valueCodeableConcept")
     ]
     rt = allowing(runtime, loaded, fhir_page_size=2)
-    body = body_for(scenario, anchor, loaded)
+    body = scenario_request(scenario, anchor, loaded)
 
     collected = gathered(rt, "crs-monitor", body)
     assert sorted(r.get("id") for r in collected.of_type("Observation")) == sorted(
@@ -242,7 +235,7 @@ def test_fhir_server_outside_the_allow_list_is_412_without_a_call(
     response = post_hook(
         allowing(runtime, stub.base("outcome")),
         "crs-monitor",
-        hook_body("p", stub.base("error500")),
+        hook_request("patient-view", patient_id="p", fhir_server=stub.base("error500")),
     )
     assert response.status_code == 412
     assert "not on this service's allow-list" in response.json()["error"]
@@ -251,14 +244,20 @@ def test_fhir_server_outside_the_allow_list_is_412_without_a_call(
 
 
 def test_empty_allow_list_disables_the_fallback(runtime: Runtime, stub: StubServer) -> None:
-    response = post_hook(allowing(runtime), "crs-monitor", hook_body("p", stub.base("outcome")))
+    response = post_hook(
+        allowing(runtime),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=stub.base("outcome")),
+    )
     assert response.status_code == 412
     assert "disabled" in response.json()["error"]
     assert "CRS_FHIR_ALLOWED_SERVERS" in response.json()["error"]
 
 
 def test_no_fhir_server_and_no_prefetch_is_412(runtime: Runtime) -> None:
-    response = post_hook(allowing(runtime), "crs-monitor", hook_body("p", None))
+    response = post_hook(
+        allowing(runtime), "crs-monitor", hook_request("patient-view", patient_id="p")
+    )
     assert response.status_code == 412
     assert "no fhirServer" in response.json()["error"]
 
@@ -272,7 +271,7 @@ def test_only_optional_data_missing_and_server_not_allowed_is_fine(
     response = post_hook(
         allowing(runtime),
         "crs-monitor",
-        body_for(scenario, anchor, stub.base("error500"), prefetch=prefetch),
+        scenario_request(scenario, anchor, stub.base("error500"), prefetch=prefetch),
     )
     assert card_outcome("crs-monitor", response) == scenario.expect
 
@@ -281,7 +280,7 @@ def test_patient_id_that_is_not_a_fhir_id_is_400(runtime: Runtime, stub: StubSer
     response = post_hook(
         allowing(runtime, stub.base("outcome")),
         "crs-monitor",
-        hook_body("../../admin", stub.base("outcome")),
+        hook_request("patient-view", patient_id="../../admin", fhir_server=stub.base("outcome")),
     )
     assert response.status_code == 400
     assert "context.patientId" in response.json()["error"]
@@ -291,7 +290,7 @@ def test_trailing_slash_is_normalised(runtime: Runtime, stub: StubServer) -> Non
     response = post_hook(
         allowing(runtime, stub.base("outcome") + "/"),
         "crs-monitor",
-        hook_body("p", stub.base("outcome")),
+        hook_request("patient-view", patient_id="p", fhir_server=stub.base("outcome")),
     )
     assert response.status_code == 200, response.text
 
@@ -314,7 +313,11 @@ def test_failing_server_is_412_naming_query_and_reason(
 ) -> None:
     server = stub.base(mode)
     started = time.perf_counter()
-    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p-1", server))
+    response = post_hook(
+        allowing(runtime, server),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p-1", fhir_server=server),
+    )
     assert response.status_code == 412
     error = response.json()["error"]
     assert reason in error
@@ -327,7 +330,9 @@ def test_slow_server_past_the_deadline_is_412_in_time(runtime: Runtime, stub: St
     server = stub.base("slow")
     started = time.perf_counter()
     response = post_hook(
-        allowing(runtime, server, fhir_timeout_seconds=0.5), "crs-monitor", hook_body("p", server)
+        allowing(runtime, server, fhir_timeout_seconds=0.5),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=server),
     )
     elapsed = time.perf_counter() - started
     assert response.status_code == 412
@@ -341,7 +346,11 @@ def test_connection_refused_is_412(runtime: Runtime) -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     server = f"http://127.0.0.1:{port}/fhir"  # nothing listens there any more
-    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p", server))
+    response = post_hook(
+        allowing(runtime, server),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=server),
+    )
     assert response.status_code == 412
     assert "could not connect" in response.json()["error"]
 
@@ -353,7 +362,9 @@ def test_refused_token_is_412_and_never_shown_or_logged(
     token = "secret-token-4711"
     caplog.set_level(logging.DEBUG)
     response = post_hook(
-        allowing(runtime, server), "crs-monitor", hook_body("p", server, token=token)
+        allowing(runtime, server),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=server, fhir_token=token),
     )
     assert response.status_code == 412
     assert "HTTP 401" in response.json()["error"]
@@ -367,7 +378,11 @@ def test_refused_token_is_412_and_never_shown_or_logged(
 
 def test_missing_token_is_said_so(runtime: Runtime, stub: StubServer) -> None:
     server = stub.base("auth")
-    response = post_hook(allowing(runtime, server), "crs-monitor", hook_body("p", server))
+    response = post_hook(
+        allowing(runtime, server),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=server),
+    )
     assert response.status_code == 412
     assert "request has no fhirAuthorization" in response.json()["error"]
 
@@ -375,11 +390,17 @@ def test_missing_token_is_said_so(runtime: Runtime, stub: StubServer) -> None:
 def test_accepted_token_and_outcome_entries_skipped(runtime: Runtime, stub: StubServer) -> None:
     auth = stub.base("auth")
     response = post_hook(
-        allowing(runtime, auth), "crs-monitor", hook_body("p", auth, token=GOOD_TOKEN)
+        allowing(runtime, auth),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=auth, fhir_token=GOOD_TOKEN),
     )
     assert response.status_code == 200, response.text
     outcome = stub.base("outcome")
-    response = post_hook(allowing(runtime, outcome), "crs-monitor", hook_body("p", outcome))
+    response = post_hook(
+        allowing(runtime, outcome),
+        "crs-monitor",
+        hook_request("patient-view", patient_id="p", fhir_server=outcome),
+    )
     assert response.status_code == 200, response.text
     assert response.json() == {"cards": []}
 
@@ -419,7 +440,7 @@ def test_other_keys_use_the_services_own_template(
             required=frozenset({"given"}),
         ),
     )
-    request = HookRequest.model_validate(body_for(scenario, anchor, loaded))
+    request = HookRequest.model_validate(scenario_request(scenario, anchor, loaded))
 
     async def go() -> ResourceCollector:
         try:
@@ -471,7 +492,9 @@ def test_an_old_weight_is_still_found_for_the_dose(
     )
     assert loaded.status_code == 200, loaded.text[:500]
     response = post_hook(
-        allowing(runtime, fhir_base_url), "crs-monitor", hook_body(pid, fhir_base_url)
+        allowing(runtime, fhir_base_url),
+        "crs-monitor",
+        hook_request("patient-view", patient_id=pid, fhir_server=fhir_base_url),
     )
     (card,) = response.json()["cards"]
     assert card["extension"]["crs"]["tocilizumab"]["weightKg"] == 72.5

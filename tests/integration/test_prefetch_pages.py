@@ -14,7 +14,8 @@ import pytest
 from cds.runtime import Runtime
 from cds.scenarios import get
 from cds.services import registry
-from tests.integration.support import card_outcome, hook_body, post_hook, runtime_with
+from tests.factories import scenario_request
+from tests.integration.support import card_outcome, post_hook, runtime_with
 
 
 def first_pages(runtime: Runtime, server: str, patient_id: str, count: int) -> dict[str, Any]:
@@ -42,9 +43,7 @@ def test_first_page_completed_from_an_allowed_fhir_server(
     prefetch = first_pages(runtime, loaded, scenario.patient_id, 2)
     assert _has_next(prefetch["observations"])
     rt = runtime_with(runtime, fhir_allowed_servers=[loaded])
-    response = post_hook(
-        rt, "crs-monitor", hook_body(scenario.patient_id, loaded, prefetch=prefetch)
-    )
+    response = post_hook(rt, "crs-monitor", scenario_request(scenario, anchor, loaded, prefetch))
     assert card_outcome("crs-monitor", response) == scenario.expect
     (card,) = response.json()["cards"]
     assert card["extension"]["crs"]["dataComplete"] is True
@@ -59,9 +58,7 @@ def test_first_page_only_and_no_usable_server_says_incomplete(
     scenario = get("g2-brexucel-bp-panel")
     prefetch = first_pages(runtime, loaded, scenario.patient_id, 2)
     total = prefetch["observations"].get("total")
-    body = hook_body(
-        scenario.patient_id, loaded if server == "not-allowed" else None, prefetch=prefetch
-    )
+    body = scenario_request(scenario, anchor, loaded if server == "not-allowed" else None, prefetch)
     response = post_hook(runtime, "crs-monitor", body)
     assert response.status_code == 200, response.text
     cards = response.json()["cards"]
@@ -95,9 +92,7 @@ def test_exposure_on_a_missing_page_is_not_an_all_clear(
     prefetch["medicationAdministrations"].setdefault("link", []).append(
         {"relation": "next", "url": f"{loaded}/MedicationAdministration?page=2"}
     )
-    response = post_hook(
-        runtime, "crs-monitor", hook_body(scenario.patient_id, None, prefetch=prefetch)
-    )
+    response = post_hook(runtime, "crs-monitor", scenario_request(scenario, anchor, None, prefetch))
     cards = response.json()["cards"]
     assert len(cards) == 1
     assert cards[0]["indicator"] in {"warning", "critical"}

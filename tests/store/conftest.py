@@ -21,8 +21,8 @@ from cds.ids import new_uuid
 from cds.runtime import Runtime
 from cds.store import database
 from cds.store.decisions import DecisionStore
+from tests import factories
 from tests.conftest import POSTGRES_ADMIN
-from tests.factories import settings as test_settings
 
 PSEUDONYM_KEY = "test-pseudonym-key-0123456789abcdef"
 
@@ -71,7 +71,9 @@ def open_service(
     runtime: Runtime, url: str, data_dir: Path, clock: Clock = utc_now, **settings: Any
 ) -> tuple[Runtime, DecisionStore, TestClient]:
     rt = Runtime.load(
-        test_settings(data_dir=data_dir, database_url=url, pseudonym_key=PSEUDONYM_KEY, **settings)
+        factories.settings(
+            data_dir=data_dir, database_url=url, pseudonym_key=PSEUDONYM_KEY, **settings
+        )
     )
     store = DecisionStore.open(rt, new_uuid, clock)
     return rt, store, TestClient(create_app(rt, store=store, clock=clock))

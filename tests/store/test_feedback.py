@@ -12,7 +12,7 @@ from sqlalchemy import select
 from cds.runtime import Runtime
 from cds.store.audit import feedback_figures
 from cds.store.tables import feedback
-from tests.helpers import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
+from tests.factories import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
 from tests.store.conftest import Service, open_service
 
 

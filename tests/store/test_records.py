@@ -16,20 +16,16 @@ from cds.scenarios import get
 from cds.store.audit import export, replay
 from cds.store.records import decode_facts
 from cds.store.tables import audit_records, cards
-from tests.helpers import (
+from tests.factories import (
     PATIENT,
     draft_bundle,
     draft_order,
+    grade2_monitor_request,
     grade2_resources,
     hook_request,
     prefetch,
 )
 from tests.store.conftest import Service
-
-
-def _monitor_body(**extra: Any) -> dict[str, Any]:
-    obs, admins = grade2_resources()
-    return hook_request("patient-view", {}, prefetch(obs, admins), **extra)
 
 
 def _row(service: Service, hook_instance: str) -> Any:
@@ -40,7 +36,7 @@ def _row(service: Service, hook_instance: str) -> Any:
 
 
 def test_every_call_is_recorded_with_what_it_decided(service: Service) -> None:
-    body = _monitor_body()
+    body = grade2_monitor_request()
     raw = orjson.dumps(body)
     response = service.client.post(
         "/cds-services/crs-monitor", content=raw, headers={"Content-Type": "application/json"}
@@ -67,7 +63,7 @@ def test_every_call_is_recorded_with_what_it_decided(service: Service) -> None:
 
 
 def test_the_patient_is_a_pseudonym_never_the_id(service: Service) -> None:
-    body = _monitor_body()
+    body = grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     row = _row(service, body["hookInstance"])
     assert row.patient == service.store.pseudonyms.of(PATIENT) != PATIENT
@@ -103,7 +99,7 @@ def test_a_refused_call_is_not_a_decision_and_is_not_recorded(service: Service) 
 
 
 def test_replay_gives_the_same_cards_with_the_same_rules(service: Service) -> None:
-    body = _monitor_body()
+    body = grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     (result,) = replay(service.engine, service.runtime, body["hookInstance"])
     assert result.same, (result.recorded, result.replayed)
@@ -111,7 +107,7 @@ def test_replay_gives_the_same_cards_with_the_same_rules(service: Service) -> No
 
 
 def test_replay_shows_a_changed_rule(service: Service, runtime: Any) -> None:
-    body = _monitor_body()
+    body = grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     stricter = type(service.runtime).load(
         service.runtime.settings.model_copy(update={"hypotension_systolic_below_mmhg": 80.0})
@@ -122,7 +118,7 @@ def test_replay_shows_a_changed_rule(service: Service, runtime: Any) -> None:
 
 
 def test_export_filters_by_service_and_time(service: Service) -> None:
-    body = _monitor_body()
+    body = grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     rows = list(export(service.engine, service="crs-monitor"))
     assert body["hookInstance"] in {r["hook_instance"] for r in rows}

@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, func, select
 
 from cds.store import database
 from cds.store.tables import audit_records, feedback
-from tests.helpers import grade2_resources, hook_request, prefetch
+from tests.factories import grade2_monitor_request
 from tests.store.conftest import PSEUDONYM_KEY
 
 CALLS = 2_000
@@ -96,8 +96,7 @@ def test_2000_concurrent_calls_on_4_workers_leave_2000_records(
     replicas: tuple[str, Path], database_url: str
 ) -> None:
     url, log = replicas
-    obs, admins = grade2_resources()
-    bodies = [hook_request("patient-view", {}, prefetch(obs, admins)) for _ in range(CALLS)]
+    bodies = [grade2_monitor_request() for _ in range(CALLS)]
     started = time.perf_counter()
     responses = asyncio.run(_fire(url, bodies))
     seconds = time.perf_counter() - started

@@ -22,9 +22,8 @@ from cds.runtime import Runtime
 from cds.store import database
 from cds.store.decisions import DecisionStore
 from cds.store.tables import metadata
+from tests import factories
 from tests.conftest import POSTGRES_ADMIN
-from tests.factories import settings as test_settings
-from tests.helpers import grade2_resources, hook_request, prefetch
 from tests.store.conftest import PSEUDONYM_KEY, Service
 
 
@@ -47,7 +46,7 @@ def empty_postgres() -> Iterator[str]:
 
 
 def _runtime(tmp_path: Path, **settings: Any) -> Runtime:
-    return Runtime.load(test_settings(data_dir=tmp_path, **settings))
+    return Runtime.load(factories.settings(data_dir=tmp_path, **settings))
 
 
 def test_postgresql_must_be_migrated_first(empty_postgres: str, tmp_path: Path) -> None:
@@ -83,7 +82,7 @@ def test_the_embedded_store_makes_itself_on_first_run(tmp_path: Path) -> None:
 
 
 def test_the_audit_commands(service: Service, database_url: str, tmp_path: Path) -> None:
-    body = hook_request("patient-view", {}, prefetch(*grade2_resources()))
+    body = factories.grade2_monitor_request()
     service.client.post("/cds-services/crs-monitor", json=body)
     env = {
         "CRS_DATABASE_URL": database_url,

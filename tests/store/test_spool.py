@@ -13,15 +13,14 @@ from sqlalchemy import select
 from cds.store import database
 from cds.store.spool import Spool
 from cds.store.tables import audit_records
-from tests.helpers import grade2_resources, hook_request, prefetch
+from tests.factories import grade2_monitor_request
 from tests.store.conftest import Service
 
 UNREACHABLE = "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=1"
 
 
 def _call(service: Service) -> tuple[str, int]:
-    obs, admins = grade2_resources()
-    body = hook_request("patient-view", {}, prefetch(obs, admins))
+    body = grade2_monitor_request()
     response = service.client.post("/cds-services/crs-monitor", json=body)
     return body["hookInstance"], response.status_code
 
@@ -86,7 +85,7 @@ def test_neither_database_nor_spool_is_503_with_no_answer(service: Service, tmp_
         _, status = _call(service)
         response_body = service.client.post(
             "/cds-services/crs-monitor",
-            json=hook_request("patient-view", {}, prefetch(*grade2_resources())),
+            json=grade2_monitor_request(),
         ).json()
     finally:
         store.engine.dispose()

@@ -9,25 +9,30 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from cds import fhirbuild as b
-from tests.helpers import (
+from tests.factories import (
     draft_bundle,
     draft_order,
     grade2_resources,
     hook_request,
     hours_ago,
+    now,
     prefetch,
 )
 from tests.store.conftest import Service
 
+# Every chart counts back from this one instant. An exposure is known by its product and
+# time, so a chart rebuilt from the wall clock a second later would be a new exposure.
+CHARTED = now()
+
 
 def _patient(pid: str, grade: int, product: str = "Yescarta", dose_hours: float = 72) -> Any:
-    obs, _ = grade2_resources(pid=pid)
-    admins = [b.administration(pid, hours_ago(dose_hours), text=product)]
+    obs, _ = grade2_resources(pid=pid, anchor=CHARTED)
+    admins = [b.administration(pid, hours_ago(dose_hours, CHARTED), text=product)]
     if grade >= 3:
         admins.append(
             b.administration(
                 pid,
-                hours_ago(1),
+                hours_ago(1, CHARTED),
                 rxnorm="7512",
                 text="norepinephrine",
                 period=True,
@@ -49,15 +54,10 @@ def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | No
     assert response.status_code == 200, response.text
 
 
-def _body_for(pid: str, obs: list[Any], admins: list[Any]) -> dict[str, Any]:
-    body = hook_request("patient-view", {}, prefetch(obs, admins, pid=pid))
-    body["context"]["patientId"] = pid
-    return body
-
-
 def _open(service: Service, pid: str, grade: int, **kw: Any) -> dict[str, Any]:
     obs, admins = _patient(pid, grade, **kw)
-    response = service.client.post("/cds-services/crs-monitor", json=_body_for(pid, obs, admins))
+    body = hook_request("patient-view", {}, prefetch(obs, admins, pid=pid), patient_id=pid)
+    response = service.client.post("/cds-services/crs-monitor", json=body)
     (card,) = response.json()["cards"]
     return dict(card)
 
