@@ -442,5 +442,5 @@ def test_refused_tokens_are_counted_by_reason_in_the_metrics(
         return float(line.rsplit(" ", 1)[1]) if line else 0.0
 
     before = refused(client.get("/metrics").text)
-    client.post("/cds-services/crs-monitor", json=monitor_body())
+    client.post("/cds-services/crs-monitor", json=grade2_monitor_request())
     assert refused(client.get("/metrics").text) == before + 1

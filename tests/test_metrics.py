@@ -7,7 +7,7 @@ import re
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import PATIENT, grade2_resources, hook_request, prefetch
+from tests.factories import PATIENT, grade2_resources, hook_request, prefetch
 
 
 def _sample(text: str, name: str, **labels: str) -> float:

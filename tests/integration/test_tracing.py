@@ -18,7 +18,8 @@ from cds.app import create_app
 from cds.runtime import Runtime
 from cds.scenarios import get
 from cds.store.decisions import DecisionStore
-from tests.integration.support import hook_body, runtime_with
+from tests.factories import hook_request
+from tests.integration.support import runtime_with
 
 
 @pytest.mark.parametrize(
@@ -59,7 +60,8 @@ def test_a_traced_call_holds_no_patient_id(
     app = create_app(allowed, store=store)
     assert tracing.configure(app, store.engine, SimpleSpanProcessor(exporter))
     try:
-        body = hook_body(scenario.patient_id, loaded)  # no prefetch: the fallback runs
+        # no prefetch: the fallback runs
+        body = hook_request("patient-view", patient_id=scenario.patient_id, fhir_server=loaded)
         with TestClient(app) as client:
             assert client.post("/cds-services/crs-monitor", json=body).status_code == 200
     finally:
