@@ -25,6 +25,7 @@ from cds.pipeline import Hooks
 from cds.runtime import Runtime
 from cds.services import registry
 from cds.store.decisions import DecisionStore
+from cds.web import routes as pages
 
 log = logging.getLogger("cds.app")
 
@@ -135,6 +136,7 @@ def create_app(
         feedback.router,
         health.router,
         questionnaires.router,
+        pages.router,
     ):
         app.include_router(router)
     return app
