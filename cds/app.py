@@ -27,6 +27,7 @@ from cds.pipeline import Hooks
 from cds.runtime import Runtime
 from cds.services import registry
 from cds.store.decisions import DecisionStore
+from cds.web import routes as pages
 
 log = logging.getLogger("cds.app")
 
@@ -140,6 +141,7 @@ def create_app(
         health.router,
         questionnaires.router,
         observability.router,
+        pages.router,
     ):
         app.include_router(router)
     return app

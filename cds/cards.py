@@ -39,7 +39,7 @@ from cds.fhir.reading import Issue, Truncated
 from cds.formatting import fmt_mg, hours, when
 from cds.knowledge import Knowledge
 from cds.parameters import EngineRules
-from cds.protocol import Card, Coding, Indicator, Source, Suggestion
+from cds.protocol import Card, Coding, Indicator, Link, Source, Suggestion
 
 SUMMARY_MAX = 139
 GRADING_SYSTEM = "ASTCT 2019"
@@ -296,8 +296,10 @@ def crs_card(
     evaluation: Evaluation,
     plan: TocilizumabPlan,
     card_id: str,
+    links: tuple[Link, ...] = (),
 ) -> Card:
-    """The patient-view CRS card for an evaluation inside a risk window."""
+    """The patient-view CRS card for an evaluation inside a risk window (`links`: the
+    timeline link, when the service has a public address)."""
     exposure, grading, at = evaluation.exposure, evaluation.crs, evaluation.at
     assert exposure is not None and grading is not None
     day = exposure.day(at)
@@ -374,6 +376,7 @@ def crs_card(
         source=source(knowledge),
         suggestions=(plan.order,) if plan.order is not None else (),
         selectionBehavior="at-most-one" if plan.order is not None else None,
+        links=links,
         extension=CardExtension(
             crs=crs,
             dataIssues=issue_infos(evaluation.issues),

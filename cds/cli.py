@@ -22,6 +22,7 @@ from cds.logs import configure_logging
 from cds.runtime import Runtime
 from cds.settings import Settings
 from cds.tools import register as register_tools
+from cds.web.cli import register as register_page_tools
 
 app = typer.Typer(
     help="CRS decision support: a CDS Hooks 2.0 service and tools for integration engineers.",
@@ -31,6 +32,7 @@ app = typer.Typer(
 
 register_tools(app)
 register_key_tools(app)
+register_page_tools(app)
 log = logging.getLogger("cds.cli")
 
 
@@ -71,6 +73,10 @@ def serve(
     import uvicorn
 
     from cds.app import create_app
+    from cds.clock import utc_now
+    from cds.ids import new_uuid
+    from cds.store.decisions import DecisionStore
+    from cds.web.cli import base_url, demo_access_on, print_access_url
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -78,7 +84,12 @@ def serve(
     bind_host = host or settings.host
     bind_port = port or settings.port
     _check_authentication(settings, bind_host, allow_unauthenticated, workers)
+    demo = demo_access_on(settings, bind_host)
     if workers > 1:
+        if demo:
+            store = DecisionStore.open(runtime, new_uuid, utc_now)
+            print_access_url(store, base_url(settings, bind_host, bind_port))
+            store.close()
         uvicorn.run(
             "cds.app:worker_app",  # each worker configures its logs and loads the rules
             factory=True,
@@ -89,9 +100,10 @@ def serve(
             access_log=False,
         )
     else:
-        uvicorn.run(
-            create_app(runtime), host=bind_host, port=bind_port, log_config=None, access_log=False
-        )
+        application = create_app(runtime)
+        if demo:
+            print_access_url(application.state.store, base_url(settings, bind_host, bind_port))
+        uvicorn.run(application, host=bind_host, port=bind_port, log_config=None, access_log=False)
 
 
 def _check_authentication(

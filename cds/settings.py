@@ -7,11 +7,12 @@ None, meaning "use the cited value in rules/"; when set, the card says so.
 from __future__ import annotations
 
 from functools import cached_property
+from ipaddress import ip_network
 from pathlib import Path
 from typing import Annotated
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from cds.auth.keys import KEY_TYPE
@@ -77,7 +78,26 @@ class Settings(BaseSettings):
     jwks_min_refresh_seconds: float = Field(default=60.0, ge=0, le=3600)
     replay_memory_size: int = Field(default=100_000, ge=100, le=10_000_000)
 
-    @field_validator("cors_origins", "fhir_allowed_servers", "jwt_algorithms", mode="before")
+    # Pictures (cds/web/): the timeline linked from the card and the watch list.
+    link_signing_key: SecretStr | None = Field(default=None, min_length=32)
+    link_lifetime_minutes: float = Field(default=15.0, gt=0, le=24 * 60)
+    display_timezone: str = "UTC"  # the zone the pages show times in (with the offset)
+    web_trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    web_identity_header: str = "X-Forwarded-Email"
+    web_frame_ancestors: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    web_session_hours: float = Field(default=8.0, gt=0, le=24 * 7)
+    web_demo_access: bool | None = None  # None: on when serving on a loopback address
+    web_refresh_seconds: int = Field(default=60, ge=5, le=3_600)
+    web_data_gap_hours: float = Field(default=6.0, gt=0, le=72)
+
+    @field_validator(
+        "cors_origins",
+        "fhir_allowed_servers",
+        "jwt_algorithms",
+        "web_trusted_proxies",
+        "web_frame_ancestors",
+        mode="before",
+    )
     @classmethod
     def _comma_list(cls, value: object) -> object:
         if isinstance(value, str):
@@ -111,7 +131,7 @@ class Settings(BaseSettings):
             return pairs
         return value
 
-    @field_validator("assume_timezone")
+    @field_validator("assume_timezone", "display_timezone")
     @classmethod
     def _known_zone(cls, value: str | None) -> str | None:
         if value:
@@ -120,6 +140,21 @@ class Settings(BaseSettings):
             except (ZoneInfoNotFoundError, ValueError) as exc:
                 raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
         return value or None
+
+    @field_validator("web_trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{item!r} is not an IP address or network") from exc
+        return value
+
+    @cached_property
+    def display_tz(self) -> ZoneInfo:
+        """The zone the pages show times in."""
+        return ZoneInfo(self.display_timezone)
 
     @property
     def database(self) -> str:

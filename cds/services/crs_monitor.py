@@ -93,7 +93,11 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
             return Decision((DecidedCard(card, "data-incomplete"),))
         return Decision((), cards.data_only_extension(evaluation))
     plan = plan_tocilizumab(runtime, evaluation, new_id)
-    card = cards.crs_card(runtime.knowledge, runtime.rules, evaluation, plan, new_id())
+    card_id = new_id()
+    # the timeline of this evaluation: a signed link naming this card alone (the store maps
+    # the card to its record); none without a public base URL
+    links = (runtime.links.timeline(card_id, evaluation.at),) if runtime.links else ()
+    card = cards.crs_card(runtime.knowledge, runtime.rules, evaluation, plan, card_id, links)
     crs = DecidedCard(
         card,
         "crs",

@@ -138,3 +138,30 @@ seen_tokens = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Index("ix_seen_tokens_expires_at", "expires_at"),
 )
+
+# Every page view of the pictures (cds/web/): who saw which patient's data, when, how.
+page_views = Table(
+    "page_views",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("viewed_at", UtcDateTime(), nullable=False),
+    Column("viewer", Text, nullable=False),  # the signed-in name, or "card-link"
+    Column("access", String(16), nullable=False),  # link | sso | session
+    Column("page", String(32), nullable=False),  # timeline | watch | watch.json
+    Column("patient", String(64)),  # the pseudonym shown (None: the watch list)
+    Column("record_id", String(36)),
+    Column("card_uuid", String(64)),
+    Index("ix_page_views_viewed_at", "viewed_at"),
+    Index("ix_page_views_patient", "patient"),
+)
+
+# One-time access URLs of the local demo: only the sha256 of the secret is kept.
+page_access_grants = Table(
+    "page_access_grants",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("viewer", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("used_at", UtcDateTime()),
+)
