@@ -117,6 +117,8 @@ def create_app(
             allowed_servers=settings.fhir_allowed_servers,
             timeout_seconds=settings.fhir_timeout_seconds,
             page_size=settings.fhir_page_size,
+            max_query_bytes=settings.fhir_max_query_bytes,
+            max_request_bytes=settings.fhir_max_request_bytes,
         ),
         new_id=new_id,
         memory=store,
