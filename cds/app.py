@@ -7,13 +7,14 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import httpx
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from cds.api import discovery, errors, feedback, health, hooks, questionnaires
+from cds.api import discovery, errors, feedback, health, hooks, openapi, questionnaires
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
@@ -122,6 +123,11 @@ def create_app(
         ),
         new_id=new_id,
         memory=store,
+        # the CPU-bound steps of a call run here, off the event loop; idle threads cost
+        # nothing and are never shut down (an app may be started again, in tests)
+        workers=ThreadPoolExecutor(
+            max_workers=settings.evaluation_threads, thread_name_prefix="crs-evaluate"
+        ),
     )
     app.add_middleware(
         CORSMiddleware,
@@ -139,6 +145,7 @@ def create_app(
         questionnaires.router,
     ):
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

@@ -71,6 +71,7 @@ def serve(
     import uvicorn
 
     from cds.app import create_app
+    from cds.serving import uvicorn_options
 
     settings = load_settings()
     configure_logging(settings.log_level)
@@ -87,10 +88,16 @@ def serve(
             workers=workers,
             log_config=None,
             access_log=False,
+            **uvicorn_options(settings),
         )
     else:
         uvicorn.run(
-            create_app(runtime), host=bind_host, port=bind_port, log_config=None, access_log=False
+            create_app(runtime),
+            host=bind_host,
+            port=bind_port,
+            log_config=None,
+            access_log=False,
+            **uvicorn_options(settings),
         )
 
 

@@ -56,7 +56,7 @@ from cds.protocol import HookRequest
 
 log = logging.getLogger("cds.fhir.gather")
 
-__all__ = ["FHIR_ID", "FhirAccess", "gather", "missing_prefetch"]
+__all__ = ["FHIR_ID", "FhirAccess", "collect_prefetch", "gather", "missing_prefetch"]
 
 ROOT = "fhirServer"
 
@@ -87,6 +87,17 @@ def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
     return [key for key in plan.templates if key not in prefetch or reports_failure(prefetch[key])]
 
 
+def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> ResourceCollector:
+    """The resources of the prefetch values the service will use as sent (not those to be
+    fetched again: absent, or reporting an error)."""
+    collected = ResourceCollector()
+    missing = missing_prefetch(plan, request)
+    for key, value in (request.prefetch or {}).items():
+        if value is not None and key not in missing:
+            collected.add(value, f"prefetch.{key}")
+    return collected
+
+
 async def gather(
     request: HookRequest,
     plan: PrefetchPlan,
@@ -96,6 +107,7 @@ async def gather(
     log_extra: Mapping[str, Any] | None = None,
     *,
     fetch_allowed: bool = True,
+    sent: ResourceCollector | None = None,
 ) -> ResourceCollector:
     """Collect the resources: prefetch values; what is missing, and the further pages of a
     prefetch Bundle sent with its first page only, from fhirServer.
@@ -103,14 +115,11 @@ async def gather(
     A missing key the service needs that cannot be fetched is a 412. Further pages that
     cannot be fetched are not: they stay in `collected.truncated`, and the cards say the
     data are incomplete. Without `fetch_allowed` (a caller not authenticated while
-    authentication is on) nothing is fetched: a needed key is a 412.
+    authentication is on) nothing is fetched: a needed key is a 412. `sent` is what
+    `collect_prefetch` made of the prefetch already (e.g. in a worker thread).
     """
-    collected = ResourceCollector()
-    prefetch = request.prefetch or {}
+    collected = sent if sent is not None else collect_prefetch(request, plan)
     missing = missing_prefetch(plan, request)
-    for key, value in prefetch.items():
-        if value is not None and key not in missing:
-            collected.add(value, f"prefetch.{key}")
     pages = [t for t in collected.truncated if t.next_url]
     if not missing and not pages:
         return collected
