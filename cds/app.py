@@ -7,6 +7,7 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 import httpx
@@ -14,7 +15,16 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from cds import tracing
-from cds.api import discovery, errors, feedback, health, hooks, observability, questionnaires
+from cds.api import (
+    discovery,
+    errors,
+    feedback,
+    health,
+    hooks,
+    observability,
+    openapi,
+    questionnaires,
+)
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
@@ -120,9 +130,16 @@ def create_app(
             allowed_servers=settings.fhir_allowed_servers,
             timeout_seconds=settings.fhir_timeout_seconds,
             page_size=settings.fhir_page_size,
+            max_query_bytes=settings.fhir_max_query_bytes,
+            max_request_bytes=settings.fhir_max_request_bytes,
         ),
         new_id=new_id,
         memory=store,
+        # the CPU-bound steps of a call run here, off the event loop; idle threads cost
+        # nothing and are never shut down (an app may be started again, in tests)
+        workers=ThreadPoolExecutor(
+            max_workers=settings.evaluation_threads, thread_name_prefix="crs-evaluate"
+        ),
     )
     app.add_middleware(
         CORSMiddleware,
@@ -144,6 +161,7 @@ def create_app(
         pages.router,
     ):
         app.include_router(router)
+    openapi.install(app)
     return app
 
 

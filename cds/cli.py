@@ -75,6 +75,7 @@ def serve(
     from cds.app import create_app
     from cds.clock import utc_now
     from cds.ids import new_uuid
+    from cds.serving import uvicorn_options
     from cds.store.decisions import DecisionStore
     from cds.web.cli import base_url, demo_access_on, print_access_url
 
@@ -98,12 +99,20 @@ def serve(
             workers=workers,
             log_config=None,
             access_log=False,
+            **uvicorn_options(settings),
         )
     else:
         application = create_app(runtime)
         if demo:
             print_access_url(application.state.store, base_url(settings, bind_host, bind_port))
-        uvicorn.run(application, host=bind_host, port=bind_port, log_config=None, access_log=False)
+        uvicorn.run(
+            application,
+            host=bind_host,
+            port=bind_port,
+            log_config=None,
+            access_log=False,
+            **uvicorn_options(settings),
+        )
 
 
 def _check_authentication(
@@ -130,11 +139,6 @@ def _check_authentication(
     except TrustedClientsError as exc:
         typer.echo(f"error: invalid trusted clients: {exc}", err=True)
         raise typer.Exit(2) from exc
-    if mode is AuthenticationMode.ON and workers > 1:
-        log.warning(
-            "token ids are remembered per worker process: a token replayed to another "
-            "worker is not detected (run one worker, or a replay guard shared by all)"
-        )
     if mode is not AuthenticationMode.ON:
         log.warning(
             "authentication is OFF: no trusted clients are configured "

@@ -40,3 +40,21 @@ class Unauthenticated(CdsError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class RequestTooLarge(CdsError):
+    """The request is larger than the service takes (413); the connection is closed."""
+
+    status = 413
+
+
+class TooManyDraftOrders(CdsError):
+    """More draft orders in one call than the service checks (413)."""
+
+    status = 413
+
+
+class RequestTimeout(CdsError):
+    """The client did not send its request in time (408); the connection is closed."""
+
+    status = 408

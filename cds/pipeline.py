@@ -7,12 +7,14 @@ of a call, and every step uses that instant.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import orjson
 from pydantic import ValidationError
@@ -20,9 +22,9 @@ from pydantic import ValidationError
 from cds.auth import ClientIdentity
 from cds.clock import Clock
 from cds.decision import Decision
-from cds.errors import InvalidRequest, UnknownService
+from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService
 from cds.evaluation import Evaluation, evaluate
-from cds.fhir.gather import FhirAccess, gather
+from cds.fhir.gather import FhirAccess, collect_prefetch, gather
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
 from cds.ids import NewId
@@ -32,6 +34,7 @@ from cds.runtime import Runtime
 from cds.services.base import ServiceDefinition
 
 log = logging.getLogger("cds.pipeline")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,10 @@ def parse(
     service_id: str,
     body: bytes,
     client: ClientIdentity | None = None,
+    max_draft_orders: int | None = None,
 ) -> HookCall:
-    """The request body as a typed hook call, or InvalidRequest / UnknownService."""
+    """The request body as a typed hook call, or InvalidRequest / UnknownService (and
+    TooManyDraftOrders past `max_draft_orders`)."""
     service = services.get(service_id)
     if service is None:
         raise UnknownService(
@@ -96,8 +101,17 @@ def parse(
             f"service {service.id} answers hook {service.hook!r}, not {request.hook!r}", "hook"
         )
     context = parse_context(service.context, request.context)
-    if isinstance(context, OrderContext) and request.hook == "order-sign":
-        context = context.model_copy(update={"selections": None})  # sign checks every order
+    if isinstance(context, OrderContext):
+        entries = context.draftOrders.get("entry")
+        count = len(entries) if isinstance(entries, list) else 0
+        if max_draft_orders is not None and count > max_draft_orders:
+            raise TooManyDraftOrders(
+                f"context.draftOrders holds {count} entries; this service checks at most "
+                f"{max_draft_orders} draft orders per call (setting CRS_MAX_DRAFT_ORDERS)",
+                "context.draftOrders.entry",
+            )
+        if request.hook == "order-sign":
+            context = context.model_copy(update={"selections": None})  # sign checks every order
     return HookCall(service, request, context, client)
 
 
@@ -166,7 +180,8 @@ def decide_offline(
 @dataclass(frozen=True)
 class Hooks:
     """The hook pipeline with its injected parts: the runtime, the clock, the FHIR access,
-    the id source, and (when the service keeps records) the decision memory."""
+    the id source, (when the service keeps records) the decision memory, and the threads
+    that do the CPU-bound steps (None: on the event loop itself)."""
 
     runtime: Runtime
     services: Mapping[str, ServiceDefinition]
@@ -174,6 +189,16 @@ class Hooks:
     fhir: FhirAccess
     new_id: NewId
     memory: Memory | None = None
+    workers: ThreadPoolExecutor | None = None
+
+    async def _off_loop(self, work: Callable[[], _T]) -> _T:
+        """`work` in one of the pipeline's threads: decoding, reading and judging a large
+        chart takes a CPU for tenths of a second, during which the event loop keeps
+        answering (/healthz, the I/O of other calls). The pool bounds how many calls are
+        worked on at once; the others wait for a thread without blocking anything."""
+        if self.workers is None:
+            return work()
+        return await asyncio.get_running_loop().run_in_executor(self.workers, work)
 
     async def run(
         self,
@@ -188,7 +213,13 @@ class Hooks:
         from prefetch are read from fhirServer only with `fhir_fallback` (an authenticated
         client, or the explicit open mode)."""
         started = time.perf_counter()
-        call = parse(self.services, service_id, body, client)
+        limit = self.runtime.settings.max_draft_orders
+
+        def read() -> tuple[HookCall, ResourceCollector]:
+            call = parse(self.services, service_id, body, client, limit)
+            return call, collect_prefetch(call.request, call.service.prefetch)
+
+        call, sent = await self._off_loop(read)
         remembering = self.memory.begin(call, body) if self.memory is not None else None
         at = self.clock()
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
@@ -200,11 +231,16 @@ class Hooks:
             risk_data_since(self.runtime, at),
             log_extra,
             fetch_allowed=fhir_fallback,
+            sent=sent,
         )
-        evaluation = evaluate_context(self.runtime, collected, call.context, at)
+        evaluation = await self._off_loop(
+            lambda: evaluate_context(self.runtime, collected, call.context, at)
+        )
         if remembering is not None:
             remembering.evaluated(evaluation)
-        decision = call.service.decide(self.runtime, evaluation, self.new_id)
+        decision = await self._off_loop(
+            lambda: call.service.decide(self.runtime, evaluation, self.new_id)
+        )
         if remembering is not None:
             decision = await remembering.suppress(evaluation, decision)
             await remembering.record(evaluation, decision, started)

@@ -18,6 +18,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from cds.auth.keys import KEY_TYPE
 from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR
 
+MIB = 1024 * 1024
+
 
 class Settings(BaseSettings):
     """Service settings; see the README table for each one."""
@@ -55,6 +57,22 @@ class Settings(BaseSettings):
     fhir_allowed_servers: Annotated[list[str], NoDecode] = Field(default_factory=list)
     fhir_timeout_seconds: float = Field(default=3.0, gt=0, le=60)
     fhir_page_size: int = Field(default=200, ge=1, le=1000)
+    # what one query (every page of a search) and one hook call's queries may read,
+    # counted after decompression
+    fhir_max_query_bytes: int = Field(default=16 * MIB, ge=64 * 1024, le=1024 * MIB)
+    fhir_max_request_bytes: int = Field(default=32 * MIB, ge=64 * 1024, le=4096 * MIB)
+
+    # What a client may send, and how the server holds up under it (issue #11).
+    # A 10,000-resource patient-view request is about 7 MB: 15 MiB leaves room, and stays
+    # under the ingress's 16 MiB (deploy/), so that this service answers an oversized
+    # request itself.
+    max_request_bytes: int = Field(default=15 * MIB, ge=64 * 1024, le=1024 * MIB)
+    max_draft_orders: int = Field(default=100, ge=1, le=10_000)
+    evaluation_threads: int = Field(default=2, ge=1, le=64)
+    header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    body_timeout_seconds: float = Field(default=30.0, gt=0, le=3_600)
+    keep_alive_seconds: float = Field(default=5.0, gt=0, le=600)
+    max_connections: int = Field(default=100, ge=1, le=100_000)
 
     # Decision records (audit trail, feedback, suppression).
     data_dir: Path = Path("data")  # SQLite database, spool and generated keys (created)

@@ -7,6 +7,7 @@ before it leaves the service.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -66,8 +67,36 @@ class InvalidOrder(ValueError):
     """The order would not be valid FHIR R4; the message says where."""
 
 
+# A MedicationRequest is a dozen levels deep (extensions nest, but not by hundreds). A
+# client's order nested deeper is refused before the FHIR model (recursive) walks it,
+# and so never reaches the response (whose encoder recurses too).
+MAX_ORDER_DEPTH = 64
+CONTAINERS = (dict, list, tuple)
+
+
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether a JSON value nests objects and arrays more than `limit` levels deep
+    (iterative: safe at any depth)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        inner: Iterable[Any]
+        if isinstance(item, dict):
+            inner = item.values()
+        elif isinstance(item, list | tuple):
+            inner = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in inner if isinstance(child, CONTAINERS))
+    return False
+
+
 def validated(resource: dict[str, Any]) -> dict[str, Any]:
     """The resource, after checking it is valid FHIR (InvalidOrder if not)."""
+    if nested_deeper_than(resource, MAX_ORDER_DEPTH):
+        raise InvalidOrder(f"the order is nested more than {MAX_ORDER_DEPTH} levels deep")
     try:
         FhirMedicationRequest.model_validate(resource)
     except RecursionError as exc:

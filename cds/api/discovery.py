@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from msgspec import Struct
 
 from cds.api.deps import AuthenticationDep, DiscoveryClientDep, HooksDep
+from cds.api.openapi import DISCOVERY
 from cds.api.responses import RenderedJson
 from cds.protocol import render_struct
 from cds.services.base import DiscoveryEntry
@@ -18,7 +19,7 @@ class Discovery(Struct, frozen=True):
     extension: dict[str, str]
 
 
-@router.get("/cds-services", response_class=RenderedJson)
+@router.get("/cds-services", response_class=RenderedJson, openapi_extra=DISCOVERY)
 async def discovery(
     hooks: HooksDep, authentication: AuthenticationDep, _client: DiscoveryClientDep
 ) -> RenderedJson:

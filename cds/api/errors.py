@@ -11,7 +11,7 @@ from pathlib import PurePath
 from fastapi import FastAPI, Request
 
 from cds.api.responses import JsonResponse, error
-from cds.errors import CdsError, Unauthenticated
+from cds.errors import CdsError, RequestTimeout, RequestTooLarge, Unauthenticated
 from cds.metrics import AUTH_FAILURES
 
 log = logging.getLogger("cds.api")
@@ -31,7 +31,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(CdsError)
     async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
-        return error(exc.status, exc.message, exc.location)
+        response = error(exc.status, exc.message, exc.location)
+        if isinstance(exc, RequestTooLarge | RequestTimeout):
+            # the rest of the body is not wanted: the server closes instead of reading it
+            response.headers["Connection"] = "close"
+        return response
 
     @app.exception_handler(Unauthenticated)
     async def _unauthenticated(_: Request, exc: Unauthenticated) -> JsonResponse:

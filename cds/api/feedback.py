@@ -14,7 +14,9 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
+from cds.api.body import FEEDBACK_MAX_BYTES, read_body
 from cds.api.deps import ClientDep, HooksDep, StoreDep
+from cds.api.openapi import FEEDBACK
 from cds.errors import CdsError, InvalidRequest, UnknownService
 from cds.fhir.reading import validation_message
 from cds.store.feedback import FeedbackRequest, apply
@@ -27,7 +29,12 @@ class FeedbackUnavailable(CdsError):
     status = 503
 
 
-@router.post("/cds-services/{service_id}/feedback", status_code=200)
+@router.post(
+    "/cds-services/{service_id}/feedback",
+    status_code=200,
+    response_class=Response,
+    openapi_extra=FEEDBACK,
+)
 async def feedback(
     service_id: str, request: Request, hooks: HooksDep, store: StoreDep, client: ClientDep
 ) -> Response:
@@ -38,7 +45,7 @@ async def feedback(
             f"no CDS service {service_id!r}; GET /cds-services lists "
             + ", ".join(sorted(hooks.services))
         )
-    body = await request.body()
+    body = await read_body(request, store.runtime.settings, FEEDBACK_MAX_BYTES)
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:

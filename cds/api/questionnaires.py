@@ -8,13 +8,14 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from cds.api.openapi import QUESTIONNAIRE
 from cds.questionnaires import IDS, questionnaire
 
 router = APIRouter()
 FHIR_JSON = "application/fhir+json"
 
 
-@router.get("/fhir/Questionnaire/{qid}")
+@router.get("/fhir/Questionnaire/{qid}", openapi_extra=QUESTIONNAIRE)
 async def get_questionnaire(qid: str) -> JSONResponse:
     """The Questionnaire `qid` (ice | capd), or a 404 OperationOutcome."""
     found: dict[str, Any] | None = questionnaire(qid)

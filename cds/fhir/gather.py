@@ -23,23 +23,28 @@ and the reason; further pages that cannot be had leave the data marked incomplet
 from __future__ import annotations
 
 import logging
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import anyio
 import httpx
 
+from cds.allocator import TRIM_AFTER_BYTES, release_free_memory
 from cds.errors import InvalidRequest, PrefetchUnavailable
 from cds.fhir.client import (
+    FHIR_ID,
+    MAX_QUERY_BYTES,
+    MAX_REQUEST_BYTES,
     FhirQuery,
     FhirQueryFailed,
     FhirReader,
     QueriesTimedOut,
     TemplateError,
     allowed_base_url,
+    is_fhir_id,
     resolve_template,
     run_all,
     split_query,
@@ -52,7 +57,8 @@ from cds.protocol import HookRequest
 
 log = logging.getLogger("cds.fhir.gather")
 
-FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")
+__all__ = ["FHIR_ID", "FhirAccess", "collect_prefetch", "gather", "missing_prefetch"]
+
 ROOT = "fhirServer"
 
 Job = Callable[[], Awaitable[Any]]
@@ -62,13 +68,15 @@ Job = Callable[[], Awaitable[Any]]
 class FhirAccess:
     """How the service may read an EHR's FHIR server: where its HTTP client comes from
     (injected: the shared pool of the running event loop, or in tests a client with an
-    `httpx.MockTransport`), the allow-list, the deadline of one request's queries, and
-    the page size of its searches."""
+    `httpx.MockTransport`), the allow-list, the deadline of one request's queries, the
+    page size of its searches, and the bytes a query and a request may read."""
 
     http: Callable[[], httpx.AsyncClient]
     allowed_servers: Sequence[str]
     timeout_seconds: float
     page_size: int
+    max_query_bytes: int = MAX_QUERY_BYTES
+    max_request_bytes: int = MAX_REQUEST_BYTES
 
 
 def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
@@ -80,6 +88,17 @@ def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
     return [key for key in plan.templates if key not in prefetch or reports_failure(prefetch[key])]
 
 
+def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> ResourceCollector:
+    """The resources of the prefetch values the service will use as sent (not those to be
+    fetched again: absent, or reporting an error)."""
+    collected = ResourceCollector()
+    missing = missing_prefetch(plan, request)
+    for key, value in (request.prefetch or {}).items():
+        if value is not None and key not in missing:
+            collected.add(value, f"prefetch.{key}")
+    return collected
+
+
 async def gather(
     request: HookRequest,
     plan: PrefetchPlan,
@@ -89,6 +108,7 @@ async def gather(
     log_extra: Mapping[str, Any] | None = None,
     *,
     fetch_allowed: bool = True,
+    sent: ResourceCollector | None = None,
 ) -> ResourceCollector:
     """Collect the resources: prefetch values; what is missing, and the further pages of a
     prefetch Bundle sent with its first page only, from fhirServer.
@@ -96,14 +116,11 @@ async def gather(
     A missing key the service needs that cannot be fetched is a 412. Further pages that
     cannot be fetched are not: they stay in `collected.truncated`, and the cards say the
     data are incomplete. Without `fetch_allowed` (a caller not authenticated while
-    authentication is on) nothing is fetched: a needed key is a 412.
+    authentication is on) nothing is fetched: a needed key is a 412. `sent` is what
+    `collect_prefetch` made of the prefetch already (e.g. in a worker thread).
     """
-    collected = ResourceCollector()
-    prefetch = request.prefetch or {}
+    collected = sent if sent is not None else collect_prefetch(request, plan)
     missing = missing_prefetch(plan, request)
-    for key, value in prefetch.items():
-        if value is not None and key not in missing:
-            collected.add(value, f"prefetch.{key}")
     pages = [t for t in collected.truncated if t.next_url]
     if not missing and not pages:
         return collected
@@ -142,7 +159,14 @@ async def gather(
         )
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     timeout = access.timeout_seconds
-    reader = FhirReader(access.http(), base_url, token, request_timeout=timeout)
+    reader = FhirReader(
+        access.http(),
+        base_url,
+        token,
+        request_timeout=timeout,
+        max_query_bytes=access.max_query_bytes,
+        max_request_bytes=access.max_request_bytes,
+    )
     extra = dict(log_extra or {})
     jobs = _jobs(knowledge, plan, request, missing, reader, collected, since, access.page_size)
     page_jobs = {_page_label(t): _rest_job(reader, t) for t in pages}
@@ -150,10 +174,12 @@ async def gather(
     try:
         results = await run_all({**jobs, **page_jobs}, timeout)
     except FhirQueryFailed as exc:
+        await _release_memory(reader)
         _log_failure(extra, missing, started, exc.reason)
         FHIR_QUERIES.labels("failed").inc()
         raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
     except QueriesTimedOut as exc:
+        await _release_memory(reader)
         late = [label for label in exc.labels if label in jobs]
         if late:
             _log_failure(extra, missing, started, f"timed out after {timeout:g} s")
@@ -183,6 +209,13 @@ async def gather(
         },
     )
     return collected
+
+
+async def _release_memory(reader: FhirReader) -> None:
+    """After queries that failed having read megabytes (a body cut at its cap), the
+    memory they took goes back to the system, not only to the allocator."""
+    if reader.bytes_read >= TRIM_AFTER_BYTES:
+        await anyio.to_thread.run_sync(release_free_memory)
 
 
 def _page_label(truncated: Truncated) -> str:
@@ -220,9 +253,10 @@ def _patient_id(request: HookRequest) -> str:
     value = request.context.get("patientId")
     if not isinstance(value, str) or not value:
         raise InvalidRequest("context.patientId is required to fetch from fhirServer", "context")
-    if not FHIR_ID.fullmatch(value):
+    if not is_fhir_id(value):
         raise InvalidRequest(
-            "context.patientId is not a FHIR id ([A-Za-z0-9-.], at most 64 characters)",
+            "context.patientId is not a FHIR id ([A-Za-z0-9-.], at most 64 characters; "
+            "not . or ..)",
             "context.patientId",
         )
     return value
@@ -381,7 +415,7 @@ def _medication_id(entry: Any, base_url: str) -> str | None:
         return None
     ref = ref.removeprefix(base_url + "/").split("/_history", 1)[0]
     kind, _, mid = ref.partition("/")
-    return mid if kind == "Medication" and FHIR_ID.fullmatch(mid) else None
+    return mid if kind == "Medication" and is_fhir_id(mid) else None
 
 
 def _template_job(reader: FhirReader, key: str, template: str, request: HookRequest) -> Job:

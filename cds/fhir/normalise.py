@@ -967,11 +967,20 @@ class Normaliser:
 
 
 def _walk(items: Iterable[ResponseItem], path: str) -> Iterable[tuple[str, ResponseItem]]:
-    """Every item of a QuestionnaireResponse (nested ones too), with its FHIR path."""
-    for i, item in enumerate(items):
-        here = f"{path}.item[{i}]"
+    """Every item of a QuestionnaireResponse (nested ones too, in document order), with
+    its FHIR path. Iterative: a client's nesting never meets the recursion limit."""
+    stack = [(path, iter(enumerate(items)))]
+    while stack:
+        where, siblings = stack[-1]
+        step = next(siblings, None)
+        if step is None:
+            stack.pop()
+            continue
+        i, item = step
+        here = f"{where}.item[{i}]"
         yield here, item
-        yield from _walk(item.item, here)
+        if item.item:
+            stack.append((here, iter(enumerate(item.item))))
 
 
 def _parse_time(text: str, assume: tzinfo | None) -> datetime | str:

@@ -11,7 +11,7 @@ body decoded in one pass); both are walked alike, and a resource is kept as it c
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,10 @@ def validation_message(location: str, exc: ValidationError) -> str:
     return "; ".join(f"{i.location}: {i.problem}" for i in validation_issues(location, exc))
 
 
+# a value to add: (the value, where it was found, the fullUrl of its entry)
+_Found = tuple[Any, str, str | None]
+
+
 class ResourceCollector:
     """Walks prefetch values and Bundles, keeping resources and reporting the rest."""
 
@@ -143,25 +147,40 @@ class ResourceCollector:
                 self.add(value, f"{root}.{key}")
 
     def add(self, value: Any, location: str, full_url: str | None = None) -> None:
-        """Add a resource or a Bundle found at `location`."""
+        """Add a resource or a Bundle found at `location`. Bundles within Bundles are
+        walked with a stack of their own, in document order: any nesting is safe."""
+        stack: list[Iterator[_Found]] = [iter(((value, location, full_url),))]
+        while stack:
+            found = next(stack[-1], None)
+            if found is None:
+                stack.pop()
+                continue
+            inner = self._add_one(*found)
+            if inner is not None:
+                stack.append(inner)
+
+    def _add_one(self, value: Any, location: str, full_url: str | None) -> Iterator[_Found] | None:
+        """Keep a resource (or report what is not one); of a Bundle, its entries to walk."""
         if type(value) is Resource:
-            self._add_decoded(value, location, full_url)
-            return
+            return self._add_decoded(value, location, full_url)
         if not isinstance(value, dict):
             self.issues.append(
                 Issue(location, f"expected a FHIR resource or Bundle, got {_kind(value)}")
             )
-            return
+            return None
         resource_type = value.get("resourceType")
         if not isinstance(resource_type, str) or not resource_type:
             self.issues.append(Issue(f"{location}.resourceType", "missing resourceType"))
-            return
+            return None
         if resource_type == "Bundle":
-            self._add_bundle(value, location)
-        elif resource_type != "OperationOutcome":
+            return self._bundle_entries(value, location)
+        if resource_type != "OperationOutcome":
             self.resources.append(RawResource.of(location, value, full_url))
+        return None
 
-    def _add_bundle(self, bundle: dict[str, Any], location: str) -> None:
+    def _bundle_entries(self, bundle: dict[str, Any], location: str) -> Iterator[_Found]:
+        """The resources of a Bundle's entries, to be added (its link and entry problems
+        noted on the way)."""
         entries = bundle.get("entry", [])
         links = bundle.get("link")
         for link in links if isinstance(links, list) else ():
@@ -197,23 +216,28 @@ class ResourceCollector:
                     )
                 continue
             full_url = entry.get("fullUrl")
-            self.add(
+            yield (
                 resource,
                 f"{location}.entry[{i}].resource",
                 full_url if isinstance(full_url, str) else None,
             )
 
-    def _add_decoded(self, value: Resource, location: str, full_url: str | None) -> None:
-        """`add` for a decoded Resource: the same walk, on fields already typed."""
+    def _add_decoded(
+        self, value: Resource, location: str, full_url: str | None
+    ) -> Iterator[_Found] | None:
+        """`_add_one` for a decoded Resource: the same walk, on fields already typed."""
         kind = value.resourceType
         if kind == "Bundle":
-            self._add_decoded_bundle(value, location)
-        elif not kind:
+            return self._decoded_bundle_entries(value, location)
+        if not kind:
             self.issues.append(Issue(f"{location}.resourceType", "missing resourceType"))
         elif kind != "OperationOutcome":
             self.resources.append(RawResource(location, value, kind, full_url))
+        return None
 
-    def _add_decoded_bundle(self, bundle: Resource, location: str) -> None:
+    def _decoded_bundle_entries(self, bundle: Resource, location: str) -> Iterator[_Found]:
+        """Keeps the resources of a decoded Bundle as it goes (thousands, in one loop);
+        yields only its Bundles within, and what has no resourceType, to be added."""
         for link in bundle.link or ():
             if link.relation == "next":
                 url = link.url if isinstance(link.url, str) and link.url else None
@@ -234,7 +258,7 @@ class ResourceCollector:
                 continue
             kind = resource.resourceType
             if kind == "Bundle" or not kind:
-                self._add_decoded(resource, f"{location}.entry[{i}].resource", entry.fullUrl)
+                yield (resource, f"{location}.entry[{i}].resource", entry.fullUrl)
             elif kind != "OperationOutcome":
                 append(RawResource(location, resource, kind, entry.fullUrl, i))
 

@@ -146,9 +146,21 @@ def _cards(connection: Connection, uuids: list[str]) -> dict[str, dict[str, Any]
     return {row.uuid: dict(row._mapping) for row in rows}
 
 
+# The fields that make two feedback items the same: extra members a client adds (allowed,
+# and of any size or nesting) take no part, so a fingerprint is small and never deep.
+_COMPARED: dict[str, Any] = {
+    "card": True,
+    "outcome": True,
+    "acceptedSuggestions": {"__all__": {"id"}},
+    "overrideReason": {"reason": {"system", "code", "display"}, "userComment": True},
+    "outcomeTimestamp": True,
+}
+
+
 def _fingerprint(item: FeedbackItem) -> str:
     """Identical feedback (same card, outcome, suggestions, reason, time) is one."""
-    canonical = json.dumps(item.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    compared = item.model_dump(mode="json", include=_COMPARED)
+    canonical = json.dumps(compared, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

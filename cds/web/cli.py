@@ -36,8 +36,10 @@ def base_url(settings: Settings, host: str, port: int) -> str:
 
 
 def print_access_url(store: DecisionStore, url: str) -> None:
+    """The demo's one-time access URL, on standard output: a secret for the person at the
+    terminal, never a log line (the logs, JSON on standard error, carry no secrets)."""
     link = demo_access_url(store, url, utc_now())
-    typer.echo(f"Pages (timeline, watch list): open {link} once in your browser", err=True)
+    typer.echo(f"Pages (timeline, watch list): open {link} once in your browser")
 
 
 @pages.command("access")
