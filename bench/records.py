@@ -20,7 +20,7 @@ from cds.clock import utc_now
 from cds.fhir.client import http_client
 from cds.fhir.gather import FhirAccess, gather
 from cds.ids import new_uuid
-from cds.pipeline import evaluate_context, parse, risk_data_since
+from cds.pipeline import body_digest, evaluate_context, parse, risk_data_since
 from cds.runtime import Runtime
 from cds.services import registry
 from cds.settings import Settings
@@ -114,7 +114,7 @@ def _record(runtime: Runtime, payload: Payload) -> records.AuditRecord:
         decision=decision,
         rule_set_version=runtime.rules.version,
         rule_set_digest=runtime.knowledge.digest,
-        input_digest=records.input_digest(payload.monitor),
+        input_digest=body_digest(payload.monitor),
         facts=None,
         latency_ms=0.0,
     )

@@ -56,6 +56,7 @@ http {{
     upstream crs {{
 {servers}
         keepalive 32;
+        keepalive_timeout 4s;  # below the service's CRS_KEEP_ALIVE_SECONDS (5 s)
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -252,7 +253,8 @@ async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
     killed = rehearsal.replicas[1]
     started = time.perf_counter()
 
-    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+    limits = httpx.Limits(keepalive_expiry=2)  # below nginx's keep-alive: no close races
+    async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
 
         async def one(i: int, body: dict[str, Any]) -> None:
             async with limit:

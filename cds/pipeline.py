@@ -8,6 +8,7 @@ of a call, and every step uses that instant.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -24,7 +25,7 @@ from cds.clock import Clock
 from cds.decision import Decision
 from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService
 from cds.evaluation import Evaluation, evaluate
-from cds.fhir.gather import FhirAccess, collect_prefetch, gather
+from cds.fhir.gather import FhirAccess, collect_prefetch, gather, needs_fetching
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
 from cds.ids import NewId
@@ -47,6 +48,9 @@ class HookCall:
     client: ClientIdentity | None = None  # the verified caller (None: authentication off)
 
 
+Judged = tuple[Evaluation, Decision]
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a hook call produced: the decision (typed) and the response (rendered)."""
@@ -58,27 +62,25 @@ class Outcome:
 
 
 class Memory(Protocol):
-    """Where decisions are remembered (the store implements it). `begin` is called once a
-    call is parsed, so that what does not depend on the evaluation (hashing the input,
-    reading the patient's acknowledgements) runs in worker threads while it is evaluated."""
+    """Where decisions are remembered (the store implements it)."""
 
-    def begin(self, call: HookCall, body: bytes) -> Remembering: ...
-
-
-class Remembering(Protocol):
-    """One call's suppress and record steps."""
-
-    def evaluated(self, evaluation: Evaluation) -> None:
-        """The evaluation is known: its facts may be encoded for the record."""
+    async def remember(
+        self,
+        call: HookCall,
+        evaluation: Evaluation,
+        decision: Decision,
+        input_digest: str,
+        started: float,
+    ) -> Decision:
+        """Suppress, then record: the cards a clinician already acted on made quiet, and
+        the call's record written (before the answer is sent) — one step in one worker
+        thread and one transaction. Returns the decision as it will be answered."""
         ...
 
-    async def suppress(self, evaluation: Evaluation, decision: Decision) -> Decision:
-        """Cards a clinician already acted on, made quiet."""
-        ...
 
-    async def record(self, evaluation: Evaluation, decision: Decision, started: float) -> None:
-        """Keep the record of the call; returns once it is written (before the answer)."""
-        ...
+def body_digest(body: bytes) -> str:
+    """sha256 of the request body as received: ties a decision's record to its input."""
+    return hashlib.sha256(body).hexdigest()
 
 
 def parse(
@@ -200,6 +202,11 @@ class Hooks:
             return work()
         return await asyncio.get_running_loop().run_in_executor(self.workers, work)
 
+    def _judge(self, call: HookCall, collected: ResourceCollector, at: datetime) -> Judged:
+        """Evaluate the gathered data at `at` and decide the cards (a worker thread's work)."""
+        evaluation = evaluate_context(self.runtime, collected, call.context, at)
+        return evaluation, call.service.decide(self.runtime, evaluation, self.new_id)
+
     async def run(
         self,
         service_id: str,
@@ -215,35 +222,34 @@ class Hooks:
         started = time.perf_counter()
         limit = self.runtime.settings.max_draft_orders
 
-        def read() -> tuple[HookCall, ResourceCollector]:
+        def prepare() -> tuple[HookCall, ResourceCollector, str, Judged | None]:
+            """Parse and read the prefetch; when nothing has to be fetched (the usual
+            case), judge and decide in the same thread."""
             call = parse(self.services, service_id, body, client, limit)
-            return call, collect_prefetch(call.request, call.service.prefetch)
+            sent = collect_prefetch(call.request, call.service.prefetch)
+            digested = body_digest(body) if self.memory is not None else ""
+            if needs_fetching(call.request, call.service.prefetch, sent):
+                return call, sent, digested, None
+            return call, sent, digested, self._judge(call, sent, self.clock())
 
-        call, sent = await self._off_loop(read)
-        remembering = self.memory.begin(call, body) if self.memory is not None else None
-        at = self.clock()
+        call, sent, digest, judged = await self._off_loop(prepare)
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
-        collected = await gather(
-            call.request,
-            call.service.prefetch,
-            self.fhir,
-            self.runtime.knowledge,
-            risk_data_since(self.runtime, at),
-            log_extra,
-            fetch_allowed=fhir_fallback,
-            sent=sent,
-        )
-        evaluation = await self._off_loop(
-            lambda: evaluate_context(self.runtime, collected, call.context, at)
-        )
-        if remembering is not None:
-            remembering.evaluated(evaluation)
-        decision = await self._off_loop(
-            lambda: call.service.decide(self.runtime, evaluation, self.new_id)
-        )
-        if remembering is not None:
-            decision = await remembering.suppress(evaluation, decision)
-            await remembering.record(evaluation, decision, started)
+        if judged is None:
+            at = self.clock()
+            collected = await gather(
+                call.request,
+                call.service.prefetch,
+                self.fhir,
+                self.runtime.knowledge,
+                risk_data_since(self.runtime, at),
+                log_extra,
+                fetch_allowed=fhir_fallback,
+                sent=sent,
+            )
+            judged = await self._off_loop(lambda: self._judge(call, collected, at))
+        evaluation, decision = judged
+        if self.memory is not None:
+            decision = await self.memory.remember(call, evaluation, decision, digest, started)
         rendered = render(decision.response())
         observe_cards(
             call.service.id,

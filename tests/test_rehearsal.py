@@ -20,5 +20,7 @@ def test_a_killed_replica_costs_no_answered_record() -> None:
     figures = rehearse(calls=300, concurrency=16)
     assert figures.answered >= 200  # most calls answered despite the kill
     assert figures.answered_with_record == figures.answered
-    assert len(figures.by_replica) == 3  # calls spread over every replica
+    assert (
+        len(figures.by_replica) >= 2
+    )  # calls spread over the replicas (the killed one too, if it answered before)
     assert set(figures.statuses) <= {200, 502, 0}

@@ -99,6 +99,12 @@ def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> ResourceCollec
     return collected
 
 
+def needs_fetching(request: HookRequest, plan: PrefetchPlan, sent: ResourceCollector) -> bool:
+    """Whether `gather` has anything to do beyond what `collect_prefetch` made of the
+    prefetch: keys to fetch (or refuse), or further pages of a prefetch Bundle."""
+    return bool(missing_prefetch(plan, request)) or any(t.next_url for t in sent.truncated)
+
+
 async def gather(
     request: HookRequest,
     plan: PrefetchPlan,

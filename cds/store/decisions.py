@@ -4,7 +4,6 @@ acted on, takes feedback, and remembers token ids. Database work runs in worker 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -12,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from cds import cards
@@ -110,12 +109,90 @@ class DecisionStore:
     def close(self) -> None:
         self.engine.dispose()
 
-    # --- the pipeline's memory ------------------------------------------------------
+    # --- the pipeline's memory: suppress, then record ---------------------------------
 
-    def begin(self, call: HookCall, body: bytes) -> CallRecord:
-        """Start what a call's record and suppression need before the evaluation is done:
-        the input digest and (patient-view) the patient's acknowledgements, in threads."""
-        return CallRecord(self, call, body)
+    async def remember(
+        self,
+        call: HookCall,
+        evaluation: Evaluation,
+        decision: Decision,
+        input_digest: str,
+        started: float,
+    ) -> Decision:
+        """Suppress, then record, in one worker thread and one transaction: CRS cards a
+        clinician already acted on (at no higher grade, within the acknowledgement
+        period) are made quiet, and the call's record is written before the answer — to
+        the database, else to the spool; RecordUnavailable when neither can take it.
+        Order checks are never quieted; if the acknowledgements cannot be read, cards are
+        shown in full (a full card is the safe side)."""
+        patient = self.pseudonyms.of(call.context.patientId)
+        quieted = [c for c in decision.cards if c.kind == "crs" and c.exposure is not None]
+
+        def work() -> Decision:
+            answered = decision
+            try:
+                with self.engine.begin() as connection:
+                    if quieted:
+                        found = self._acknowledgements(connection, patient)
+                        if found:
+                            answered = decision.with_cards(
+                                tuple(self._quiet(c, found, evaluation.at) for c in decision.cards)
+                            )
+                    record = self._record(
+                        call, evaluation, answered, patient, input_digest, started
+                    )
+                    with Timer(DATABASE_SECONDS.labels("record")):
+                        _insert(connection, [record])
+                return answered
+            except SQLAlchemyError as exc:
+                log.warning(
+                    "database unavailable: record spooled", extra={"error": type(exc).__name__}
+                )
+                RECORDS_SPOOLED.inc()
+                record = self._record(call, evaluation, decision, patient, input_digest, started)
+                try:
+                    self.spool.append(record)
+                except OSError as spool_error:
+                    log.error(
+                        "neither the database nor the spool took the record",
+                        extra={"error": type(spool_error).__name__},
+                    )
+                    raise RecordUnavailable(
+                        "the decision could not be recorded (database and local spool both "
+                        "unavailable); no answer is given without a record: try again"
+                    ) from spool_error
+                return decision
+
+        return await anyio.to_thread.run_sync(work)
+
+    def _record(
+        self,
+        call: HookCall,
+        evaluation: Evaluation,
+        decision: Decision,
+        patient: str,
+        input_digest: str,
+        started: float,
+    ) -> AuditRecord:
+        client = call.client
+        return records.build(
+            record_id=self.new_id(),
+            recorded_at=self.clock(),
+            service=call.service.id,
+            hook=call.request.hook,
+            hook_instance=call.request.hookInstance,
+            client_iss=client.iss if client else None,
+            client_sub=client.sub if client else None,
+            tenant=client.tenant if client else None,
+            patient=patient,
+            evaluation=evaluation,
+            decision=decision,
+            rule_set_version=self.runtime.rules.version,
+            rule_set_digest=self.runtime.knowledge.digest,
+            input_digest=input_digest,
+            facts=None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
 
     def write(self, batch: list[AuditRecord], skip_existing: bool = False) -> None:
         """Insert records and their cards; with `skip_existing` (a spool drain, which may
@@ -131,10 +208,7 @@ class DecisionStore:
                 batch = [r for r in batch if r.id not in have]
                 if not batch:
                     return
-            connection.execute(insert(audit_records), [_record_row(r) for r in batch])
-            rows = [_card_row(r, c) for r in batch for c in r.cards]
-            if rows:
-                connection.execute(insert(cards_table), rows)
+            _insert(connection, batch)
 
     async def drain_spool(self) -> int:
         """Move spooled records into the database (when it is back)."""
@@ -166,10 +240,11 @@ class DecisionStore:
 
     def acknowledgements(self, patient: str) -> dict[str, Acknowledgement]:
         """The acknowledgements of a patient's exposures, by exposure."""
-        with (
-            Timer(DATABASE_SECONDS.labels("acknowledgements")),
-            self.engine.connect() as connection,
-        ):
+        with self.engine.connect() as connection:
+            return self._acknowledgements(connection, patient)
+
+    def _acknowledgements(self, connection: Connection, patient: str) -> dict[str, Acknowledgement]:
+        with Timer(DATABASE_SECONDS.labels("acknowledgements")):
             rows = connection.execute(
                 select(acknowledgements).where(acknowledgements.c.patient == patient)
             )
@@ -214,99 +289,12 @@ class DecisionStore:
             return result.rowcount or 0
 
 
-class CallRecord:
-    """One call's suppress and record steps, with the work that does not need the
-    evaluation started early in worker threads (hashlib, zlib and sqlite3 release the
-    GIL, so it overlaps the evaluation on another core)."""
-
-    def __init__(self, store: DecisionStore, call: HookCall, body: bytes) -> None:
-        self.store = store
-        self.call = call
-        self.patient = store.pseudonyms.of(call.context.patientId)
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        self._digest = loop.run_in_executor(None, records.input_digest, body)
-        # only patient-view cards are ever quieted: the order hooks need no read
-        self._acks: asyncio.Future[dict[str, Acknowledgement]] | None = (
-            None
-            if call.service.orders
-            else loop.run_in_executor(None, store.acknowledgements, self.patient)
-        )
-        self._facts: asyncio.Future[bytes] | None = None
-
-    def evaluated(self, evaluation: Evaluation) -> None:
-        self._facts = self._loop.run_in_executor(
-            None, lambda: records.encode_facts(records.snapshot(evaluation))
-        )
-
-    async def suppress(self, evaluation: Evaluation, decision: Decision) -> Decision:
-        """CRS cards already acted on, at no higher grade, within the period: shown as
-        `info`, "Acknowledged". Order checks are never quieted. If the database cannot
-        be read, cards stay as they are (a full card is the safe side)."""
-        if self._acks is None:
-            return decision
-        try:
-            found = await self._acks
-        except SQLAlchemyError as exc:
-            log.warning(
-                "acknowledgements not read: cards shown in full",
-                extra={"error": type(exc).__name__},
-            )
-            return decision
-        if not found:
-            return decision
-        return decision.with_cards(
-            tuple(self.store._quiet(c, found, evaluation.at) for c in decision.cards)
-        )
-
-    async def record(self, evaluation: Evaluation, decision: Decision, started: float) -> None:
-        """Write the record before the answer: to the database, else to the spool;
-        RecordUnavailable when neither can take it."""
-        store, call, client = self.store, self.call, self.call.client
-        digest = await self._digest
-        facts = await self._facts if self._facts is not None else None
-        latency_ms = round((time.perf_counter() - started) * 1000, 3)
-
-        def work() -> None:
-            record = records.build(
-                record_id=store.new_id(),
-                recorded_at=store.clock(),
-                service=call.service.id,
-                hook=call.request.hook,
-                hook_instance=call.request.hookInstance,
-                client_iss=client.iss if client else None,
-                client_sub=client.sub if client else None,
-                tenant=client.tenant if client else None,
-                patient=self.patient,
-                evaluation=evaluation,
-                decision=decision,
-                rule_set_version=store.runtime.rules.version,
-                rule_set_digest=store.runtime.knowledge.digest,
-                input_digest=digest,
-                facts=facts,
-                latency_ms=latency_ms,
-            )
-            try:
-                with Timer(DATABASE_SECONDS.labels("record")):
-                    store.write([record])
-            except SQLAlchemyError as exc:
-                log.warning(
-                    "database unavailable: record spooled", extra={"error": type(exc).__name__}
-                )
-                RECORDS_SPOOLED.inc()
-                try:
-                    store.spool.append(record)
-                except OSError as spool_error:
-                    log.error(
-                        "neither the database nor the spool took the record",
-                        extra={"error": type(spool_error).__name__},
-                    )
-                    raise RecordUnavailable(
-                        "the decision could not be recorded (database and local spool both "
-                        "unavailable); no answer is given without a record: try again"
-                    ) from spool_error
-
-        await anyio.to_thread.run_sync(work)
+def _insert(connection: Connection, batch: list[AuditRecord]) -> None:
+    """Insert records and their cards."""
+    connection.execute(insert(audit_records), [_record_row(r) for r in batch])
+    rows = [_card_row(r, c) for r in batch for c in r.cards]
+    if rows:
+        connection.execute(insert(cards_table), rows)
 
 
 def _record_row(record: AuditRecord) -> dict[str, object]:

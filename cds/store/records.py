@@ -5,12 +5,12 @@ birth date, and draft orders keep only what the checks read."""
 
 from __future__ import annotations
 
-import hashlib
 import zlib
 from datetime import date, datetime
 from typing import Any
 
 import msgspec
+import zstandard
 from msgspec import Struct
 
 from cds.decision import DecidedCard, Decision
@@ -98,14 +98,25 @@ class AuditRecord(Struct, frozen=True):
 
 _FACTS = msgspec.json.Encoder()
 _FACTS_DECODER = msgspec.json.Decoder(FactsSnapshot)
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# zstd level 1: a chart's facts (~100 KiB of JSON) in ~0.1 ms to ~17 KiB (zlib: 0.6 ms)
+_COMPRESS = zstandard.ZstdCompressor(level=1)
+_DECOMPRESS = zstandard.ZstdDecompressor()
 
 
 def encode_facts(snapshot: FactsSnapshot) -> bytes:
-    return zlib.compress(_FACTS.encode(snapshot), 1)
+    """The snapshot as zstd-compressed JSON."""
+    return _COMPRESS.compress(_FACTS.encode(snapshot))
+
+
+def facts_json(blob: bytes) -> bytes:
+    """A stored snapshot's JSON (zstd; the first records of 2026-11 were zlib)."""
+    return _DECOMPRESS.decompress(blob) if blob[:4] == _ZSTD_MAGIC else zlib.decompress(blob)
 
 
 def decode_facts(blob: bytes) -> FactsSnapshot:
-    return _FACTS_DECODER.decode(zlib.decompress(blob))
+    """A stored snapshot."""
+    return _FACTS_DECODER.decode(facts_json(blob))
 
 
 def snapshot(evaluation: Evaluation) -> FactsSnapshot:
@@ -166,11 +177,6 @@ def card_record(decided: DecidedCard) -> CardRecord:
 
 def card_json(card: CardRecord) -> Any:
     return msgspec.to_builtins(card)
-
-
-def input_digest(body: bytes) -> str:
-    """sha256 of the request body as received: ties a record to its input."""
-    return hashlib.sha256(body).hexdigest()
 
 
 def build(

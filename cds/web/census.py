@@ -9,7 +9,6 @@ and the last readings of the facts stored with the latest record.
 
 from __future__ import annotations
 
-import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -18,6 +17,7 @@ from typing import Any, Protocol
 import msgspec
 from sqlalchemy import Engine, select
 
+from cds.store.records import facts_json
 from cds.store.tables import audit_records, cards
 
 
@@ -198,7 +198,7 @@ class AuditCensus:
         )
         if ends < now:
             return None
-        readings = _READINGS.decode(zlib.decompress(record.facts))
+        readings = _READINGS.decode(facts_json(record.facts))
         temperature = _last(readings, "temperature", "{:.1f} °C")
         systolic = _last(readings, "systolic_bp", "{:.0f} mmHg")
         flow = _last(readings, "oxygen_flow", "{:g} L/min")

@@ -83,7 +83,10 @@ def replicas(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 async def _fire(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     limit = asyncio.Semaphore(CONCURRENT)
-    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+    # a client drops idle connections before the service does (CRS_KEEP_ALIVE_SECONDS,
+    # 5 s), as a proxy in front of it must: else a request can race the server's close
+    limits = httpx.Limits(keepalive_expiry=2)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def one(body: dict[str, Any]) -> httpx.Response:
             async with limit:
