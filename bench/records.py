@@ -75,7 +75,7 @@ def record_write_cost(url: str | None, payload: Payload, writes: int) -> Summary
                 )
                 started = time.perf_counter()
                 store.write([fresh])
-                samples.append((time.perf_counter() - started) * 1000)
+                samples.append(time.perf_counter() - started)
             return Summary.of(samples)
         finally:
             store.close()

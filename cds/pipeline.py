@@ -36,6 +36,8 @@ from cds.services.base import ServiceDefinition
 
 log = logging.getLogger("cds.pipeline")
 _T = TypeVar("_T")
+# Input digests: sha256 of bodies of up to 15 MiB, hashed beside their evaluation.
+DIGESTS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="crs-digest")
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,10 @@ class Outcome:
 
 
 class Memory(Protocol):
-    """Where decisions are remembered (the store implements it)."""
+    """Where decisions are remembered (the store implements it). Called in the thread
+    that evaluated the call (or on the loop for a small one)."""
 
-    async def remember(
+    def remember(
         self,
         call: HookCall,
         evaluation: Evaluation,
@@ -193,12 +196,14 @@ class Hooks:
     memory: Memory | None = None
     workers: ThreadPoolExecutor | None = None
 
-    async def _off_loop(self, work: Callable[[], _T]) -> _T:
-        """`work` in one of the pipeline's threads: decoding, reading and judging a large
-        chart takes a CPU for tenths of a second, during which the event loop keeps
-        answering (/healthz, the I/O of other calls). The pool bounds how many calls are
-        worked on at once; the others wait for a thread without blocking anything."""
-        if self.workers is None:
+    async def _off_loop(self, work: Callable[[], _T], size: int) -> _T:
+        """`work` for a request of `size` bytes. A large chart takes a CPU for tenths of a
+        second: it is worked on in one of the pipeline's threads, during which the event
+        loop keeps answering (/healthz, the I/O of other calls); the pool bounds how many
+        are worked on at once. A small one (below CRS_EVALUATE_INLINE_BELOW_BYTES: a
+        1,000-resource chart takes a few milliseconds) is worked on at once, on the loop:
+        handing it to a thread would cost more than it holds the loop."""
+        if self.workers is None or size < self.runtime.settings.evaluate_inline_below_bytes:
             return work()
         return await asyncio.get_running_loop().run_in_executor(self.workers, work)
 
@@ -224,22 +229,28 @@ class Hooks:
 
         # The record's input digest, hashed beside the evaluation (hashlib releases the
         # GIL: on a second core it costs the call nothing).
-        digest = (
-            asyncio.get_running_loop().run_in_executor(None, body_digest, body)
-            if self.memory is not None
-            else None
-        )
+        digest = DIGESTS.submit(body_digest, body) if self.memory is not None else None
+
+        def decided(call: HookCall, collected: ResourceCollector, at: datetime) -> Judged:
+            """Evaluate, decide, and (when the service keeps records) suppress and record:
+            the steps after gather, worked on together (one thread, or the loop)."""
+            evaluation, decision = self._judge(call, collected, at)
+            if self.memory is not None and digest is not None:
+                decision = self.memory.remember(
+                    call, evaluation, decision, digest.result(), started
+                )
+            return evaluation, decision
 
         def prepare() -> tuple[HookCall, ResourceCollector, Judged | None]:
             """Parse and read the prefetch; when nothing has to be fetched (the usual
-            case), judge and decide in the same thread."""
+            case), go on to the end at once."""
             call = parse(self.services, service_id, body, client, limit)
             sent = collect_prefetch(call.request, call.service.prefetch)
             if needs_fetching(call.request, call.service.prefetch, sent):
                 return call, sent, None
-            return call, sent, self._judge(call, sent, self.clock())
+            return call, sent, decided(call, sent, self.clock())
 
-        call, sent, judged = await self._off_loop(prepare)
+        call, sent, judged = await self._off_loop(prepare, len(body))
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
         if judged is None:
             at = self.clock()
@@ -253,10 +264,8 @@ class Hooks:
                 fetch_allowed=fhir_fallback,
                 sent=sent,
             )
-            judged = await self._off_loop(lambda: self._judge(call, collected, at))
+            judged = await self._off_loop(lambda: decided(call, collected, at), len(body))
         evaluation, decision = judged
-        if self.memory is not None and digest is not None:
-            decision = await self.memory.remember(call, evaluation, decision, await digest, started)
         rendered = render(decision.response())
         observe_cards(
             call.service.id,

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=15 * MIB, ge=64 * 1024, le=1024 * MIB)
     max_draft_orders: int = Field(default=100, ge=1, le=10_000)
     evaluation_threads: int = Field(default=2, ge=1, le=64)
+    evaluate_inline_below_bytes: int = Field(default=1_048_576, ge=0, le=1 << 30)
     header_timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     body_timeout_seconds: float = Field(default=30.0, gt=0, le=3_600)
     keep_alive_seconds: float = Field(default=5.0, gt=0, le=600)

@@ -74,6 +74,7 @@ async def feedback(
         raise FeedbackUnavailable(
             "the feedback could not be stored (database unavailable); send it again"
         ) from exc
+    store.acknowledged.expire()  # cards of these patients quieted from the next call
     log.info(
         "feedback",
         extra={

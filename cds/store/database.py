@@ -7,6 +7,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -40,6 +41,8 @@ def create(url: str, *, durable_commit: bool = False, pool_size: int = 8) -> Eng
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_MS / 1000},
             pool_size=pool_size,
             max_overflow=pool_size,
+            json_serializer=_json,
+            json_deserializer=orjson.loads,
         )
         synchronous = "FULL" if durable_commit else "NORMAL"
 
@@ -59,8 +62,16 @@ def create(url: str, *, durable_commit: bool = False, pool_size: int = 8) -> Eng
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_pre_ping=True,
+        json_serializer=_json,
+        json_deserializer=orjson.loads,
         connect_args={"options": " ".join(f"-c {k}={v}" for k, v in options.items())},
     )
+
+
+def _json(value: Any) -> str:
+    """JSON columns written by orjson (the cards of every record: several times faster
+    than the standard library's encoder)."""
+    return orjson.dumps(value).decode()
 
 
 def _alembic_config(url: str) -> Config:

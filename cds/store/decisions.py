@@ -5,6 +5,8 @@ acted on, takes feedback, and remembers token ids. Database work runs in worker 
 from __future__ import annotations
 
 import logging
+import math
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +50,40 @@ class Acknowledgement:
     card_uuid: str
 
 
+# How stale this process's list of acknowledged patients may be: feedback stored by
+# another replica quiets its cards here at most this much later (until then they are
+# shown in full: the safe side). Feedback stored by this process applies at once.
+ACKNOWLEDGED_REFRESH_SECONDS = 2.0
+
+
+class AcknowledgedPatients:
+    """The patients (pseudonyms) with an acknowledgement still in force, so that a chart
+    opening for anyone else — nearly every one — reads no acknowledgement at all."""
+
+    def __init__(self, period: timedelta) -> None:
+        self.period = period
+        self._patients: frozenset[str] = frozenset()
+        self._read_at = -math.inf
+        self._lock = threading.Lock()
+
+    def expire(self) -> None:
+        """Read them again at the next use (feedback was just stored)."""
+        self._read_at = -math.inf
+
+    def holds(self, connection: Connection, patient: str, now: datetime) -> bool:
+        with self._lock:
+            if time.monotonic() - self._read_at > ACKNOWLEDGED_REFRESH_SECONDS:
+                self._patients = frozenset(
+                    connection.scalars(
+                        select(acknowledgements.c.patient)
+                        .where(acknowledgements.c.acted_at >= now - self.period)
+                        .distinct()
+                    )
+                )
+                self._read_at = time.monotonic()
+            return patient in self._patients
+
+
 class DecisionStore:
     """Records, acknowledgements, feedback and token ids, in one database."""
 
@@ -68,6 +104,7 @@ class DecisionStore:
         self.spool = spool
         self.runtime = runtime
         self.acknowledgement_period = acknowledgement_period
+        self.acknowledged = AcknowledgedPatients(acknowledgement_period)
         self.new_id = new_id
         self.clock = clock
 
@@ -111,7 +148,7 @@ class DecisionStore:
 
     # --- the pipeline's memory: suppress, then record ---------------------------------
 
-    async def remember(
+    def remember(
         self,
         call: HookCall,
         evaluation: Evaluation,
@@ -119,51 +156,44 @@ class DecisionStore:
         input_digest: str,
         started: float,
     ) -> Decision:
-        """Suppress, then record, in one worker thread and one transaction: CRS cards a
+        """Suppress, then record, in one transaction: CRS cards a
         clinician already acted on (at no higher grade, within the acknowledgement
         period) are made quiet, and the call's record is written before the answer — to
         the database, else to the spool; RecordUnavailable when neither can take it.
         Order checks are never quieted; if the acknowledgements cannot be read, cards are
-        shown in full (a full card is the safe side)."""
+        shown in full (a full card is the safe side). Synchronous: the pipeline calls it in
+        the thread that evaluated the call (or on the loop for a small one)."""
         patient = self.pseudonyms.of(call.context.patientId)
         quieted = [c for c in decision.cards if c.kind == "crs" and c.exposure is not None]
-
-        def work() -> Decision:
-            answered = decision
+        answered = decision
+        try:
+            with self.engine.begin() as connection:
+                if quieted and self.acknowledged.holds(connection, patient, evaluation.at):
+                    found = self._acknowledgements(connection, patient)
+                    if found:
+                        answered = decision.with_cards(
+                            tuple(self._quiet(c, found, evaluation.at) for c in decision.cards)
+                        )
+                record = self._record(call, evaluation, answered, patient, input_digest, started)
+                with Timer(DATABASE_SECONDS.labels("record")):
+                    _insert(connection, [record])
+            return answered
+        except SQLAlchemyError as exc:
+            log.warning("database unavailable: record spooled", extra={"error": type(exc).__name__})
+            RECORDS_SPOOLED.inc()
+            record = self._record(call, evaluation, decision, patient, input_digest, started)
             try:
-                with self.engine.begin() as connection:
-                    if quieted:
-                        found = self._acknowledgements(connection, patient)
-                        if found:
-                            answered = decision.with_cards(
-                                tuple(self._quiet(c, found, evaluation.at) for c in decision.cards)
-                            )
-                    record = self._record(
-                        call, evaluation, answered, patient, input_digest, started
-                    )
-                    with Timer(DATABASE_SECONDS.labels("record")):
-                        _insert(connection, [record])
-                return answered
-            except SQLAlchemyError as exc:
-                log.warning(
-                    "database unavailable: record spooled", extra={"error": type(exc).__name__}
+                self.spool.append(record)
+            except OSError as spool_error:
+                log.error(
+                    "neither the database nor the spool took the record",
+                    extra={"error": type(spool_error).__name__},
                 )
-                RECORDS_SPOOLED.inc()
-                record = self._record(call, evaluation, decision, patient, input_digest, started)
-                try:
-                    self.spool.append(record)
-                except OSError as spool_error:
-                    log.error(
-                        "neither the database nor the spool took the record",
-                        extra={"error": type(spool_error).__name__},
-                    )
-                    raise RecordUnavailable(
-                        "the decision could not be recorded (database and local spool both "
-                        "unavailable); no answer is given without a record: try again"
-                    ) from spool_error
-                return decision
-
-        return await anyio.to_thread.run_sync(work)
+                raise RecordUnavailable(
+                    "the decision could not be recorded (database and local spool both "
+                    "unavailable); no answer is given without a record: try again"
+                ) from spool_error
+            return decision
 
     def _record(
         self,

@@ -6,9 +6,14 @@ are never quieted (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from cds import fhirbuild as b
+from cds.runtime import Runtime
+from cds.store import decisions
 from tests.factories import (
     draft_bundle,
     draft_order,
@@ -18,7 +23,7 @@ from tests.factories import (
     now,
     prefetch,
 )
-from tests.store.conftest import Service
+from tests.store.conftest import Service, open_service
 
 # Every chart counts back from this one instant. An exposure is known by its product and
 # time, so a chart rebuilt from the wall clock a second later would be a new exposure.
@@ -132,3 +137,31 @@ def test_order_checks_are_never_quieted(service: Service) -> None:
     (again,) = service.client.post("/cds-services/crs-order-sign", json=body).json()["cards"]
     assert again["indicator"] == "critical"
     assert not again["summary"].startswith("Acknowledged")
+
+
+def test_feedback_stored_by_another_replica_quiets_cards_here_after_the_refresh(
+    service: Service,
+    runtime: Runtime,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pid = "supp-other-replica"
+    card = _open(service, pid, 2)
+    _, other_store, other = open_service(runtime, database_url, tmp_path / "other")
+    try:
+        item = {
+            "card": card["uuid"],
+            "outcome": "overridden",
+            "outcomeTimestamp": datetime.now(UTC).isoformat(),
+        }
+        assert (
+            other.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]}).status_code
+            == 200
+        )
+    finally:
+        other_store.close()
+    # until this replica reads the acknowledged patients again (at most every
+    # ACKNOWLEDGED_REFRESH_SECONDS) its cards are shown in full: the safe side
+    monkeypatch.setattr(decisions, "ACKNOWLEDGED_REFRESH_SECONDS", 0.0)
+    assert _open(service, pid, 2)["indicator"] == "info"
