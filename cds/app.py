@@ -24,6 +24,7 @@ from cds.api import (
     observability,
     openapi,
     questionnaires,
+    watch,
 )
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
@@ -161,6 +162,7 @@ def create_app(
         pages.router,
     ):
         app.include_router(router)
+    watch.install(app)  # the watch's routes, patient-view enrolment, the in-serve worker
     openapi.install(app)
     return app
 

@@ -22,6 +22,7 @@ from cds.logs import configure_logging
 from cds.runtime import Runtime
 from cds.settings import Settings
 from cds.tools import register as register_tools
+from cds.watch import cli as watch_cli
 from cds.web.cli import register as register_page_tools
 
 app = typer.Typer(
@@ -33,6 +34,7 @@ app = typer.Typer(
 register_tools(app)
 register_key_tools(app)
 register_page_tools(app)
+app.add_typer(watch_cli.app, name="watch")
 log = logging.getLogger("cds.cli")
 
 

@@ -422,11 +422,23 @@ class AcknowledgementRule(_Strict):
     verification: Verification
 
 
+class WatchRule(_Strict):
+    """What the watch (issue #12) notifies besides a higher grade: a possible grade from
+    `possible_grade_from`, and a data gap (no temperature charted for longer than
+    `temperature_gap_hours` inside a risk window)."""
+
+    possible_grade_from: int = Field(ge=1, le=4)
+    temperature_gap_hours: float = Field(gt=0, le=168)
+    citation: str
+    verification: Verification
+
+
 class AlertingFile(_Strict):
     version: str
     crs_indicator_by_grade: IndicatorRule
     order_check: OrderCheckRule
     acknowledgement: AcknowledgementRule
+    watch: WatchRule | None = None  # None: an institution rule set from before the watch
 
 
 # --- rules/icans.yaml ---------------------------------------------------------------

@@ -28,6 +28,11 @@ LOG_FIELDS = (
     "frames",
     "unconfirmed",
     "reason",
+    # the watch (cds/watch/): which worker, what kind of event, how many (never who)
+    "worker",
+    "event",
+    "count",
+    "port",
 )
 # Libraries whose records never get below WARNING (so they are not even made at DEBUG).
 QUIET_LOGGERS = (

@@ -18,7 +18,6 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
-    Gauge,
     Histogram,
     generate_latest,
     multiprocess,
@@ -62,21 +61,13 @@ RECORDS_SPOOLED = Counter(
     "crs_cds_records_spooled_total",
     "Audit records written to the local spool because the database was away",
 )
-WATCH_CENSUS = Gauge(
-    "crs_cds_watch_census",
-    "Patients the watch follows (in a risk window)",
-    multiprocess_mode="max",
-)
 NOTIFICATIONS = Counter(
     "crs_cds_watch_notifications_total",
-    "Watch notifications, by channel and delivery outcome",
+    "Watch notification deliveries tried, by channel (webhook, fhir) and outcome "
+    "(delivered; retry: failed, to be tried again; failed: given up)",
     ["channel", "outcome"],
 )
-WATCH_LAG_SECONDS = Gauge(
-    "crs_cds_watch_lag_seconds",
-    "Age of the oldest census patient's last completed check",
-    multiprocess_mode="max",
-)
+# The watch's census, lag and deliveries are the database's figures: cds/watch/metrics.py
 
 
 def observe_cards(service: str, cards: Iterable[tuple[str, str, int | None]]) -> None:
@@ -99,13 +90,14 @@ class Timer:
         self.histogram.observe(time.perf_counter() - self.started)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics in Prometheus text format (all workers' in multiprocess mode)."""
+def exposition(*extra: bytes) -> tuple[bytes, str]:
+    """The metrics in Prometheus text format (all workers' in multiprocess mode), followed
+    by `extra` expositions (figures read elsewhere, e.g. the watch's from its tables)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(), CONTENT_TYPE_LATEST
+        return b"".join((generate_latest(registry), *extra)), CONTENT_TYPE_LATEST
+    return b"".join((generate_latest(), *extra)), CONTENT_TYPE_LATEST
 
 
 Scope = MutableMapping[str, Any]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import cached_property
 from ipaddress import ip_network
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
@@ -109,12 +109,35 @@ class Settings(BaseSettings):
     web_refresh_seconds: int = Field(default=60, ge=5, le=3_600)
     web_data_gap_hours: float = Field(default=6.0, gt=0, le=72)
 
+    # The watch (issue #12): continuous surveillance of the patients in a risk window; see
+    # cds/watch/ and the README's Watch section. Off while CRS_WATCH_FHIR_SERVER is unset.
+    watch_fhir_server: str | None = None  # must also be on CRS_FHIR_ALLOWED_SERVERS
+    watch_fhir_token: str | None = None  # bearer token the watch sends to that server
+    watch_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
+    watch_webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    watch_in_serve: bool | None = None  # None: on with SQLite, off with PostgreSQL
+    watch_census_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    watch_temperature_gap_hours: float | None = Field(default=None, gt=0, le=168)
+    watch_patient_details: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["pseudonym"]
+    )
+    watch_webhook_secret: str | None = None  # HMAC-SHA256 signature of each webhook body
+    watch_webhook_attempts: int = Field(default=12, ge=1, le=100)
+    watch_writeback: Literal["off", "communication", "flag"] = "off"
+    watch_writeback_recipient: str | None = None  # e.g. CareTeam/123 (Communication.recipient)
+    watch_id_key: str | None = None  # key sealing patient ids at rest (default: derived)
+    watch_concurrency: int = Field(default=8, ge=1, le=256)
+    # `crs-cds watch run` serves /metrics on this port (on CRS_HOST); unset: no endpoint
+    watch_metrics_port: int | None = Field(default=None, ge=1, le=65535)
+
     @field_validator(
         "cors_origins",
         "fhir_allowed_servers",
         "jwt_algorithms",
         "web_trusted_proxies",
         "web_frame_ancestors",
+        "watch_webhook_urls",
+        "watch_patient_details",
         mode="before",
     )
     @classmethod
@@ -131,6 +154,17 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"{alg!r} is not accepted (never none, never HMAC); choose among "
                     + ", ".join(KEY_TYPE)
+                )
+        return value
+
+    @field_validator("watch_patient_details")
+    @classmethod
+    def _patient_details(cls, value: list[str]) -> list[str]:
+        known = ("pseudonym", "id")
+        for item in value:
+            if item not in known:
+                raise ValueError(
+                    f"{item!r} is not a patient detail; choose among {', '.join(known)}"
                 )
         return value
 

@@ -23,9 +23,12 @@ from schemathesis.checks import (
 )
 
 from cds.app import create_app
+from cds.clock import utc_now
+from cds.ids import new_uuid
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
 from tests import auth_support as auth
+from tests.watch.support import watch_runtime
 
 EXAMPLES = 100
 # Every check but two. "Positive data accepted": the schema cannot say that a hook must be
@@ -43,7 +46,14 @@ CHECKS = [
     ignored_auth,
 ]
 EXAMPLES_WITH_AUTHENTICATION = 30
-COUNTS: dict[str, Counter[str]] = {"off": Counter(), "on": Counter()}
+COUNTS: dict[str, Counter[str]] = {"off": Counter(), "on": Counter(), "watch": Counter()}
+EXAMPLES_WITH_THE_WATCH = 60
+LABELS = {"off": "authentication off", "on": "authentication on", "watch": "the watch on"}
+WATCH_OPERATIONS = {
+    "POST /watch/notifications",
+    "POST /watch/patients",
+    "GET /watch/patients/{pseudonym}",
+}
 
 
 def _schema(app: Any) -> Any:
@@ -70,7 +80,20 @@ def open_api_authenticated(
     return _schema(auth.auth_app(auth.runtime_with_auth(runtime, trusted), clock))
 
 
+@pytest.fixture(scope="module")
+def open_api_watching(runtime: Runtime, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The watch on (its routes in the document), watching a server nobody answers at:
+    the routes only store, so nothing is fetched; no worker runs in the process."""
+    data_dir = tmp_path_factory.mktemp("watch")
+    watching = watch_runtime(runtime, data_dir, "http://127.0.0.1:9/fhir", watch_in_serve=False)
+    store = DecisionStore.open(watching, new_uuid, utc_now)
+    return _schema(create_app(watching, store=store))
+
+
 without_authentication = schemathesis.pytest.from_fixture("open_api")
+with_the_watch = schemathesis.pytest.from_fixture("open_api_watching").include(
+    path_regex="^/watch/"
+)
 with_authentication = schemathesis.pytest.from_fixture("open_api_authenticated")
 SETTINGS: dict[str, Any] = {
     "deadline": None,
@@ -106,6 +129,14 @@ def test_generated_calls_with_authentication(case: Any, clock: auth.Clock) -> No
     case.validate_response(response, checks=CHECKS)
 
 
+@with_the_watch.parametrize()
+@settings(max_examples=EXAMPLES_WITH_THE_WATCH, **SETTINGS)
+def test_generated_calls_to_the_watch(case: Any) -> None:
+    response = case.call()
+    _count("watch", case, response.status_code)
+    case.validate_response(response, checks=CHECKS)
+
+
 def test_every_operation_was_called(capsys: pytest.CaptureFixture[str]) -> None:
     operations = {
         "GET /cds-services",
@@ -115,12 +146,15 @@ def test_every_operation_was_called(capsys: pytest.CaptureFixture[str]) -> None:
     }
     with capsys.disabled():
         for mode, counts in COUNTS.items():
+            called = WATCH_OPERATIONS if mode == "watch" else operations
             statuses = {k: v for k, v in sorted(counts.items()) if k.startswith("status")}
             print(
-                f"\nschemathesis, authentication {mode}: {counts['examples']} calls, "
-                f"{sum(1 for op in operations if counts[op])} operations, {statuses}"
+                f"\nschemathesis, {LABELS[mode]}: {counts['examples']} calls, "
+                f"{sum(1 for op in called if counts[op])} operations, {statuses}"
             )
+    for mode in ("off", "on"):
+        assert all(COUNTS[mode][op] for op in operations)
+    assert all(COUNTS["watch"][op] for op in WATCH_OPERATIONS)
     for counts in COUNTS.values():
-        assert all(counts[op] for op in operations)
         assert not any(k.startswith("status 5") for k in counts)
     assert COUNTS["on"]["status 401"] and COUNTS["on"]["status 200"]

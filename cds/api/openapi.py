@@ -126,6 +126,94 @@ DISCOVERY = {
 }
 
 
+# --- the watch (issue #12): in the document only when the watch is on ---------------
+
+NOTIFICATION = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            media: {"schema": {"type": "object", "description": "a notification Bundle"}}
+            for media in ("application/fhir+json", "application/json")
+        },
+    },
+    "responses": {
+        "200": {
+            "description": "stored (processed after the answer; never lost once stored)",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["accepted", "events", "catchUp"],
+                        "properties": {
+                            "accepted": {"type": "string"},
+                            "events": {"type": "integer"},
+                            "catchUp": {"type": "boolean"},
+                        },
+                    }
+                }
+            },
+        },
+        "400": _error("not a notification Bundle of the Subscriptions Backport IG: what, where"),
+        "401": _error("no channel header, or one no subscription of the watch was given"),
+        "403": _error("the channel header of another subscription"),
+        "404": _error("the watch is off on this service"),
+        "408": _error("the body did not arrive in time"),
+        "413": _error("body larger than CRS_MAX_REQUEST_BYTES"),
+    },
+}
+
+ENROLMENT = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["patientId"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "patientId": {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"}
+                    },
+                }
+            }
+        },
+    },
+    "responses": {
+        "202": {
+            "description": "enrolled: the patient's pseudonym",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["patient", "active"],
+                        "properties": {
+                            "patient": {"type": "string"},
+                            "active": {"type": "boolean"},
+                        },
+                    }
+                }
+            },
+        },
+        "400": _error("malformed enrolment: what is wrong, and where"),
+        "401": UNAUTHENTICATED,
+        "404": _error("the watch is off on this service"),
+        "408": _error("the body did not arrive in time"),
+        "413": _error("body larger than CRS_MAX_REQUEST_BYTES"),
+    },
+}
+
+WATCHED_PATIENT = {
+    "responses": {
+        "200": {
+            "description": "the census patient's state, history and notifications",
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
+        "401": UNAUTHENTICATED,
+        "404": _error("no census patient of that pseudonym, or the watch is off"),
+    }
+}
+
+
 def component_schemas() -> dict[str, Any]:
     """Every schema the operations refer to, by name."""
     from cds.api.discovery import Discovery

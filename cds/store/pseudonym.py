@@ -30,6 +30,11 @@ class Pseudonyms:
             return "-"
         return hmac.new(self._key, patient_id.encode(), hashlib.sha256).hexdigest()[:32]
 
+    def derive(self, label: bytes) -> bytes:
+        """A 32-byte key for another purpose, derived from the pseudonym key and `label`
+        (the watch seals patient ids with one when it has no key of its own)."""
+        return hmac.new(self._key, b"derive\0" + label, hashlib.sha256).digest()
+
 
 def key_from_file(data_dir: Path) -> bytes:
     """The generated key of an embedded store: read, or created (mode 0600) on first use."""

@@ -165,3 +165,159 @@ page_access_grants = Table(
     Column("expires_at", UtcDateTime(), nullable=False),
     Column("used_at", UtcDateTime()),
 )
+
+# --- the watch (issue #12): continuous surveillance of the patients in a risk window ---
+
+# The census: one row per patient the watch knows, active while a risk window (or CRS
+# activity keeping it open) contains now; also each patient's current state and the
+# row lease of the worker handling it.
+watch_patients = Table(
+    "watch_patients",
+    metadata,
+    Column("patient", String(64), primary_key=True),  # keyed HMAC pseudonym
+    Column("patient_ref", LargeBinary, nullable=False),  # the FHIR id, sealed (AES-GCM)
+    Column("active", Boolean, nullable=False),
+    Column("source", String(32), nullable=False),  # census-search | patient-view | cli | api | …
+    Column("enrolled_at", UtcDateTime(), nullable=False),
+    Column("left_at", UtcDateTime()),
+    Column("next_poll_at", UtcDateTime(), nullable=False),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UtcDateTime()),
+    Column("cursor", UtcDateTime()),  # the newest meta.lastUpdated seen
+    Column("cursor_seen", JSON, nullable=False),  # versions seen in the overlap before it
+    Column("evaluated_at", UtcDateTime()),
+    Column("grade", Integer),
+    Column("max_grade", Integer),
+    Column("possible_grade", Integer),
+    Column("exposure", String(128)),
+    Column("product", String(64)),
+    Column("kind", String(16)),
+    Column("exposure_at", UtcDateTime()),
+    Column("watch_until", UtcDateTime()),  # the window (or CRS activity) lasts until then
+    Column("temperature_since", UtcDateTime()),  # last temperature (or window start)
+    Column("rule_set_version", String(64)),
+    Column("readings", JSON),  # the last temperature, SBP and oxygen (the watch list's)
+    Column("failures", Integer, nullable=False),  # consecutive failed cycles
+    Column("last_error", String(300)),
+    Index("ix_watch_patients_due", "active", "next_poll_at"),
+)
+
+# Every evaluated state that differed from the one before it, per patient.
+watch_history = Table(
+    "watch_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient", String(64), nullable=False),
+    Column("evaluated_at", UtcDateTime(), nullable=False),  # the time of the data
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Column("grade", Integer),
+    Column("max_grade", Integer),
+    Column("possible_grade", Integer),
+    Column("exposure", String(128)),
+    Column("product", String(64)),
+    Column("kind", String(16)),
+    Column("exposure_at", UtcDateTime()),
+    Column("rule_set_version", String(64), nullable=False),
+    Column("trigger", String(16), nullable=False),  # enrol | poll | window
+    Index("ix_watch_history_patient", "patient", "evaluated_at"),
+)
+
+# One row per change that matters: the change key is unique, so a change is notified
+# once however many workers see it.
+watch_notifications = Table(
+    "watch_notifications",
+    metadata,
+    Column("id", String(36), primary_key=True),  # uuid5 of the change key: the idempotency key
+    Column("change_key", String(256), nullable=False, unique=True),
+    Column("patient", String(64), nullable=False),
+    Column("exposure", String(128), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("grade", Integer),
+    Column("max_grade", Integer),
+    Column("possible_grade", Integer),
+    Column("at", UtcDateTime(), nullable=False),  # the evaluation time (time of the data)
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("payload", JSON, nullable=False),  # without the patient id (added when sent)
+    Index("ix_watch_notifications_patient", "patient"),
+    Index("ix_watch_notifications_created_at", "created_at"),
+)
+
+# Each notification's delivery to each target (a webhook URL, the FHIR write-back).
+watch_deliveries = Table(
+    "watch_deliveries",
+    metadata,
+    Column(
+        "notification_id",
+        String(36),
+        ForeignKey("watch_notifications.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("target", String(512), primary_key=True),
+    Column("status", String(16), nullable=False),  # pending | delivered | failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UtcDateTime(), nullable=False),
+    Column("last_error", String(300)),
+    Column("delivered_at", UtcDateTime()),
+    Index("ix_watch_deliveries_due", "status", "next_attempt_at"),
+)
+
+# The FHIR Subscriptions the watch created (`crs-cds watch subscribe`): the digest of the
+# channel header secret that authenticates their notifications, the event numbers seen.
+watch_subscriptions = Table(
+    "watch_subscriptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("server", String(512), nullable=False),
+    Column("subscription_id", String(64)),  # the server's id (known once created)
+    Column("topic", String(512), nullable=False),
+    Column("content", String(16), nullable=False),  # empty | id-only | full-resource
+    Column("secret_digest", String(64), nullable=False, unique=True),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("last_event", Integer),  # the highest event number received
+    Column("last_received_at", UtcDateTime()),
+    Column("catch_up_since", UtcDateTime()),  # a gap was found: query what changed since
+)
+
+# Subscription notifications accepted (stored before the 2xx), until a worker processed
+# them. What they say (resource ids, patients) is sealed like the census ids.
+watch_inbox = Table(
+    "watch_inbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column(
+        "subscription",
+        String(36),
+        ForeignKey("watch_subscriptions.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("kind", String(24), nullable=False),  # event-notification | heartbeat | handshake …
+    Column("first_event", Integer),
+    Column("last_event", Integer),
+    Column("events", LargeBinary, nullable=False),  # sealed JSON
+    Column("lease_owner", String(64)),
+    Column("lease_until", UtcDateTime()),
+    Column("processed_at", UtcDateTime()),
+    Index("ix_watch_inbox_pending", "processed_at"),
+)
+
+# The workers alive (a heartbeat), and the jobs only one of them runs at a time.
+watch_workers = Table(
+    "watch_workers",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Column("beat_at", UtcDateTime(), nullable=False),
+)
+
+watch_jobs = Table(
+    "watch_jobs",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("lease_owner", String(64)),
+    Column("lease_until", UtcDateTime()),
+    Column("last_run_at", UtcDateTime()),
+)

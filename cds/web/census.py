@@ -1,32 +1,35 @@
 """The watch list's rows: every patient in a CRS risk window, with the state the list
 shows, behind a small interface (`CensusSource`).
 
-The watch (issue #12) keeps a census and each patient's state; until it is wired in,
-`AuditCensus` builds the rows from the decision records: the latest CRS card per patient
-and exposure whose risk window is still open, the grade history of that exposure's cards,
-and the last readings of the facts stored with the latest record.
+Two sources. With the watch on (issue #12), `WatchCensus` reads its census: every patient
+it watches whose window is open, with the state, history and notifications the workers
+keep — patients whose chart nobody opened included. With the watch off, `AuditCensus`
+builds the rows from the decision records: the latest CRS card per patient and exposure
+whose risk window is still open, the grade history of that exposure's cards, and the last
+readings of the facts stored with the latest record.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import msgspec
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 
+from cds.readings import LastReadings, last_readings
+from cds.readings import Reading as Reading  # re-exported: the rows' readings
 from cds.store.records import facts_json
-from cds.store.tables import audit_records, cards
-
-
-@dataclass(frozen=True)
-class Reading:
-    """A last value and when it was taken (`text`: as shown, e.g. "38.6 °C")."""
-
-    text: str
-    at: datetime
+from cds.store.tables import (
+    audit_records,
+    cards,
+    watch_history,
+    watch_notifications,
+    watch_patients,
+)
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,6 @@ class _Readings(msgspec.Struct):
 
 
 _READINGS = msgspec.json.Decoder(_Readings)
-UNITS = {"temperature": "°C", "systolic_bp": "mmHg", "oxygen_flow": "L/min"}
 
 
 @dataclass(frozen=True)
@@ -198,14 +200,9 @@ class AuditCensus:
         )
         if ends < now:
             return None
-        readings = _READINGS.decode(facts_json(record.facts))
-        temperature = _last(readings, "temperature", "{:.1f} °C")
-        systolic = _last(readings, "systolic_bp", "{:.0f} mmHg")
-        flow = _last(readings, "oxygen_flow", "{:g} L/min")
-        device = readings.oxygen[-1] if readings.oxygen else None
-        oxygen = flow
-        if device is not None and (flow is None or device.at >= flow.at):
-            oxygen = Reading(device.device, device.at)
+        facts = _READINGS.decode(facts_json(record.facts))
+        readings = last_readings(facts.measurements, facts.oxygen, record.evaluated_at)
+        temperature = readings.temperature
         last = shown[-1]
         possible = crs.get("possibleGrade")
         return CensusRow(
@@ -218,8 +215,8 @@ class AuditCensus:
             max_grade=max(int(crs.get("maxGrade") or 0), *(s.grade for s in shown)),
             possible_grade=int(possible) if possible is not None else None,
             last_temperature=temperature,
-            last_systolic=systolic,
-            last_oxygen=oxygen,
+            last_systolic=readings.systolic,
+            last_oxygen=readings.oxygen,
             data_gap=temperature is None or now - temperature.at > self.data_gap,
             last_notified_at=None,  # notifications are the watch's (issue #12)
             history=tuple(
@@ -236,9 +233,99 @@ class AuditCensus:
         )
 
 
-def _last(readings: _Readings, concept: str, form: str) -> Reading | None:
-    # measurements are stored sorted by time: the last of a concept is the latest
-    for m in reversed(readings.measurements):
-        if m.concept == concept:
-            return Reading(form.format(m.value), m.at)
-    return None
+# --- from the watch's census ----------------------------------------------------------
+
+
+class WatchCensus:
+    """The census the watch keeps: every active patient whose window (or the CRS activity
+    keeping it open) lasts past now and who has been evaluated in one. The grade history
+    is the watch's, the last notification its own, and a row opens the timeline of the
+    patient's latest CRS card for that exposure when a chart was opened (else none)."""
+
+    def __init__(self, engine: Engine, data_gap: timedelta, display: Callable[[str], str]) -> None:
+        self.engine = engine
+        self.data_gap = data_gap
+        self.display = display  # product code -> the name the list shows
+
+    def rows(self, now: datetime) -> list[CensusRow]:
+        p, h, n, c = watch_patients.c, watch_history.c, watch_notifications.c, cards.c
+        with self.engine.connect() as connection:
+            patients = connection.execute(
+                select(
+                    p.patient,
+                    p.evaluated_at,
+                    p.grade,
+                    p.max_grade,
+                    p.possible_grade,
+                    p.exposure,
+                    p.product,
+                    p.exposure_at,
+                    p.watch_until,
+                    p.readings,
+                ).where(
+                    p.active.is_(True),
+                    p.exposure.is_not(None),
+                    p.grade.is_not(None),
+                    p.watch_until >= now,
+                )
+            ).all()
+            if not patients:
+                return []
+            wanted = [row.patient for row in patients]
+            history: dict[tuple[str, str], list[GradePoint]] = defaultdict(list)
+            for point in connection.execute(
+                select(h.patient, h.exposure, h.evaluated_at, h.grade, h.possible_grade)
+                .where(h.patient.in_(wanted), h.exposure.is_not(None), h.grade.is_not(None))
+                .order_by(h.evaluated_at, h.id)
+            ):
+                history[(point.patient, point.exposure)].append(
+                    _point(point.evaluated_at, point.grade, point.possible_grade)
+                )
+            notified = {
+                (row.patient, row.exposure): row.last
+                for row in connection.execute(
+                    select(n.patient, n.exposure, func.max(n.created_at).label("last"))
+                    .where(n.patient.in_(wanted))
+                    .group_by(n.patient, n.exposure)
+                )
+            }
+            shown: dict[tuple[str, str], tuple[datetime, str]] = {}
+            for card in connection.execute(
+                select(c.patient, c.exposure, c.shown_at, c.record_id).where(
+                    c.kind == "crs", c.patient.in_(wanted), c.exposure.is_not(None)
+                )
+            ):
+                key = (card.patient, card.exposure)
+                if key not in shown or card.shown_at >= shown[key][0]:
+                    shown[key] = (card.shown_at, card.record_id)
+        found = []
+        for row in patients:
+            key = (row.patient, row.exposure)
+            readings = LastReadings.from_json(row.readings)
+            temperature = readings.temperature
+            points = history.get(key) or [_point(row.evaluated_at, row.grade, row.possible_grade)]
+            found.append(
+                CensusRow(
+                    patient=row.patient,
+                    product=self.display(row.product),
+                    exposure_at=row.exposure_at,
+                    window_ends=row.watch_until,
+                    evaluated_at=row.evaluated_at,
+                    grade=row.grade,
+                    max_grade=max(row.max_grade or 0, row.grade, *(g.grade for g in points)),
+                    possible_grade=row.possible_grade,
+                    last_temperature=temperature,
+                    last_systolic=readings.systolic,
+                    last_oxygen=readings.oxygen,
+                    data_gap=temperature is None or now - temperature.at > self.data_gap,
+                    last_notified_at=notified.get(key),
+                    history=tuple(points),
+                    record_id=shown[key][1] if key in shown else None,
+                )
+            )
+        return found
+
+
+def _point(at: datetime, grade: int, possible: int | None) -> GradePoint:
+    """A history point; a possible grade only where it is above the grade."""
+    return GradePoint(at, grade, possible if possible is not None and possible > grade else None)

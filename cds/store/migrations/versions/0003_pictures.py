@@ -1,7 +1,7 @@
 """pictures: page views and one-time access grants (issue #13)
 
 Revision ID: 0003
-Revises: 0001 (re-chained after the watch's 0002 at merge)
+Revises: 0002 (written beside the watch's 0002, chained after it when both landed)
 Create Date: 2026-11-30
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0003"
-down_revision = "0001"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 

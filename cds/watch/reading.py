@@ -1,0 +1,309 @@
+"""The watch's FHIR side, on CRS_WATCH_FHIR_SERVER with CRS_WATCH_FHIR_TOKEN.
+
+- `changed`: a census patient's Observations and MedicationAdministrations changed since
+  the newest `meta.lastUpdated` seen (two searches, `_lastUpdated=gt…`);
+- `patient_data`: everything the rules read for the patient — the service's own
+  prefetch fallback (cds/fhir/gather.py, the same queries a hook call without prefetch
+  makes), so that the watch reads exactly what a chart open would;
+- `candidates`: the census search — administrations of the catalogue's CAR-T, TCR-T and
+  T-cell-engager products (by code) since the longest risk window, paged, under a deadline;
+- `touched`: the catch-up after a gap in subscription events — every patient whose
+  Observations or MedicationAdministrations changed since a time;
+- `subject_of`: the patient of a resource named by an id-only notification.
+
+URLs hold patient ids: failures are named by the query's label, never by its URL.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+
+from cds.engine.exposure import EXPOSURE_CLASSES
+from cds.fhir.client import FhirQuery, FhirReader, run_all
+from cds.fhir.gather import FHIR_ID, FhirAccess, gather
+from cds.fhir.prefetch import PrefetchPlan
+from cds.fhir.reading import ResourceCollector
+from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
+from cds.pipeline import risk_data_since
+from cds.protocol import FhirAuthorization, HookRequest
+from cds.runtime import Runtime
+from cds.watch.config import CURSOR_OVERLAP, WatchConfig
+
+WATCHED_TYPES = ("Observation", "MedicationAdministration")
+CENSUS_DEADLINE_SECONDS = 60.0  # the census search and the catch-up, all pages
+
+
+def fhir_instant(moment: datetime) -> str:
+    """A FHIR instant in UTC with milliseconds (`2026-11-30T10:00:00.000Z`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+@dataclass(frozen=True)
+class Seen:
+    """A resource version seen by polling: `Type/id/version` and its lastUpdated."""
+
+    version: str
+    updated: datetime
+
+
+@dataclass(frozen=True)
+class Changed:
+    """What polling found: the resources (`Type/id`) new or changed since the cursor,
+    the cursor moved to the newest `lastUpdated`, and the versions seen within the
+    overlap before it (so that the overlap does not find them again)."""
+
+    refs: frozenset[str]
+    cursor: datetime | None
+    seen: tuple[Seen, ...]
+
+
+def advance(
+    resources: Iterable[dict[str, Any]], cursor: datetime | None, seen: Iterable[Seen]
+) -> Changed:
+    """Move the polling cursor over `resources` (those found since cursor − overlap)."""
+    known = {s.version: s for s in seen}
+    refs: set[str] = set()
+    newest = cursor
+    for resource in resources:
+        rtype, rid = resource.get("resourceType"), resource.get("id")
+        if not isinstance(rtype, str) or not isinstance(rid, str):
+            continue
+        raw_meta = resource.get("meta")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        updated = _instant(meta.get("lastUpdated")) or cursor
+        if updated is None:
+            continue
+        if cursor is not None and updated <= cursor - CURSOR_OVERLAP:
+            continue  # older than the overlap: seen before (a server matching coarsely)
+        version = f"{rtype}/{rid}/{meta.get('versionId') or updated.isoformat()}"
+        if version not in known:
+            refs.add(f"{rtype}/{rid}")
+            known[version] = Seen(version, updated)
+        newest = updated if newest is None else max(newest, updated)
+    kept = tuple(
+        s for s in known.values() if newest is not None and s.updated > newest - CURSOR_OVERLAP
+    )
+    return Changed(frozenset(refs), newest, kept)
+
+
+def _updated(resource: dict[str, Any]) -> datetime | None:
+    meta = resource.get("meta")
+    return _instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+
+
+def _instant(value: object) -> datetime | None:
+    try:
+        return parse_fhir_datetime(value)
+    except TimeFormatError:
+        return None
+
+
+def _resources(entries: Iterable[Any]) -> list[dict[str, Any]]:
+    found = []
+    for entry in entries:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and (entry.get("search") or {}).get("mode") != "outcome":
+            found.append(resource)
+    return found
+
+
+def patient_of(resource: dict[str, Any]) -> str | None:
+    """The id of the patient a resource is about (subject / patient), if it names one."""
+    for field in ("subject", "patient"):
+        value = resource.get(field)
+        reference = value.get("reference") if isinstance(value, dict) else None
+        pid = patient_id_of(reference)
+        if pid is not None:
+            return pid
+    return None
+
+
+def patient_id_of(reference: object) -> str | None:
+    """`Patient/x` or `https://…/Patient/x[/_history/n]` -> x (a FHIR id), else None."""
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/_history/", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient" and FHIR_ID.fullmatch(parts[-1]):
+        return parts[-1]
+    return None
+
+
+def resource_ref(reference: object) -> tuple[str, str] | None:
+    """`Observation/1` or an absolute URL of one -> ("Observation", "1")."""
+    if not isinstance(reference, str):
+        return None
+    parts = reference.split("/_history/", 1)[0].rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2].isalpha() and FHIR_ID.fullmatch(parts[-1]):
+        return parts[-2], parts[-1]
+    return None
+
+
+class WatchReader:
+    """Reads CRS_WATCH_FHIR_SERVER for the watch (see the module docstring)."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        config: WatchConfig,
+        http: Callable[[], httpx.AsyncClient],
+        plan: PrefetchPlan,
+    ) -> None:
+        self.runtime = runtime
+        self.config = config
+        self.http = http
+        self.plan = plan
+
+    def _reader(self, timeout: float | None = None) -> FhirReader:
+        return FhirReader(
+            self.http(),
+            self.config.server,
+            self.config.token,
+            request_timeout=timeout or self.config.fhir_timeout_seconds,
+        )
+
+    async def changed(self, patient_id: str, cursor: datetime, seen: Iterable[Seen]) -> Changed:
+        """The patient's resources new or changed since the cursor (two searches)."""
+        return advance(await self._since(patient_id, cursor), cursor, seen)
+
+    async def settle(self, patient_id: str, first: Changed) -> Changed:
+        """After a first look (whose cursor comes from the resources the rules read): the
+        versions written up to that cursor are marked seen too — a heart rate the rules
+        do not read would else look new at the next poll. Later ones stay new."""
+        if first.cursor is None:
+            return first
+        cursor = first.cursor
+        written = [
+            r for r in await self._since(patient_id, cursor) if (_updated(r) or cursor) <= cursor
+        ]
+        settled = advance(written, cursor, first.seen)
+        return Changed(frozenset(), settled.cursor, settled.seen)
+
+    async def _since(self, patient_id: str, cursor: datetime) -> list[dict[str, Any]]:
+        """The patient's Observations and MedicationAdministrations updated since the
+        cursor, less the overlap."""
+        since = fhir_instant(cursor - CURSOR_OVERLAP)
+        reader = self._reader()
+        queries = {
+            rtype: FhirQuery(
+                f"{rtype} changes for the watch",
+                rtype,
+                (
+                    ("patient", patient_id),
+                    ("_lastUpdated", f"gt{since}"),
+                    ("_count", str(self.config.page_size)),
+                ),
+            )
+            for rtype in WATCHED_TYPES
+        }
+
+        def search(query: FhirQuery) -> Callable[[], Any]:
+            return lambda: reader.search(query)
+
+        results = await run_all(
+            {k: search(q) for k, q in queries.items()}, self.config.fhir_timeout_seconds
+        )
+        return [r for rtype in WATCHED_TYPES for r in _resources(results[rtype])]
+
+    async def patient_data(self, patient_id: str, at: datetime) -> ResourceCollector:
+        """Everything the rules read for the patient at `at`, by the service's fallback
+        queries (raises PrefetchUnavailable naming the query that failed)."""
+        token = self.config.token
+        request = HookRequest(
+            hook="patient-view",
+            hookInstance=f"watch-{uuid.uuid4()}",
+            fhirServer=self.config.server,
+            fhirAuthorization=FhirAuthorization(access_token=token) if token else None,
+            context={"patientId": patient_id},
+        )
+        access = FhirAccess(
+            http=self.http,
+            allowed_servers=[self.config.server],
+            timeout_seconds=self.config.fhir_timeout_seconds,
+            page_size=self.config.page_size,
+        )
+        return await gather(
+            request,
+            self.plan,
+            access,
+            self.runtime.knowledge,
+            risk_data_since(self.runtime, at),
+            {"service": "watch"},
+        )
+
+    def exposure_codes(self) -> str:
+        """`system|code,…` of every CAR-T, TCR-T and T-cell-engager product."""
+        return ",".join(
+            f"{c.system}|{c.code}"
+            for m in self.runtime.knowledge.medications.values()
+            if m.medication_class in EXPOSURE_CLASSES
+            for c in m.codes
+        )
+
+    async def candidates(self, at: datetime, patient_id: str | None = None) -> dict[str, datetime]:
+        """Patients with an administration of a risk product since the longest window
+        (+ CRS-episode gap + look-back) before `at`: id -> the latest time one of them
+        started or was written (a dose charted late counts from when it was charted)."""
+        since = fhir_instant(risk_data_since(self.runtime, at))
+        params: tuple[tuple[str, str], ...] = (
+            ("code", self.exposure_codes()),
+            ("effective-time", f"ge{since}"),
+            ("_count", str(self.config.page_size)),
+        )
+        if patient_id is not None:
+            params = (("patient", patient_id), *params)
+        query = FhirQuery(
+            "census search (MedicationAdministration)", "MedicationAdministration", params
+        )
+        entries = await self._search_all([query])
+        found: dict[str, datetime] = {}
+        for resource in _resources(entries):
+            pid = patient_of(resource)
+            if pid is None:
+                continue
+            meta = resource.get("meta")
+            written = _instant(meta.get("lastUpdated")) if isinstance(meta, dict) else None
+            times = [t for t in (_administration_start(resource), written) if t is not None]
+            latest = max(times, default=at)
+            found[pid] = max(found.get(pid, latest), latest)
+        return found
+
+    async def touched(self, since: datetime) -> set[str]:
+        """Every patient whose Observations or MedicationAdministrations changed since
+        `since` (the catch-up after missed subscription events)."""
+        after = fhir_instant(since - CURSOR_OVERLAP)
+        queries = [
+            FhirQuery(
+                f"{rtype} catch-up search",
+                rtype,
+                (("_lastUpdated", f"gt{after}"), ("_count", str(self.config.page_size))),
+            )
+            for rtype in WATCHED_TYPES
+        ]
+        entries = await self._search_all(queries)
+        return {pid for r in _resources(entries) if (pid := patient_of(r)) is not None}
+
+    async def subject_of(self, rtype: str, rid: str) -> str | None:
+        """The patient of `rtype/rid` (read), or None."""
+        query = FhirQuery.read(f"{rtype} read (notification focus)", rtype, rid)
+        return patient_of(await self._reader().read(query))
+
+    async def _search_all(self, queries: list[FhirQuery]) -> list[Any]:
+        reader = self._reader(timeout=CENSUS_DEADLINE_SECONDS)
+
+        def search(query: FhirQuery) -> Callable[[], Any]:
+            return lambda: reader.search(query)
+
+        results = await run_all({q.label: search(q) for q in queries}, CENSUS_DEADLINE_SECONDS)
+        return [entry for q in queries for entry in results[q.label]]
+
+
+def _administration_start(resource: dict[str, Any]) -> datetime | None:
+    period = resource.get("effectivePeriod")
+    value = period.get("start") if isinstance(period, dict) else resource.get("effectiveDateTime")
+    return _instant(value)

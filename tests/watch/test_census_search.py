@@ -1,0 +1,138 @@
+"""Who is watched, against the real FHIR server: the census search finds the patients
+given a catalogue product (by code) in the longest window; a patient leaves when the
+window closes with no CRS activity, and is not searched back in without a new dose; no
+temperature for longer than the gap is one data-gap notification; the logs never carry
+a patient id."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from cds import fhirbuild as fb
+from cds.runtime import Runtime
+from cds.watch.worker import CENSUS_JOB, Worker
+from tests.watch.support import (
+    new_patient,
+    now,
+    open_watch,
+    put,
+    scenario_copy,
+    watch_runtime,
+    webhook_receiver,
+)
+
+KIMMTRAK = ("2590748", "Kimmtrak (tebentafusp-tebn) 68 mcg IV")
+
+
+class Clock:
+    """Real time, plus what the test adds (the window closes without waiting a week)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+
+def test_the_census_search_enrols_patients_in_a_window_and_they_leave_when_it_closes(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    in_window = new_patient("census-tecartus")
+    put(fhir_base_url, scenario_copy("g2-brexucel-bp-panel", now(), in_window))
+    closing = new_patient("census-kimmtrak")
+    dose = fb.administration(
+        closing, now() - timedelta(hours=160), rxnorm=KIMMTRAK[0], text=KIMMTRAK[1]
+    )
+    put(
+        fhir_base_url,
+        [fb.patient(closing), dose, fb.temperature(closing, now() - timedelta(hours=1), 36.9)],
+    )
+    with webhook_receiver() as receiver:
+        rt = watch_runtime(runtime, tmp_path, fhir_base_url, watch_webhook_urls=[receiver.url])
+        store, watch = open_watch(rt, clock)
+        worker = Worker(watch)
+        asyncio.run(worker.drain())  # the census search runs first (never ran), then cycles
+        known = watch.census.known()
+        tecartus, kimmtrak = watch.ids.pseudonym(in_window), watch.ids.pseudonym(closing)
+        assert known[tecartus][0] and known[kimmtrak][0]
+        assert [(b["event"], b["grade"]) for b in receiver.bodies(tecartus)] == [
+            ("crs.escalation", 2)
+        ]
+        assert receiver.bodies(kimmtrak) == []
+
+        clock.ahead = timedelta(hours=10)  # Kimmtrak's 168 h window has closed
+        asyncio.run(worker.drain())
+        known = watch.census.known()
+        assert known[kimmtrak][0] is False and known[kimmtrak][1] is not None
+        assert known[tecartus][0] is True  # Tecartus' window is still open
+
+        watch.census.request_job(CENSUS_JOB)
+        asyncio.run(worker.drain())
+        assert watch.census.known()[kimmtrak][0] is False  # no new dose: stays out
+
+        clock.ahead = timedelta(hours=12)
+        next_dose = fb.administration(
+            closing, clock() - timedelta(hours=1), rxnorm=KIMMTRAK[0], text=KIMMTRAK[1]
+        )
+        put(fhir_base_url, [next_dose])
+        watch.census.request_job(CENSUS_JOB)
+        asyncio.run(worker.drain())
+        assert watch.census.known()[kimmtrak][0] is True  # the next dose: back in
+        store.close()
+
+
+def test_no_temperature_for_longer_than_the_gap_is_notified_once(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    pid = new_patient("gap")
+    # g0 timed 7 h earlier: its last temperature is 9 h old (the gap is 8 h)
+    put(fhir_base_url, scenario_copy("g0-tisacel-afebrile", now() - timedelta(hours=7), pid))
+    with webhook_receiver() as receiver:
+        rt = watch_runtime(
+            runtime,
+            tmp_path,
+            fhir_base_url,
+            watch_webhook_urls=[receiver.url],
+            watch_census_seconds=86_400.0,
+        )
+        store, watch = open_watch(rt)
+        pseudonym = watch.census.enrol(pid, "cli", now())
+        worker = Worker(watch)
+        asyncio.run(worker.drain())
+        (gap,) = receiver.bodies(pseudonym)
+        assert (gap["event"], gap["grade"]) == ("data.gap", 0)
+        watch.census.mark_due([pseudonym], now())
+        asyncio.run(worker.drain())
+        assert len(receiver.bodies(pseudonym)) == 1  # the same gap: once
+        put(fhir_base_url, [fb.temperature(pid, now() - timedelta(seconds=1), 37.0)])
+        watch.census.mark_due([pseudonym], now())
+        asyncio.run(worker.drain())
+        assert len(receiver.bodies(pseudonym)) == 1  # charted again: no gap
+        store.close()
+
+
+def test_the_logs_never_carry_a_patient_id(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pid = new_patient("logs")
+    put(fhir_base_url, scenario_copy("g1-axicel-fever-f", now(), pid))
+    with webhook_receiver() as receiver:
+        rt = watch_runtime(
+            runtime, tmp_path, fhir_base_url, watch_webhook_urls=[receiver.url + "/broken?token=x"]
+        )
+        store, watch = open_watch(rt)
+        watch.census.enrol(pid, "cli", now())
+        with caplog.at_level(logging.DEBUG):
+            asyncio.run(Worker(watch).drain())
+        assert caplog.records
+        for record in caplog.records:
+            text = record.getMessage() + str(record.__dict__)
+            assert pid not in text
+            assert "token=x" not in text
+        store.close()
