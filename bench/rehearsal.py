@@ -1,13 +1,16 @@
 """A production rehearsal without Kubernetes (`scripts/rehearse`).
 
 Starts, on 127.0.0.1: a fresh PostgreSQL database (migrated by `crs-cds db upgrade`),
-three service replicas (`crs-cds serve`), watch workers (`crs-cds watch run`, when the
-watch is installed), and nginx (Debian's package) in front of the replicas, round robin.
-Then a load test: hook calls through nginx; part-way through, one replica is killed
-(SIGKILL). It prints how the calls spread over the replicas, the answers, the calls per
-second, and whether every answered call left its audit record (a killed replica must
-cost no accepted record: every 200 has a row; a call cut off by the kill gets an error
-from nginx and may or may not have one).
+three service replicas (`crs-cds serve`), two watch workers (`crs-cds watch run`)
+watching a local FHIR server (sekmet-fhir, `scripts/fhir-server`) that holds the load
+test's patient and notifying a webhook receiver, and nginx (Debian's package) in front of
+the replicas, round robin. Then a load test: patient-view calls through nginx; part-way
+through, one replica is killed (SIGKILL). It prints how the calls spread over the
+replicas, the answers, the calls per second, whether every answered call left its audit
+record (a killed replica must cost no accepted record: every 200 has a row; a call cut
+off by the kill gets an error from nginx and may or may not have one), and what the
+watch did: the patient the calls enrolled, evaluated by one of the two workers, its
+change notified once.
 """
 
 from __future__ import annotations
@@ -35,11 +38,15 @@ import httpx
 from sqlalchemy import create_engine, func, select
 
 from bench.records import PSEUDONYM_KEY, postgres_database
+from bench.watch_support import Receiver, put, webhook_receiver
 from cds.scenarios import get
-from cds.store.tables import audit_records
+from cds.store.tables import audit_records, watch_notifications, watch_patients
 
 REPLICAS = 3
 WATCH_WORKERS = 2
+SCENARIO = "g2-brexucel-bp-panel"  # the load test's patient: grade 2, in its risk window
+WATCH_POLL_SECONDS = 2
+FHIR_SERVER = Path(__file__).resolve().parent.parent / "scripts" / "fhir-server"
 NGINX_CONF = """
 worker_processes 1;
 pid {prefix}/nginx.pid;
@@ -101,16 +108,26 @@ class Rehearsal:
     replicas: list[tuple[int, subprocess.Popen[bytes]]] = field(default_factory=list)
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
     proxy_port: int = 0
+    fhir: str | None = None  # the watched FHIR server (None: no watch)
+    receiver: Receiver | None = None  # where the watch's notifications go
 
     def env(self, index: int) -> dict[str, str]:
-        return {
-            **os.environ,
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("CRS_")},
             "CRS_DATABASE_URL": self.database,
             "CRS_PSEUDONYM_KEY": PSEUDONYM_KEY,
             "CRS_DATA_DIR": str(self.workdir / f"data-{index}"),
             "CRS_WATCH_IN_SERVE": "false",
             "CRS_LOG_LEVEL": "WARNING",
         }
+        if self.fhir is not None and self.receiver is not None:
+            env |= {
+                "CRS_FHIR_ALLOWED_SERVERS": self.fhir,
+                "CRS_WATCH_FHIR_SERVER": self.fhir,
+                "CRS_WATCH_POLL_SECONDS": str(WATCH_POLL_SECONDS),
+                "CRS_WATCH_WEBHOOK_URLS": self.receiver.url,
+            }
+        return env
 
 
 def crs_cds() -> str:
@@ -131,6 +148,11 @@ def running(replicas: int, workers: int) -> Iterator[Rehearsal]:
             check=True,
             stdout=subprocess.DEVNULL,
         )
+        if workers:
+            rehearsal.fhir = _fhir_server(stack, workdir)
+            rehearsal.receiver = stack.enter_context(webhook_receiver())
+            scenario = get(SCENARIO)
+            put(rehearsal.fhir, scenario.resources(datetime.now(UTC)))
         for i in range(replicas):
             port = free_port()
             log = (workdir / f"replica-{i}.log").open("wb")
@@ -142,13 +164,7 @@ def running(replicas: int, workers: int) -> Iterator[Rehearsal]:
             )
             stack.callback(_stop, process)
             rehearsal.replicas.append((port, process))
-        has_watch = (
-            subprocess.run(
-                [crs_cds(), "watch", "--help"], capture_output=True, env=rehearsal.env(0)
-            ).returncode
-            == 0
-        )
-        for i in range(workers if has_watch else 0):
+        for i in range(workers):
             log = (workdir / f"watch-{i}.log").open("wb")
             worker = subprocess.Popen(
                 [crs_cds(), "watch", "run"],
@@ -188,6 +204,26 @@ def running(replicas: int, workers: int) -> Iterator[Rehearsal]:
         yield rehearsal
 
 
+def _fhir_server(stack: ExitStack, workdir: Path, seconds: float = 300) -> str:
+    """sekmet-fhir on a free port (its venv made on first use), stopped with the stack."""
+    port = free_port()
+    log = (workdir / "fhir-server.log").open("wb")
+    process = subprocess.Popen([str(FHIR_SERVER), str(port)], stdout=log, stderr=subprocess.STDOUT)
+    stack.callback(_stop, process)
+    base = f"http://127.0.0.1:{port}/fhir"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the FHIR server exited: {(workdir / 'fhir-server.log').read_text()}")
+        try:
+            if httpx.get(f"{base}/metadata", timeout=2).status_code == 200:
+                return base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise SystemExit("the FHIR server did not start")
+
+
 def _stop(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.terminate()
@@ -220,6 +256,7 @@ class Figures:
     answered: int
     cut_off_with_record: int
     cut_off: int
+    watch: WatchFigures | None = None
 
     def text(self) -> str:
         lines = [
@@ -232,11 +269,32 @@ class Figures:
             f"record ({'complete' if self.answered_with_record == self.answered else 'MISSING'}); "
             f"{self.cut_off_with_record} of {self.cut_off} calls cut off by the kill have one",
         ]
+        if self.watch is not None:
+            lines.append(self.watch.text())
         return "\n".join(lines)
 
 
+@dataclass
+class WatchFigures:
+    workers: int  # watch workers still running at the end
+    census: int  # patients enrolled (the load's patient-view calls enrol theirs)
+    grade: int | None  # the load patient's grade, as a worker evaluated it
+    notifications: int  # changes stored
+    posted: int  # webhook POSTs received
+    distinct: int  # distinct notification ids among them
+    seconds: float  # from the first call to the first POST
+
+    def text(self) -> str:
+        return (
+            f"watch: {self.workers} workers; census {self.census} patient(s), the load's "
+            f"patient evaluated at grade {self.grade}; {self.notifications} change(s) "
+            f"notified, {self.posted} webhook POST(s) ({self.distinct} distinct), the first "
+            f"{self.seconds:.1f} s after the first call"
+        )
+
+
 async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
-    scenario = get("g2-brexucel-bp-panel")
+    scenario = get(SCENARIO)
     data = scenario.prefetch(datetime.now(UTC))
     bodies = [
         {
@@ -289,6 +347,7 @@ async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
     answered = [r for r in results if r[1] == 200]
     cut_off = [r for r in results if r[1] != 200]
     assert total is not None
+    watch = await asyncio.to_thread(_watched, rehearsal, started) if rehearsal.workers else None
     return Figures(
         calls=calls,
         seconds=seconds,
@@ -299,6 +358,36 @@ async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
         answered=len(answered),
         cut_off_with_record=sum(r[0] in recorded for r in cut_off),
         cut_off=len(cut_off),
+        watch=watch,
+    )
+
+
+def _watched(rehearsal: Rehearsal, started: float, seconds: float = 60) -> WatchFigures:
+    """What the watch did once the load's patient was enrolled: wait (up to `seconds`)
+    for its notification, then a few poll intervals more for anything doubled."""
+    receiver = rehearsal.receiver
+    assert receiver is not None
+    started_wall = time.time() - (time.perf_counter() - started)
+    deadline = time.monotonic() + seconds
+    while not receiver.of() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first = min((r.at for r in receiver.of()), default=None)
+    time.sleep(WATCH_POLL_SECONDS * 3)
+    engine = create_engine(rehearsal.database)
+    with engine.connect() as connection:
+        census = connection.scalar(select(func.count()).select_from(watch_patients)) or 0
+        grade = connection.scalar(select(func.max(watch_patients.c.grade)))
+        stored = connection.scalar(select(func.count()).select_from(watch_notifications)) or 0
+    engine.dispose()
+    ids = [r.body.get("id") for r in receiver.of()]
+    return WatchFigures(
+        workers=sum(w.poll() is None for w in rehearsal.workers),
+        census=census,
+        grade=grade,
+        notifications=stored,
+        posted=len(ids),
+        distinct=len(set(ids)),
+        seconds=first - started_wall if first is not None else -1.0,
     )
 
 

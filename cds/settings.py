@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # cds/watch/ and the README's Watch section. Off while CRS_WATCH_FHIR_SERVER is unset.
     watch_fhir_server: str | None = None  # must also be on CRS_FHIR_ALLOWED_SERVERS
     watch_fhir_token: str | None = None  # bearer token the watch sends to that server
+    # SMART Backend Services instead of a static token (cds/watch/smart.py)
+    watch_smart_client_id: str | None = None
+    watch_smart_key_file: Path | None = None  # private key, PEM (`crs-cds keys new`)
+    watch_smart_kid: str | None = None  # default: the key's RFC 7638 thumbprint
+    watch_smart_token_url: str | None = None  # default: the server's smart-configuration
+    watch_smart_scopes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     watch_poll_seconds: float = Field(default=60.0, gt=0, le=3600)
     watch_webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     watch_in_serve: bool | None = None  # None: on with SQLite, off with PostgreSQL
@@ -138,6 +144,7 @@ class Settings(BaseSettings):
         "web_frame_ancestors",
         "watch_webhook_urls",
         "watch_patient_details",
+        "watch_smart_scopes",
         mode="before",
     )
     @classmethod

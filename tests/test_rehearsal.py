@@ -1,5 +1,6 @@
 """The production rehearsal (scripts/rehearse), small: three replicas on one PostgreSQL
-behind nginx, one killed part-way — every answered call keeps its record."""
+behind nginx, one killed part-way — every answered call keeps its record; two watch
+workers on the same database notify the load's patient once."""
 
 from __future__ import annotations
 
@@ -24,3 +25,8 @@ def test_a_killed_replica_costs_no_answered_record() -> None:
         len(figures.by_replica) >= 2
     )  # calls spread over the replicas (the killed one too, if it answered before)
     assert set(figures.statuses) <= {200, 502, 0}
+    watch = figures.watch
+    assert watch is not None and watch.workers == 2
+    assert watch.census == 1 and watch.grade == 2  # enrolled by the calls, evaluated
+    assert watch.notifications >= 1 and watch.distinct == watch.notifications
+    assert watch.posted == watch.distinct  # two live workers: each change POSTed once

@@ -152,10 +152,11 @@ def resolve_template(
 class FhirQueryFailed(Exception):
     """A query to the FHIR server failed; `str()` names the query and the reason."""
 
-    def __init__(self, label: str, reason: str) -> None:
+    def __init__(self, label: str, reason: str, status: int | None = None) -> None:
         super().__init__(f"{label} failed: {reason}")
         self.label = label
         self.reason = reason
+        self.status = status  # the server's HTTP status, when it answered with an error
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,9 @@ class FhirReader:
                 ) as response:
                     if response.status_code != 200:
                         raise FhirQueryFailed(
-                            label, _status_reason(response.status_code, self.token)
+                            label,
+                            _status_reason(response.status_code, self.token),
+                            response.status_code,
                         )
                     body = await _read_body(spent, response)
         except TimeoutError as exc:

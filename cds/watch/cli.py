@@ -94,6 +94,25 @@ def run() -> None:
     asyncio.run(main())
 
 
+def _bearer(watch: Watch) -> str | None:
+    """The watch's token for its FHIR server (a SMART token asked for now); exit 1
+    saying why when there is none to be had."""
+    from cds.fhir.client import close_http_clients
+    from cds.watch.smart import TokenRefused
+
+    async def get() -> str | None:
+        try:
+            return await watch.credentials.bearer()
+        finally:
+            await close_http_clients()
+
+    try:
+        return asyncio.run(get())
+    except TokenRefused as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
 def _serve_metrics(watch: Watch, host: str, port: int) -> None:
     """/metrics of this worker (its notification counters) and of the watch's tables,
     in a daemon thread (prometheus_client's own small HTTP server)."""
@@ -237,8 +256,9 @@ def subscribe(
     watch = _open_watch(_runtime())
     config = watch.config
     headers = {"Accept": FHIR_JSON, "Content-Type": FHIR_JSON}
-    if config.token:
-        headers["Authorization"] = f"Bearer {config.token}"
+    token = _bearer(watch)
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     with httpx.Client(timeout=30.0, follow_redirects=False, trust_env=False) as http:
         advertised = _advertised_topics(http, config.server, headers)
         if not topic:

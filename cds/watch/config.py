@@ -7,9 +7,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
 
+from cds.auth.signing import load_client_key, thumbprint
 from cds.fhir.client import allowed_base_url
 from cds.runtime import Runtime
+from cds.settings import Settings
 from cds.store import database
+from cds.watch.smart import SmartClient, default_scopes, token_endpoint
 
 # Polling asks for what changed since the newest `meta.lastUpdated` seen, less this
 # overlap: a resource committed a moment after a later one is still found (duplicates
@@ -26,7 +29,8 @@ class WatchConfig:
     """The watch as configured (see the README's Watch section)."""
 
     server: str  # CRS_WATCH_FHIR_SERVER, normalised; on CRS_FHIR_ALLOWED_SERVERS
-    token: str | None
+    token: str | None  # CRS_WATCH_FHIR_TOKEN (static)
+    smart: SmartClient | None  # SMART Backend Services (instead of a static token)
     poll: timedelta
     census_every: timedelta
     webhook_urls: tuple[str, ...]
@@ -84,6 +88,7 @@ def watch_config(runtime: Runtime) -> WatchConfig | None:
     return WatchConfig(
         server=server,
         token=s.watch_fhir_token,
+        smart=_smart_client(s),
         poll=timedelta(seconds=s.watch_poll_seconds),
         census_every=timedelta(seconds=s.watch_census_seconds),
         webhook_urls=tuple(s.watch_webhook_urls),
@@ -101,6 +106,45 @@ def watch_config(runtime: Runtime) -> WatchConfig | None:
         page_size=s.fhir_page_size,
         public_base_url=s.public_base_url.rstrip("/") if s.public_base_url else None,
     )
+
+
+def _smart_client(s: Settings) -> SmartClient | None:
+    """The watch as a SMART backend client (None: not configured); WatchConfigError names
+    the setting that is missing or wrong."""
+    if s.watch_smart_client_id is None:
+        if s.watch_smart_key_file is not None:
+            raise WatchConfigError(
+                "CRS_WATCH_SMART_KEY_FILE is set without CRS_WATCH_SMART_CLIENT_ID"
+            )
+        return None
+    if s.watch_fhir_token:
+        raise WatchConfigError(
+            "CRS_WATCH_FHIR_TOKEN and CRS_WATCH_SMART_CLIENT_ID are both set: choose one"
+        )
+    if s.watch_smart_key_file is None:
+        raise WatchConfigError(
+            "CRS_WATCH_SMART_CLIENT_ID needs CRS_WATCH_SMART_KEY_FILE (the private key, PEM, "
+            "whose public key is registered with the EHR; `crs-cds keys new` makes one)"
+        )
+    try:
+        pem = s.watch_smart_key_file.read_bytes()
+        key = load_client_key(pem, s.watch_smart_kid or "")
+    except (OSError, ValueError, TypeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise WatchConfigError(
+            f"CRS_WATCH_SMART_KEY_FILE {str(s.watch_smart_key_file)!r}: {reason} "
+            "(a P-384 EC or an RSA private key, PEM, unencrypted)"
+        ) from exc
+    if not s.watch_smart_kid:
+        key = load_client_key(pem, thumbprint(key.public_jwk()))
+    token_url = None
+    if s.watch_smart_token_url:
+        try:
+            token_url = token_endpoint(s.watch_smart_token_url)
+        except ValueError as exc:
+            raise WatchConfigError(f"CRS_WATCH_SMART_TOKEN_URL: {exc}") from exc
+    scopes = tuple(" ".join(s.watch_smart_scopes).split()) or default_scopes(s.watch_writeback)
+    return SmartClient(s.watch_smart_client_id, key, scopes, token_url)
 
 
 def _redacted(url: str) -> str:

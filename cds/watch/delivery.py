@@ -31,6 +31,7 @@ from cds.store.tables import watch_deliveries, watch_notifications, watch_patien
 from cds.watch.changes import Change, WatchEvent
 from cds.watch.config import WatchConfig
 from cds.watch.ids import PatientIds, SealedIdUnreadable
+from cds.watch.smart import Credentials, TokenRefused
 
 log = logging.getLogger("cds.watch.delivery")
 
@@ -189,12 +190,14 @@ class Sender:
         webhook_http: Callable[[], httpx.AsyncClient],
         fhir_http: Callable[[], httpx.AsyncClient],
         describe: Callable[[str], str],
+        credentials: Credentials,
     ) -> None:
         self.config = config
         self.ids = ids
         self.webhook_http = webhook_http
         self.fhir_http = fhir_http
         self.describe = describe  # product concept -> its display name
+        self.credentials = credentials
 
     def _patient_id(self, due: DueDelivery) -> str | None:
         if due.patient_ref is None:
@@ -247,8 +250,12 @@ class Sender:
         )
         url = f"{self.config.server}/{resource['resourceType']}/{resource['id']}"
         headers = {"Content-Type": FHIR_JSON, "Accept": FHIR_JSON}
-        if self.config.token:
-            headers["Authorization"] = f"Bearer {self.config.token}"
+        try:
+            token = await self.credentials.bearer()
+        except TokenRefused as exc:
+            return exc.reason
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
         try:
             response = await self.fhir_http().put(
                 url, content=orjson.dumps(resource), headers=headers, timeout=SEND_TIMEOUT_SECONDS
@@ -257,6 +264,8 @@ class Sender:
             return f"{type(exc).__name__}"
         if response.status_code in (200, 201):
             return None
+        if response.status_code == 401:
+            self.credentials.expire()  # a SMART token revoked or expired: a new one next time
         return f"HTTP {response.status_code}"
 
 

@@ -34,6 +34,7 @@ from cds.pipeline import risk_data_since
 from cds.protocol import FhirAuthorization, HookRequest
 from cds.runtime import Runtime
 from cds.watch.config import CURSOR_OVERLAP, WatchConfig
+from cds.watch.smart import Credentials
 
 WATCHED_TYPES = ("Observation", "MedicationAdministration")
 CENSUS_DEADLINE_SECONDS = 60.0  # the census search and the catch-up, all pages
@@ -153,17 +154,19 @@ class WatchReader:
         config: WatchConfig,
         http: Callable[[], httpx.AsyncClient],
         plan: PrefetchPlan,
+        credentials: Credentials,
     ) -> None:
         self.runtime = runtime
         self.config = config
         self.http = http
         self.plan = plan
+        self.credentials = credentials
 
-    def _reader(self, timeout: float | None = None) -> FhirReader:
+    async def _reader(self, timeout: float | None = None) -> FhirReader:
         return FhirReader(
             self.http(),
             self.config.server,
-            self.config.token,
+            await self.credentials.bearer(),
             request_timeout=timeout or self.config.fhir_timeout_seconds,
         )
 
@@ -188,7 +191,7 @@ class WatchReader:
         """The patient's Observations and MedicationAdministrations updated since the
         cursor, less the overlap."""
         since = fhir_instant(cursor - CURSOR_OVERLAP)
-        reader = self._reader()
+        reader = await self._reader()
         queries = {
             rtype: FhirQuery(
                 f"{rtype} changes for the watch",
@@ -213,7 +216,7 @@ class WatchReader:
     async def patient_data(self, patient_id: str, at: datetime) -> ResourceCollector:
         """Everything the rules read for the patient at `at`, by the service's fallback
         queries (raises PrefetchUnavailable naming the query that failed)."""
-        token = self.config.token
+        token = await self.credentials.bearer()
         request = HookRequest(
             hook="patient-view",
             hookInstance=f"watch-{uuid.uuid4()}",
@@ -291,10 +294,10 @@ class WatchReader:
     async def subject_of(self, rtype: str, rid: str) -> str | None:
         """The patient of `rtype/rid` (read), or None."""
         query = FhirQuery.read(f"{rtype} read (notification focus)", rtype, rid)
-        return patient_of(await self._reader().read(query))
+        return patient_of(await (await self._reader()).read(query))
 
     async def _search_all(self, queries: list[FhirQuery]) -> list[Any]:
-        reader = self._reader(timeout=CENSUS_DEADLINE_SECONDS)
+        reader = await self._reader(timeout=CENSUS_DEADLINE_SECONDS)
 
         def search(query: FhirQuery) -> Callable[[], Any]:
             return lambda: reader.search(query)

@@ -20,6 +20,7 @@ from cds.watch.config import WatchConfig, watch_config
 from cds.watch.delivery import Deliveries, Sender
 from cds.watch.ids import PatientIds
 from cds.watch.reading import WatchReader
+from cds.watch.smart import Credentials
 from cds.watch.subscriptions import Subscriptions
 
 MONITOR_SERVICE = "crs-monitor"  # the patient-view service: its prefetch is what is read
@@ -61,6 +62,7 @@ class Watch:
     reader: WatchReader
     sender: Sender
     clock: Clock
+    credentials: Credentials  # the bearer token for the watched FHIR server
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -89,6 +91,7 @@ class Watch:
             return None
         ids = PatientIds.from_keys(store.pseudonyms, runtime.settings.watch_id_key)
         plan = registry(runtime)[MONITOR_SERVICE].prefetch
+        credentials = Credentials(config.server, config.token, config.smart, fhir_http, clock)
 
         return cls(
             runtime=runtime,
@@ -97,15 +100,17 @@ class Watch:
             census=Census(store.engine, ids),
             subscriptions=Subscriptions(store.engine, ids),
             deliveries=Deliveries(store.engine, config, ids),
-            reader=WatchReader(runtime, config, fhir_http, plan),
+            reader=WatchReader(runtime, config, fhir_http, plan, credentials),
             sender=Sender(
                 config,
                 ids,
                 webhook_http or webhook_client,
                 fhir_http,
                 product_names(runtime),
+                credentials,
             ),
             clock=clock,
+            credentials=credentials,
         )
 
 

@@ -41,6 +41,8 @@ def _patient(row: Any) -> dict[str, Any]:
             else None
         ),
         "watchUntil": _iso(row.watch_until),
+        # the last temperature, systolic pressure and oxygen of the latest evaluation
+        "lastReadings": row.readings or {},
         "nextPollAt": _iso(row.next_poll_at),
         "worker": row.lease_owner,
         "ruleSetVersion": row.rule_set_version,

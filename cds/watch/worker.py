@@ -236,6 +236,7 @@ class Worker:
         try:
             result = await self._look(row, patient_id, now)
         except FHIR_FAILURES as exc:
+            self._refused(exc)
             reason = exc.message if isinstance(exc, PrefetchUnavailable) else str(exc)
             log.warning("watch cycle failed", extra={"error": type(exc).__name__})
             await asyncio.to_thread(
@@ -369,6 +370,7 @@ class Worker:
                 lambda focus: watch.reader.subject_of(*focus),
             )
         except FHIR_FAILURES as exc:
+            self._refused(exc)
             log.warning("notification focus not read", extra={"error": type(exc).__name__})
             return  # the rows stay leased, and are processed again after the lease
         due: set[str] = set()
@@ -387,6 +389,7 @@ class Worker:
         try:
             found = await self._each(list(candidates), lambda p: watch.reader.candidates(now, p))
         except FHIR_FAILURES as exc:
+            self._refused(exc)
             log.warning("candidate not checked", extra={"error": type(exc).__name__})
             return
         enrol = [p for p, administrations in found.items() if p in administrations]
@@ -400,6 +403,16 @@ class Worker:
         await asyncio.to_thread(
             watch.subscriptions.processed, self.name, [item.id for item in claimed], now
         )
+
+    def _refused(self, exc: BaseException) -> None:
+        """A FHIR answer 401: the token is no longer good (a SMART token is asked for
+        anew at the next look)."""
+        seen: BaseException | None = exc
+        while seen is not None:
+            if isinstance(seen, FhirQueryFailed) and seen.status == 401:
+                self.watch.credentials.expire()
+                return
+            seen = seen.__cause__
 
     async def _each(self, keys: list[K], read: Callable[[K], Awaitable[V]]) -> dict[K, V]:
         """`read` of every key, concurrently (at most the worker's concurrency at once)."""
@@ -426,6 +439,7 @@ class Worker:
         try:
             touched = await watch.reader.touched(since)
         except FHIR_FAILURES as exc:
+            self._refused(exc)
             log.warning("catch-up failed", extra={"error": type(exc).__name__})
             await asyncio.to_thread(census.finish_job, CATCH_UP_JOB, self.name, now, ran=False)
             return
@@ -448,6 +462,7 @@ class Worker:
         try:
             found = await watch.reader.candidates(now)
         except FHIR_FAILURES as exc:
+            self._refused(exc)
             log.warning("census search failed", extra={"error": type(exc).__name__})
             await asyncio.to_thread(census.finish_job, CENSUS_JOB, self.name, now, ran=False)
             return

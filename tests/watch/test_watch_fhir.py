@@ -93,6 +93,11 @@ def test_a_fever_then_a_pressor_are_each_notified_once(
         assert len(set(keys)) == 2
     row = _row(watch, pseudonym)
     assert (row.grade, row.max_grade) == (3, 3)
+    # the last readings the worker kept for the watch list and the patient's status
+    shown = patient_status(watch.census.engine, pseudonym)
+    assert shown is not None
+    assert shown["lastReadings"]["temperature"]["text"] == "38.6 °C"
+    assert shown["lastReadings"]["systolic"]["text"] == "84 mmHg"
     with watch.census.engine.connect() as connection:
         assert (
             connection.execute(
