@@ -282,14 +282,14 @@ class WatchFigures:
     notifications: int  # changes stored
     posted: int  # webhook POSTs received
     distinct: int  # distinct notification ids among them
-    seconds: float  # from the first call to the first POST
+    sources: str  # how the census patients were enrolled
 
     def text(self) -> str:
         return (
-            f"watch: {self.workers} workers; census {self.census} patient(s), the load's "
-            f"patient evaluated at grade {self.grade}; {self.notifications} change(s) "
-            f"notified, {self.posted} webhook POST(s) ({self.distinct} distinct), the first "
-            f"{self.seconds:.1f} s after the first call"
+            f"watch: {self.workers} workers; census {self.census} patient(s) (enrolled by "
+            f"{self.sources}), the load's patient evaluated at grade {self.grade}; "
+            f"{self.notifications} change(s) notified, {self.posted} webhook POST(s) "
+            f"({self.distinct} distinct)"
         )
 
 
@@ -347,7 +347,7 @@ async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
     answered = [r for r in results if r[1] == 200]
     cut_off = [r for r in results if r[1] != 200]
     assert total is not None
-    watch = await asyncio.to_thread(_watched, rehearsal, started) if rehearsal.workers else None
+    watch = await asyncio.to_thread(_watched, rehearsal) if rehearsal.workers else None
     return Figures(
         calls=calls,
         seconds=seconds,
@@ -362,22 +362,21 @@ async def _load(rehearsal: Rehearsal, calls: int, concurrency: int) -> Figures:
     )
 
 
-def _watched(rehearsal: Rehearsal, started: float, seconds: float = 60) -> WatchFigures:
+def _watched(rehearsal: Rehearsal, seconds: float = 60) -> WatchFigures:
     """What the watch did once the load's patient was enrolled: wait (up to `seconds`)
     for its notification, then a few poll intervals more for anything doubled."""
     receiver = rehearsal.receiver
     assert receiver is not None
-    started_wall = time.time() - (time.perf_counter() - started)
     deadline = time.monotonic() + seconds
     while not receiver.of() and time.monotonic() < deadline:
         time.sleep(0.2)
-    first = min((r.at for r in receiver.of()), default=None)
     time.sleep(WATCH_POLL_SECONDS * 3)
     engine = create_engine(rehearsal.database)
     with engine.connect() as connection:
         census = connection.scalar(select(func.count()).select_from(watch_patients)) or 0
         grade = connection.scalar(select(func.max(watch_patients.c.grade)))
         stored = connection.scalar(select(func.count()).select_from(watch_notifications)) or 0
+        sources = sorted(set(connection.scalars(select(watch_patients.c.source))))
     engine.dispose()
     ids = [r.body.get("id") for r in receiver.of()]
     return WatchFigures(
@@ -387,7 +386,7 @@ def _watched(rehearsal: Rehearsal, started: float, seconds: float = 60) -> Watch
         notifications=stored,
         posted=len(ids),
         distinct=len(set(ids)),
-        seconds=first - started_wall if first is not None else -1.0,
+        sources=", ".join(sources) or "nobody",
     )
 
 

@@ -27,6 +27,6 @@ def test_a_killed_replica_costs_no_answered_record() -> None:
     assert set(figures.statuses) <= {200, 502, 0}
     watch = figures.watch
     assert watch is not None and watch.workers == 2
-    assert watch.census == 1 and watch.grade == 2  # enrolled by the calls, evaluated
+    assert watch.census == 1 and watch.grade == 2  # in the census, evaluated
     assert watch.notifications >= 1 and watch.distinct == watch.notifications
     assert watch.posted == watch.distinct  # two live workers: each change POSTed once
