@@ -77,6 +77,23 @@ def test_first_use_then_replay(make_guard: GuardFactory) -> None:
     assert asyncio.run(go()) == [True, False, True]
 
 
+def test_a_token_replayed_to_another_replica_is_refused(make_guard: GuardFactory) -> None:
+    """Two replicas on one database (two stores): an id used at one is refused at the
+    other. The memory guard cannot know (one process): why the store is the default."""
+    clock = Clock()
+    one, other = make_guard(clock), make_guard(clock)
+    expires = clock() + timedelta(seconds=60)
+
+    async def go() -> list[bool]:
+        return [
+            await one.first_use("https://ehr.example.org", "jti-across", expires),
+            await other.first_use("https://ehr.example.org", "jti-across", expires),
+        ]
+
+    shared = not isinstance(one, MemoryReplayGuard)
+    assert asyncio.run(go()) == ([True, False] if shared else [True, True])
+
+
 def test_the_same_jti_from_another_issuer_is_not_a_replay(make_guard: GuardFactory) -> None:
     clock = Clock()
     guard = make_guard(clock)

@@ -1,5 +1,9 @@
 """FastAPI dependencies: what a route needs, from the application's state (set once by
-`create_app`, replaced in tests)."""
+`create_app`, replaced in tests).
+
+Every dependency is `async def`, even those that only read the state: FastAPI runs a
+plain `def` dependency in its thread pool, a hop to another thread and back for each
+call (measured: the larger part of the fixed cost of a small hook call)."""
 
 from __future__ import annotations
 
@@ -14,22 +18,22 @@ from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 
 
-def get_hooks(request: Request) -> Hooks:
+async def get_hooks(request: Request) -> Hooks:
     hooks: Hooks = request.app.state.hooks
     return hooks
 
 
-def get_store(request: Request) -> DecisionStore:
+async def get_store(request: Request) -> DecisionStore:
     store: DecisionStore = request.app.state.store
     return store
 
 
-def get_authentication(request: Request) -> Authentication:
+async def get_authentication(request: Request) -> Authentication:
     authentication: Authentication = request.app.state.authentication
     return authentication
 
@@ -44,13 +48,14 @@ def _public_path(request: Request) -> str:
 async def get_client(request: Request) -> ClientIdentity | None:
     """The verified CDS client (its JWT checked against the URL called); None when
     authentication is off. A missing or refused token raises Unauthenticated (401)."""
-    authentication = get_authentication(request)
+    authentication: Authentication = request.app.state.authentication
     return await authentication.client(request.headers.get("Authorization"), _public_path(request))
 
 
 async def get_discovery_client(request: Request) -> ClientIdentity | None:
     """As `get_client`, for discovery: verified unless CRS_AUTHENTICATE_DISCOVERY is off."""
-    if not get_authentication(request).discovery:
+    authentication: Authentication = request.app.state.authentication
+    if not authentication.discovery:
         return None
     return await get_client(request)
 

@@ -214,7 +214,7 @@ def _census_horizon(runtime: Runtime) -> timedelta:
     return timedelta(hours=longest) + grading.episode_gap + grading.lookback
 
 
-def pictures(request: Request) -> Pictures:
+async def pictures(request: Request) -> Pictures:
     """The application's Pictures, made on first use from what `create_app` set up (the
     census: `app.state.census` if set, else the audit records)."""
     state = request.app.state
