@@ -16,6 +16,7 @@ URLs hold patient ids: failures are named by the query's label, never by its URL
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 
 from cds.engine.exposure import EXPOSURE_CLASSES
-from cds.fhir.client import FhirQuery, FhirReader, run_all
+from cds.fhir.client import FhirQuery, FhirQueryFailed, FhirReader, run_all
 from cds.fhir.gather import FHIR_ID, FhirAccess, gather
 from cds.fhir.prefetch import PrefetchPlan
 from cds.fhir.reading import ResourceCollector
@@ -38,6 +39,8 @@ from cds.watch.smart import Credentials
 
 WATCHED_TYPES = ("Observation", "MedicationAdministration")
 CENSUS_DEADLINE_SECONDS = 60.0  # the census search and the catch-up, all pages
+MEDICATIONS_PER_SEARCH = 50  # Medication references per administration search (URL length)
+log = logging.getLogger("cds.watch")
 
 
 def fhir_instant(moment: datetime) -> str:
@@ -248,22 +251,52 @@ class WatchReader:
             for c in m.codes
         )
 
+    def exposure_names(self) -> str:
+        """The names of every CAR-T, TCR-T and T-cell-engager product (generic, short and
+        brand), comma-separated for a `:text` search."""
+        names = sorted(
+            {
+                name
+                for m in self.runtime.knowledge.medications.values()
+                if m.medication_class in EXPOSURE_CLASSES
+                for name in m.names
+            }
+        )
+        return ",".join(name.replace(",", "\\,") for name in names)
+
     async def candidates(self, at: datetime, patient_id: str | None = None) -> dict[str, datetime]:
         """Patients with an administration of a risk product since the longest window
         (+ CRS-episode gap + look-back) before `at`: id -> the latest time one of them
-        started or was written (a dose charted late counts from when it was charted)."""
+        started or was written (a dose charted late counts from when it was charted).
+
+        Found three ways: by the products' codes; by their names (`code:text`: a
+        medication charted as text, or under a local code, whose text begins with a
+        product's generic or brand name); and by reference to a Medication of a risk
+        product (found by code or name). A server that cannot do the second or third
+        search (a `:text` modifier or a reference search it does not support) still
+        has the first: their failures are logged and passed over."""
         since = fhir_instant(risk_data_since(self.runtime, at))
-        params: tuple[tuple[str, str], ...] = (
-            ("code", self.exposure_codes()),
+        window: tuple[tuple[str, str], ...] = (
             ("effective-time", f"ge{since}"),
             ("_count", str(self.config.page_size)),
         )
         if patient_id is not None:
-            params = (("patient", patient_id), *params)
-        query = FhirQuery(
-            "census search (MedicationAdministration)", "MedicationAdministration", params
-        )
-        entries = await self._search_all([query])
+            window = (("patient", patient_id), *window)
+
+        def administrations(how: str, param: tuple[str, str]) -> FhirQuery:
+            label = f"census search {how} (MedicationAdministration)"
+            return FhirQuery(label, "MedicationAdministration", (param, *window))
+
+        codes, names = self.exposure_codes(), self.exposure_names()
+        entries = await self._search_all([administrations("by code", ("code", codes))])
+        try:
+            entries += await self._search_all([administrations("by name", ("code:text", names))])
+        except FhirQueryFailed as exc:
+            log.warning("census search by name not done", extra={"reason": exc.reason})
+        try:
+            entries += await self._by_medication(codes, names, administrations)
+        except FhirQueryFailed as exc:
+            log.warning("census search by Medication not done", extra={"reason": exc.reason})
         found: dict[str, datetime] = {}
         for resource in _resources(entries):
             pid = patient_of(resource)
@@ -274,6 +307,39 @@ class WatchReader:
             times = [t for t in (_administration_start(resource), written) if t is not None]
             latest = max(times, default=at)
             found[pid] = max(found.get(pid, latest), latest)
+        return found
+
+    async def _by_medication(
+        self,
+        codes: str,
+        names: str,
+        administrations: Callable[[str, tuple[str, str]], FhirQuery],
+    ) -> list[Any]:
+        """Administrations given by reference to a Medication of a risk product."""
+        count = ("_count", str(self.config.page_size))
+        medications = await self._search_all(
+            [
+                FhirQuery(
+                    "risk Medications by code",
+                    "Medication",
+                    (("code", self.exposure_codes()), count),
+                ),
+                FhirQuery("risk Medications by name", "Medication", (("code:text", names), count)),
+            ]
+        )
+        ids = sorted(
+            {
+                f"Medication/{r['id']}"
+                for r in _resources(medications)
+                if r.get("resourceType") == "Medication" and FHIR_ID.fullmatch(str(r.get("id", "")))
+            }
+        )
+        found: list[Any] = []
+        for start in range(0, len(ids), MEDICATIONS_PER_SEARCH):
+            chunk = ",".join(ids[start : start + MEDICATIONS_PER_SEARCH])
+            found += await self._search_all(
+                [administrations("by Medication", ("medication", chunk))]
+            )
         return found
 
     async def touched(self, since: datetime) -> set[str]:

@@ -136,3 +136,47 @@ def test_the_logs_never_carry_a_patient_id(
             assert pid not in text
             assert "token=x" not in text
         store.close()
+
+
+def test_the_census_search_finds_products_charted_by_name_or_by_medication_reference(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    """Real charts name a CAR-T product in text or a local code, or give it by reference
+    to a Medication: the census search finds those patients too (`code:text`, and a
+    search of the risk products' Medications)."""
+    by_text = new_patient("census-text")
+    by_medication_code = new_patient("census-med-code")
+    by_medication_name = new_patient("census-med-name")
+    not_a_risk = new_patient("census-other")
+    coded = f"{by_medication_code}-yescarta"
+    named = f"{by_medication_name}-kymriah"
+    two_days_ago = now() - timedelta(days=2)
+    put(
+        fhir_base_url,
+        [
+            fb.medication(coded, "axicabtagene ciloleucel", rxnorm="1987407"),
+            fb.medication(named, "Kymriah (tisagenlecleucel) suspension, local formulary"),
+            fb.administration(
+                by_text, two_days_ago, text="Abecma (idecabtagene vicleucel) infusion"
+            ),
+            fb.administration(
+                by_medication_code,
+                two_days_ago,
+                text="CAR-T infusion",
+                medication_reference=f"Medication/{coded}",
+            ),
+            fb.administration(
+                by_medication_name,
+                two_days_ago,
+                text="CAR-T infusion",
+                medication_reference=f"Medication/{named}",
+            ),
+            fb.administration(not_a_risk, two_days_ago, rxnorm="7512", text="norepinephrine"),
+        ],
+    )
+    rt = watch_runtime(runtime, tmp_path, fhir_base_url)
+    store, watch = open_watch(rt)
+    found = asyncio.run(watch.reader.candidates(now()))
+    assert {by_text, by_medication_code, by_medication_name} <= set(found)
+    assert not_a_risk not in found
+    store.close()
