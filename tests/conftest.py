@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -16,6 +17,7 @@ from cds.app import create_app
 from cds.clock import utc_now
 from cds.ids import new_uuid
 from cds.runtime import Runtime
+from cds.store import database
 from cds.store.decisions import DecisionStore
 from tests.factories import settings
 from tests.fhir_server import fhir_base_url  # noqa: F401  (session fixture)
@@ -48,14 +50,37 @@ def client(runtime: Runtime, store: DecisionStore) -> TestClient:
     return TestClient(create_app(runtime, store=store))
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A new, empty PostgreSQL database on 127.0.0.1:5432 for this test run, dropped after."""
+@contextmanager
+def new_postgres_database(*, migrated: bool = False) -> Iterator[str]:
+    """A new, empty PostgreSQL database on 127.0.0.1:5432 (migrated to the head if
+    asked), dropped after: every test run, module or test that needs one has its own."""
     name = f"crs_test_{secrets.token_hex(6)}"
     with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     try:
-        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        if migrated:
+            database.upgrade(url)
+        yield url
     finally:
         with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextmanager
+def new_database(kind: str, directory: Path) -> Iterator[str]:
+    """A new, migrated database: SQLite in `directory`, or PostgreSQL."""
+    if kind == "sqlite":
+        url = f"sqlite:///{directory / 'crs.sqlite3'}"
+        database.upgrade(url)
+        yield url
+        return
+    with new_postgres_database(migrated=True) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A new, empty PostgreSQL database for this test run, dropped after."""
+    with new_postgres_database() as url:
+        yield url

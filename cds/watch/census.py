@@ -433,19 +433,11 @@ class Census:
 
 
 def _state_values(state: State) -> dict[str, Any]:
-    exposure = state.exposure
+    """A census row's state: as history keeps it, and what only the row keeps."""
     return {
-        "evaluated_at": state.at,
-        "grade": state.grade,
-        "max_grade": state.max_grade,
-        "possible_grade": state.possible_grade,
-        "exposure": exposure.key if exposure else None,
-        "product": exposure.product if exposure else None,
-        "kind": exposure.kind if exposure else None,
-        "exposure_at": exposure.at if exposure else None,
+        **_history_values(state),
         "watch_until": state.watch_until,
         "temperature_since": state.temperature_since,
-        "rule_set_version": state.rule_set_version,
         "readings": state.readings.json(),
     }
 

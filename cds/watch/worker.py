@@ -59,6 +59,11 @@ _EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 FHIR_FAILURES = (PrefetchUnavailable, FhirQueryFailed, QueriesTimedOut)
 
 
+# How far ahead of the watch's clock a new datum may be dated and still be waited for
+# (looked at again until its time has come), rather than taken as a charting error.
+AHEAD_HELD = timedelta(hours=1)
+
+
 def next_poll(pseudonym: str, now: datetime, interval: timedelta) -> datetime:
     """The patient's next turn after `now`: its own phase of the interval."""
     phase = _EPOCH + poll_offset(pseudonym, interval)
@@ -76,6 +81,17 @@ def data_times(
     times.update(a.start for a in facts.administrations if a.source in refs)
     times.update(n.at for n in facts.neuro if n.source in refs)
     return sorted(t for t in times if now - lookback <= t < now)
+
+
+def ahead_of(facts: Facts, refs: frozenset[str], at: datetime) -> bool:
+    """Whether any of the new or changed resources `refs` is dated after `at`, by no
+    more than AHEAD_HELD (a clock a little ahead of ours: looked at again until then;
+    further ahead is an error of the chart, not of a clock, and is not waited for)."""
+    times = [m.at for m in facts.measurements if m.source in refs]
+    times += [o.at for o in facts.oxygen if o.source in refs]
+    times += [a.start for a in facts.administrations if a.source in refs]
+    times += [n.at for n in facts.neuro if n.source in refs]
+    return any(at < t <= at + AHEAD_HELD for t in times)
 
 
 class Worker:
@@ -269,27 +285,36 @@ class Worker:
         version = watch.runtime.rules.version
         states: list[tuple[State, str]] = []
         current: State | None = None
+        cursor, seen = row.cursor, row.seen
         if row.state is None or row.cursor is None:
             # first look: the patient's data as they are now (no history replayed)
-            evaluation, resources = await self._evaluate(patient_id, now)
+            evaluation, resources = await self._evaluate(patient_id)
             current = state_of(evaluation, version)
             states.append((current, "enrol"))
             changed = await watch.reader.settle(patient_id, advance(resources, None, ()))
+            cursor, seen = changed.cursor, changed.seen
         else:
             changed = await watch.reader.changed(patient_id, row.cursor, row.seen)
             passed = row.state.exposure is None or (
                 row.state.watch_until is not None and now >= row.state.watch_until
             )
             if changed.refs or passed:
-                evaluation, _ = await self._evaluate(patient_id, now)
+                evaluation, _ = await self._evaluate(patient_id)
+                at = evaluation.at
                 lookback = watch.runtime.rules.grading.lookback
-                for t in data_times(evaluation.facts, changed.refs, now, lookback):
+                for t in data_times(evaluation.facts, changed.refs, at, lookback):
                     earlier = await asyncio.to_thread(
                         judge, watch.runtime, evaluation.facts, t, patient_id=patient_id
                     )
                     states.append((state_of(earlier, version), "data"))
                 current = state_of(evaluation, version)
                 states.append((current, "data" if changed.refs else "window"))
+                if not ahead_of(evaluation.facts, changed.refs, at):
+                    cursor, seen = changed.cursor or row.cursor, changed.seen
+                # else: data dated after the evaluation (a clock ahead of ours): not
+                # marked seen, so that the next look evaluates them again at their time
+            else:
+                cursor, seen = changed.cursor or row.cursor, changed.seen
         changes: list[Change] = []
         if states:
             memory = await asyncio.to_thread(watch.census.notified, row.patient)
@@ -305,22 +330,23 @@ class Worker:
         return CycleResult(
             states=tuple(states),
             current=current,
-            cursor=changed.cursor if changed.cursor is not None else row.cursor,
-            seen=changed.seen,
+            cursor=cursor,
+            seen=seen,
             notifications=tuple(self._new(c) for c in changes),
             next_poll_at=next_poll(row.patient, now, watch.config.poll),
             leave=current is not None and current.exposure is None,
         )
 
-    async def _evaluate(
-        self, patient_id: str, now: datetime
-    ) -> tuple[Evaluation, list[dict[str, Any]]]:
-        """The patient's data read and evaluated at `now`; with the resources polling
-        watches (their `meta.lastUpdated` set the cursor of a first look)."""
+    async def _evaluate(self, patient_id: str) -> tuple[Evaluation, list[dict[str, Any]]]:
+        """The patient's data read, then evaluated at the time they were read (not when
+        the cycle began: what was written meanwhile, and read, is judged too); with the
+        resources polling watches (their `meta.lastUpdated` set the cursor of a first
+        look)."""
         watch = self.watch
-        collected = await watch.reader.patient_data(patient_id, now)
+        collected = await watch.reader.patient_data(patient_id, watch.clock())
         resources = [r.json() for r in collected.of_type(*WATCHED_TYPES)]
-        evaluation = await asyncio.to_thread(evaluate, watch.runtime, collected, patient_id, now)
+        at = watch.clock()
+        evaluation = await asyncio.to_thread(evaluate, watch.runtime, collected, patient_id, at)
         return evaluation, resources
 
     def _new(self, change: Change) -> NewNotification:

@@ -3,14 +3,12 @@ the machine's PostgreSQL (a new database per test module, dropped after)."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, text
@@ -19,10 +17,9 @@ from cds.app import create_app
 from cds.clock import Clock, utc_now
 from cds.ids import new_uuid
 from cds.runtime import Runtime
-from cds.store import database
 from cds.store.decisions import DecisionStore
 from tests import factories
-from tests.conftest import POSTGRES_ADMIN
+from tests.conftest import new_database
 
 PSEUDONYM_KEY = "test-pseudonym-key-0123456789abcdef"
 
@@ -32,21 +29,8 @@ def database_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A new, empty, migrated database of each kind."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path_factory.mktemp('db') / 'crs.sqlite3'}"
-        database.upgrade(url)
+    with new_database(request.param, tmp_path_factory.mktemp("db")) as url:
         yield url
-        return
-    name = f"crs_test_{secrets.token_hex(6)}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    database.upgrade(url)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @dataclass

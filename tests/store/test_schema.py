@@ -3,12 +3,10 @@ embedded SQLite store makes itself; PostgreSQL must be migrated and keyed first.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -23,7 +21,7 @@ from cds.store import database
 from cds.store.decisions import DecisionStore
 from cds.store.tables import metadata
 from tests import factories
-from tests.conftest import POSTGRES_ADMIN
+from tests.conftest import new_postgres_database
 from tests.store.conftest import PSEUDONYM_KEY, Service
 
 
@@ -37,12 +35,8 @@ def test_the_migrations_give_the_tables_the_code_uses(database_url: str) -> None
 
 @pytest.fixture()
 def empty_postgres() -> Iterator[str]:
-    name = f"crs_test_{secrets.token_hex(6)}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_postgres_database() as url:
+        yield url
 
 
 def _runtime(tmp_path: Path, **settings: Any) -> Runtime:

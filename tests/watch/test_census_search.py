@@ -180,3 +180,34 @@ def test_the_census_search_finds_products_charted_by_name_or_by_medication_refer
     assert {by_text, by_medication_code, by_medication_name} <= set(found)
     assert not_a_risk not in found
     store.close()
+
+
+def test_a_datum_dated_after_the_look_is_judged_when_its_time_has_come(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    """A fever read in a look that began before the fever's time (an EHR clock a little
+    ahead of the watch's, or a write landing during the look) is not marked seen: it is
+    judged at the next look after its time — never silently passed over."""
+    clock = Clock()
+    pid = new_patient("ahead")
+    put(fhir_base_url, scenario_copy("g0-tisacel-afebrile", now(), pid))
+    with webhook_receiver() as receiver:
+        rt = watch_runtime(runtime, tmp_path, fhir_base_url, watch_webhook_urls=[receiver.url])
+        store, watch = open_watch(rt, clock)
+        pseudonym = watch.census.enrol(pid, "cli", clock())
+        worker = Worker(watch)
+        asyncio.run(worker.drain())  # first look: afebrile, grade 0
+        assert receiver.bodies(pseudonym) == []
+
+        # charted by an EHR whose clock is two minutes ahead of the watch's
+        put(fhir_base_url, [fb.temperature(pid, clock() + timedelta(minutes=2), 38.7)])
+        watch.census.mark_due([pseudonym], clock())
+        asyncio.run(worker.drain())
+        assert receiver.bodies(pseudonym) == []  # its time has not come
+
+        clock.ahead += timedelta(minutes=3)
+        watch.census.mark_due([pseudonym], clock())
+        asyncio.run(worker.drain())
+        (fever,) = receiver.wait_for(1, pseudonym)
+        assert (fever["event"], fever["grade"]) == ("crs.first-fever", 1)
+        store.close()

@@ -5,7 +5,6 @@ trajectory at each of its steps — none missed, none doubled."""
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -13,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 from sqlalchemy import Engine, select
 
@@ -22,7 +20,6 @@ from cds import fhirbuild as fb
 from cds.evaluation import evaluate
 from cds.fhir.reading import ResourceCollector
 from cds.runtime import Runtime
-from cds.store import database
 from cds.store.tables import (
     watch_deliveries,
     watch_history,
@@ -31,7 +28,7 @@ from cds.store.tables import (
 )
 from cds.watch.changes import replay
 from cds.watch.service import Watch
-from tests.conftest import POSTGRES_ADMIN
+from tests.conftest import new_postgres_database
 from tests.watch.support import (
     PSEUDONYM_KEY,
     new_patient,
@@ -51,18 +48,10 @@ PER_TRANSACTION = 25  # patients per transaction (each patient's step is written
 
 
 @pytest.fixture()
-def postgres(tmp_path: Path) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     """A new, migrated PostgreSQL database, dropped after the test."""
-    name = f"crs_test_{secrets.token_hex(6)}"
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    database.upgrade(url)
-    try:
+    with new_postgres_database(migrated=True) as url:
         yield url
-    finally:
-        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _write(fhir: str, steps: list[list[dict[str, object]]]) -> None:
