@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from cds.engine.exposure import EXPOSURE_CLASSES
-from cds.fhir.client import FhirQuery, FhirQueryFailed, FhirReader, run_all
+from cds.fhir.client import FhirQuery, FhirQueryFailed, FhirReader, QueriesTimedOut, run_all
 from cds.fhir.gather import FHIR_ID, FhirAccess, gather
 from cds.fhir.prefetch import PrefetchPlan
 from cds.fhir.reading import ResourceCollector
@@ -291,12 +291,12 @@ class WatchReader:
         entries = await self._search_all([administrations("by code", ("code", codes))])
         try:
             entries += await self._search_all([administrations("by name", ("code:text", names))])
-        except FhirQueryFailed as exc:
-            log.warning("census search by name not done", extra={"reason": exc.reason})
+        except (FhirQueryFailed, QueriesTimedOut) as exc:
+            log.warning("census search by name not done", extra={"reason": _why(exc)})
         try:
             entries += await self._by_medication(codes, names, administrations)
-        except FhirQueryFailed as exc:
-            log.warning("census search by Medication not done", extra={"reason": exc.reason})
+        except (FhirQueryFailed, QueriesTimedOut) as exc:
+            log.warning("census search by Medication not done", extra={"reason": _why(exc)})
         found: dict[str, datetime] = {}
         for resource in _resources(entries):
             pid = patient_of(resource)
@@ -370,6 +370,11 @@ class WatchReader:
 
         results = await run_all({q.label: search(q) for q in queries}, CENSUS_DEADLINE_SECONDS)
         return [entry for q in queries for entry in results[q.label]]
+
+
+def _why(exc: FhirQueryFailed | QueriesTimedOut) -> str:
+    """Why a best-effort search was not done (never a URL: it can hold patient ids)."""
+    return exc.reason if isinstance(exc, FhirQueryFailed) else "timed out"
 
 
 def _administration_start(resource: dict[str, Any]) -> datetime | None:

@@ -11,10 +11,16 @@ import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
 from cds import fhirbuild as fb
+from cds.clock import utc_now
+from cds.ids import new_uuid
 from cds.runtime import Runtime
+from cds.store.decisions import DecisionStore
+from cds.watch.service import Watch
 from cds.watch.worker import CENSUS_JOB, Worker
 from tests.watch.support import (
     new_patient,
@@ -211,3 +217,32 @@ def test_a_datum_dated_after_the_look_is_judged_when_its_time_has_come(
         (fever,) = receiver.wait_for(1, pseudonym)
         assert (fever["event"], fever["grade"]) == ("crs.first-fever", 1)
         store.close()
+
+
+def test_a_server_refusing_the_name_searches_still_has_the_code_search(
+    runtime: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fhir = "https://ehr.example.org/fhir"
+    coded = fb.administration("coded-1", now() - timedelta(days=1), rxnorm="1987407", text="x")
+
+    def answer(status: int, body: object) -> httpx.Response:
+        # a streamed body, as a real server's (the reader reads answers as streams)
+        return httpx.Response(status, stream=httpx.ByteStream(orjson.dumps(body)))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        params = dict(request.url.params)
+        if request.url.path.endswith("/MedicationAdministration") and "code" in params:
+            return answer(200, fb.searchset([coded]))
+        return answer(400, {"resourceType": "OperationOutcome"})  # :text, references
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    rt = watch_runtime(runtime, tmp_path, fhir)
+    store = DecisionStore.open(rt, new_uuid, utc_now)
+    watch = Watch.open(rt, store, utc_now, fhir_http=lambda: client)
+    assert watch is not None
+    with caplog.at_level(logging.WARNING, logger="cds.watch"):
+        found = asyncio.run(watch.reader.candidates(now()))
+    assert set(found) == {"coded-1"}
+    warned = {r.getMessage() for r in caplog.records}
+    assert {"census search by name not done", "census search by Medication not done"} <= warned
+    store.close()
