@@ -2,6 +2,8 @@
 
 - floor: the least any CDS service must do: read the body, parse the JSON, answer
   `{"cards": []}`. Same server, event loop and HTTP parser as the service.
+- unrecorded: the service without its decision records (what recording costs; run
+  `python -m bench --service-factory bench.apps:unrecorded_app`).
 - naive: what a straightforward implementation does: validate the whole prefetch with
   the fhir.resources R4B models, then evaluate. It evaluates with the service's own
   (lean) evaluation, so it measures the cost of full validation on top of the service,
@@ -51,6 +53,17 @@ def floor_app() -> FastAPI:
         orjson.loads(await request.body())
         return ORJSONResponse({"cards": []})
 
+    return app
+
+
+def unrecorded_app() -> FastAPI:
+    """The service as served, but keeping no record of its calls."""
+    from dataclasses import replace
+
+    from cds.app import create_app
+
+    app = create_app()
+    app.state.hooks = replace(app.state.hooks, memory=None)
     return app
 
 
