@@ -16,6 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 from pydantic.json_schema import models_json_schema
 
+from cds.fhir.client import FHIR_ID
 from cds.protocol import CdsResponse, HookRequest, OrderContext, PatientContext
 from cds.questionnaires import IDS as questionnaire_ids
 from cds.store.feedback import FeedbackRequest
@@ -172,7 +173,7 @@ ENROLMENT = {
                     "required": ["patientId"],
                     "additionalProperties": False,
                     "properties": {
-                        "patientId": {"type": "string", "pattern": "^[A-Za-z0-9\\-.]{1,64}$"}
+                        "patientId": {"type": "string", "pattern": f"^{FHIR_ID.pattern}$"}
                     },
                 }
             }

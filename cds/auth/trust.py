@@ -42,18 +42,19 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
-def key_set_url(url: str) -> str:
-    """`url` if the service may fetch a key set from it: HTTPS, or http to a loopback host."""
+def key_set_url(url: str, what: str = "a key-set URL") -> str:
+    """`url` if the service may fetch a key set from it (or send to it what `what`
+    names): HTTPS, or http to a loopback host."""
     parts = urlsplit(url)
     if not parts.hostname:
         raise ValueError(f"not an absolute URL: {url!r}")
     if parts.username or parts.password:
-        raise ValueError("a key-set URL must not carry credentials")
+        raise ValueError(f"{what} must not carry credentials")
     if parts.scheme == "https":
         return url
     if parts.scheme == "http" and is_loopback_host(parts.hostname):
         return url
-    raise ValueError("a key-set URL must be https (plain http only for a loopback host)")
+    raise ValueError(f"{what} must be https (plain http only for a loopback host)")
 
 
 class TrustedClient(BaseModel):

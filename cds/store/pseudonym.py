@@ -36,9 +36,10 @@ class Pseudonyms:
         return hmac.new(self._key, b"derive\0" + label, hashlib.sha256).digest()
 
 
-def key_from_file(data_dir: Path) -> bytes:
-    """The generated key of an embedded store: read, or created (mode 0600) on first use."""
-    path = data_dir / KEY_FILE
+def key_from_file(data_dir: Path, name: str = KEY_FILE) -> bytes:
+    """A key generated into the data directory (the embedded store's pseudonym key, the
+    pages' link-signing key): read, or created (mode 0600) on first use."""
+    path = data_dir / name
     if not path.exists():
         data_dir.mkdir(parents=True, exist_ok=True)
         try:

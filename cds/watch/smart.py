@@ -73,10 +73,7 @@ def default_scopes(writeback: str) -> tuple[str, ...]:
 
 def token_endpoint(url: str) -> str:
     """`url` if tokens may be asked for there: HTTPS, or http to a loopback host."""
-    try:
-        return key_set_url(url)
-    except ValueError as exc:
-        raise ValueError(str(exc).replace("a key-set URL", "a token endpoint")) from exc
+    return key_set_url(url, "a token endpoint")
 
 
 class Credentials:

@@ -26,7 +26,7 @@ import math
 import os
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -71,27 +71,27 @@ def next_poll(pseudonym: str, now: datetime, interval: timedelta) -> datetime:
     return phase + interval * turns
 
 
+def dated(facts: Facts, refs: frozenset[str]) -> Iterator[datetime]:
+    """When what the resources `refs` say happened, as the facts read them."""
+    yield from (m.at for m in facts.measurements if m.source in refs)
+    yield from (o.at for o in facts.oxygen if o.source in refs)
+    yield from (a.start for a in facts.administrations if a.source in refs)
+    yield from (n.at for n in facts.neuro if n.source in refs)
+
+
 def data_times(
     facts: Facts, refs: frozenset[str], now: datetime, lookback: timedelta
 ) -> list[datetime]:
     """When the new or changed resources `refs` say something happened (within the
     look-back, before now): the times the watch evaluates at."""
-    times = {m.at for m in facts.measurements if m.source in refs}
-    times.update(o.at for o in facts.oxygen if o.source in refs)
-    times.update(a.start for a in facts.administrations if a.source in refs)
-    times.update(n.at for n in facts.neuro if n.source in refs)
-    return sorted(t for t in times if now - lookback <= t < now)
+    return sorted({t for t in dated(facts, refs) if now - lookback <= t < now})
 
 
 def ahead_of(facts: Facts, refs: frozenset[str], at: datetime) -> bool:
     """Whether any of the new or changed resources `refs` is dated after `at`, by no
     more than AHEAD_HELD (a clock a little ahead of ours: looked at again until then;
     further ahead is an error of the chart, not of a clock, and is not waited for)."""
-    times = [m.at for m in facts.measurements if m.source in refs]
-    times += [o.at for o in facts.oxygen if o.source in refs]
-    times += [a.start for a in facts.administrations if a.source in refs]
-    times += [n.at for n in facts.neuro if n.source in refs]
-    return any(at < t <= at + AHEAD_HELD for t in times)
+    return any(at < t <= at + AHEAD_HELD for t in dated(facts, refs))
 
 
 class Worker:
@@ -298,6 +298,7 @@ class Worker:
             passed = row.state.exposure is None or (
                 row.state.watch_until is not None and now >= row.state.watch_until
             )
+            held = False
             if changed.refs or passed:
                 evaluation, _ = await self._evaluate(patient_id)
                 at = evaluation.at
@@ -309,11 +310,10 @@ class Worker:
                     states.append((state_of(earlier, version), "data"))
                 current = state_of(evaluation, version)
                 states.append((current, "data" if changed.refs else "window"))
-                if not ahead_of(evaluation.facts, changed.refs, at):
-                    cursor, seen = changed.cursor or row.cursor, changed.seen
-                # else: data dated after the evaluation (a clock ahead of ours): not
-                # marked seen, so that the next look evaluates them again at their time
-            else:
+                # data dated after the evaluation (a clock ahead of ours) are not marked
+                # seen, so that the next look evaluates them again at their time
+                held = ahead_of(evaluation.facts, changed.refs, at)
+            if not held:
                 cursor, seen = changed.cursor or row.cursor, changed.seen
         changes: list[Change] = []
         if states:

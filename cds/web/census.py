@@ -219,16 +219,7 @@ class AuditCensus:
             last_oxygen=readings.oxygen,
             data_gap=temperature is None or now - temperature.at > self.data_gap,
             last_notified_at=None,  # notifications are the watch's (issue #12)
-            history=tuple(
-                GradePoint(
-                    s.shown_at,
-                    s.grade,
-                    s.alert_grade
-                    if s.alert_grade is not None and s.alert_grade > s.grade
-                    else None,
-                )
-                for s in shown
-            ),
+            history=tuple(_point(s.shown_at, s.grade, s.alert_grade) for s in shown),
             record_id=last.record_id,
         )
 

@@ -14,12 +14,10 @@ import base64
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import Enum
-from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
@@ -27,6 +25,7 @@ import msgspec
 
 from cds.protocol import Link
 from cds.settings import Settings
+from cds.store.pseudonym import key_from_file
 
 log = logging.getLogger("cds.web")
 
@@ -153,21 +152,7 @@ def signing_key(settings: Settings) -> bytes | None:
             "sessions (every replica needs the same key)"
         )
         return None
-    return _key_from_file(settings.data_dir)
-
-
-def _key_from_file(data_dir: Path) -> bytes:
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another worker created it first
-        else:
-            with os.fdopen(fd, "w") as out:
-                out.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return key_from_file(settings.data_dir, KEY_FILE)
 
 
 @dataclass(frozen=True)
