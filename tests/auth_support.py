@@ -8,12 +8,7 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import httpx
 import jwt
 from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
@@ -31,6 +25,8 @@ from cds.app import create_app
 from cds.auth import ReplayGuard
 from cds.auth.signing import ClientKey, new_client_key
 from cds.runtime import Runtime
+from tests.serving import free_port as free_port  # re-exported for the auth tests
+from tests.serving import serve_process
 
 ISSUER = "https://ehr.example.org"
 PUBLIC_BASE_URL = "https://cds.example.org"
@@ -188,44 +184,11 @@ def key_set_server() -> Iterator[KeySetServer]:
 # --- `crs-cds serve` as a real process ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @contextmanager
 def running_service(
     directory: Path, env: dict[str, str], port: int | None = None, *args: str
 ) -> Iterator[tuple[str, Path]]:
     """`crs-cds serve` on 127.0.0.1 with `env` (and no other CRS_ setting): its URL and
     its log file; stopped by its PID."""
-    port = port or free_port()
-    log = directory / f"serve-{port}.log"
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("CRS_")}
-    command = [sys.executable, "-c", "from cds.cli import main; main()", "serve"]
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            [*command, "--port", str(port), *args],
-            env={**clean, **env},
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-            cwd=directory,  # no .env from the checkout
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve did not start: {log.read_text()}")
-            time.sleep(0.1)
-        yield url, log
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+    with serve_process(directory, env, port, *args) as served:
+        yield served.url, served.log

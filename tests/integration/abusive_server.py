@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import zlib
 from collections.abc import Iterator
@@ -27,6 +26,8 @@ from contextlib import contextmanager
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.integration.support import in_thread
 
 GIB = 1 << 30
 MIB = 1 << 20
@@ -160,12 +161,5 @@ class AbusiveServer(ThreadingHTTPServer):
 
 @contextmanager
 def abusive_server() -> Iterator[AbusiveServer]:
-    server = AbusiveServer()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
+    with in_thread(AbusiveServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()

@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import socketserver
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -197,10 +198,12 @@ class StubServer(ThreadingHTTPServer):
         return f"{self.root}/{mode}"
 
 
+Server = TypeVar("Server", bound=socketserver.BaseServer)
+
+
 @contextmanager
-def stub_server() -> Iterator[StubServer]:
-    """A running StubServer, stopped afterwards."""
-    server = StubServer()
+def in_thread(server: Server) -> Iterator[Server]:
+    """`server` serving in a daemon thread until the block ends, then shut down."""
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.daemon = True
     thread.start()
@@ -209,3 +212,10 @@ def stub_server() -> Iterator[StubServer]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def stub_server() -> Iterator[StubServer]:
+    """A running StubServer, stopped afterwards."""
+    with in_thread(StubServer()) as server:
+        yield server

@@ -5,7 +5,6 @@ PostgreSQL, on the service's /metrics and on a worker's own metrics port."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from cds.watch.delivery import payload
 from cds.watch.metrics import WatchMetrics, read_figures
 from cds.watch.service import Watch
 from tests.factories import AT
+from tests.serving import free_port
 from tests.watch.support import PSEUDONYM_KEY, open_watch, watch_runtime
 
 FHIR = "http://127.0.0.1:9/fhir"  # the watched server (no call reaches it here)
@@ -127,15 +127,8 @@ def test_the_metrics_say_when_the_tables_cannot_be_read(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_a_worker_serves_its_metrics_on_its_port(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {
         "PATH": "/usr/bin:/bin",
         "CRS_DATA_DIR": str(tmp_path),

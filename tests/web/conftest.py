@@ -4,7 +4,6 @@ tests move, and (for the browser tests) the service on a real port."""
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 import uuid
@@ -24,6 +23,7 @@ from cds.runtime import Runtime
 from cds.scenarios.library import library
 from cds.store.decisions import DecisionStore
 from tests.factories import AT, settings
+from tests.serving import free_port as free_port  # re-exported for the page tests
 
 SIGNING_KEY = "k" * 40
 ZONE = "Europe/Zurich"
@@ -69,13 +69,6 @@ class World:
         assert crs, response.text
         card: dict[str, Any] = crs[0]
         return card
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def make_world(data_dir: Path, port: int, **values: Any) -> World:
