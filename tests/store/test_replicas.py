@@ -84,8 +84,13 @@ def replicas(database_url: str, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 async def _fire(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     limit = asyncio.Semaphore(CONCURRENT)
     # a client drops idle connections before the service does (CRS_KEEP_ALIVE_SECONDS,
-    # 5 s), as a proxy in front of it must: else a request can race the server's close
-    limits = httpx.Limits(keepalive_expiry=2)
+    # 5 s), as a proxy in front of it must: else a request can race the server's close;
+    # and, like a proxy's upstream pool, it keeps its connections open for reuse (httpx
+    # keeps 20 by default: the other 44 were closed and opened again after every call,
+    # and a worker counting closing and new connections passed its limit and said 503)
+    limits = httpx.Limits(
+        max_connections=CONCURRENT, max_keepalive_connections=CONCURRENT, keepalive_expiry=2
+    )
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
         async def one(body: dict[str, Any]) -> httpx.Response:
