@@ -55,12 +55,15 @@ Judged = tuple[Evaluation, Decision]
 
 @dataclass(frozen=True)
 class Outcome:
-    """What a hook call produced: the decision (typed) and the response (rendered)."""
+    """What a hook call produced: the decision (typed), the response (rendered) and the
+    data it was decided on (`collected`: held so that whoever holds the outcome decides
+    when the call's objects are freed — see `api.hooks`)."""
 
     call: HookCall
     evaluation: Evaluation
     decision: Decision
     body: bytes
+    collected: ResourceCollector
 
 
 class Memory(Protocol):
@@ -250,7 +253,7 @@ class Hooks:
                 return call, sent, None
             return call, sent, decided(call, sent, self.clock())
 
-        call, sent, judged = await self._off_loop(prepare, len(body))
+        call, collected, judged = await self._off_loop(prepare, len(body))
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
         if judged is None:
             at = self.clock()
@@ -262,7 +265,7 @@ class Hooks:
                 risk_data_since(self.runtime, at),
                 log_extra,
                 fetch_allowed=fhir_fallback,
-                sent=sent,
+                sent=collected,
             )
             judged = await self._off_loop(lambda: decided(call, collected, at), len(body))
         evaluation, decision = judged
@@ -288,4 +291,4 @@ class Hooks:
                 "ms": round((time.perf_counter() - started) * 1000, 2),
             },
         )
-        return Outcome(call, evaluation, decision, rendered)
+        return Outcome(call, evaluation, decision, rendered, collected)
