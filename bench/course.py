@@ -40,6 +40,8 @@ class Course:
             "observations": fb.searchset(self.observations),
             "oxygenDevices": fb.searchset([]),
             "medicationAdministrations": fb.searchset(self.administrations),
+            "conditions": fb.searchset([]),
+            "assessments": fb.searchset([]),
         }
 
     def hook_body(self, hook_instance: str) -> Resource:

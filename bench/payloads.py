@@ -143,6 +143,8 @@ def build_payload(resources: int, at: datetime, seed: int = 5) -> Payload:
         ),
         "oxygenDevices": fb.searchset([o for o in observations if "valueCodeableConcept" in o]),
         "medicationAdministrations": meds_bundle,
+        "conditions": fb.searchset([]),
+        "assessments": fb.searchset([]),
     }
     request: dict[str, Any] = {
         "hook": "patient-view",

@@ -850,6 +850,15 @@ class Knowledge:
         """(system, code) of every oxygen device, for searches by coded value."""
         return sorted(self.device_by_code)
 
+    def neuro_condition_codes(self) -> list[tuple[str, str]]:
+        """(system, code) of every Condition the ICANS rules read (seizures, cerebral
+        oedema), for searches by code."""
+        return sorted(self.neuro_condition_by_code)
+
+    def questionnaire_urls(self) -> list[str]:
+        """The canonical urls of the published assessment Questionnaires (ICE, CAPD)."""
+        return sorted(self.questionnaire_items)
+
 
 def _shown(path: Path) -> str:
     """`rules/therapies.yaml`: a knowledge file as messages name it."""

@@ -154,12 +154,14 @@ def prefetch(
     observations: list[dict[str, Any]], admins: list[dict[str, Any]], pid: str = PATIENT
 ) -> dict[str, Any]:
     """The crs-monitor prefetch: the patient, and the observations and administrations as
-    searchsets (no oxygen devices)."""
+    searchsets (no oxygen devices, Conditions or assessments)."""
     return {
         "patient": b.patient(pid),
         "observations": b.searchset(observations),
         "oxygenDevices": b.searchset([]),
         "medicationAdministrations": b.searchset(admins),
+        "conditions": b.searchset([]),
+        "assessments": b.searchset([]),
     }
 
 

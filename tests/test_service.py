@@ -38,8 +38,14 @@ def test_discovery(client: TestClient) -> None:
         "observations",
         "oxygenDevices",
         "medicationAdministrations",
+        "conditions",
+        "assessments",
     }
     assert "http://loinc.org|8310-5" in m["prefetch"]["observations"]
+    # ICANS: seizures and cerebral oedema by SNOMED CT code, the published ICE/CAPD forms
+    assert "http://snomed.info/sct|91175000" in m["prefetch"]["conditions"]
+    assert m["prefetch"]["assessments"].startswith("QuestionnaireResponse?patient=")
+    assert "urn:crs-cds:questionnaire:ice" in m["prefetch"]["assessments"]
     assert m["prefetch"]["patient"] == "Patient/{{context.patientId}}"
     assert services["crs-order-sign"]["hook"] == "order-sign"
     assert services["crs-order-select"]["hook"] == "order-select"

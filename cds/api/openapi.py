@@ -70,6 +70,8 @@ EXAMPLE_HOOK_REQUEST = {
         "observations": None,
         "oxygenDevices": None,
         "medicationAdministrations": None,
+        "conditions": None,
+        "assessments": None,
     },
 }
 

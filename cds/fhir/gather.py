@@ -10,14 +10,16 @@ only for what the rules read since the earliest start of any risk window (`since
   merged with the latest body weight however old (`_sort=-date&_count=1`);
 - `medicationAdministrations`: `MedicationAdministration?patient=…&effective-time=ge…`,
   then a read of every `Medication/x` they reference that is not already at hand;
-- any other key (e.g. `oxygenDevices`, by `value-concept`): the service's own prefetch
-  template, filled from the context.
+- any other key (e.g. `oxygenDevices`, by `value-concept`; `conditions`, `assessments`):
+  the service's own prefetch template, filled from the context.
 
 A prefetch Bundle sent with its first page only (a `next` link) is completed from the
 same server. All queries run at once on the shared connection pool, under one deadline
 (`CRS_FHIR_TIMEOUT_SECONDS`). `fhirServer` must be on `CRS_FHIR_ALLOWED_SERVERS`. A
 query for a missing key that fails makes the answer 412 with a message naming the query
-and the reason; further pages that cannot be had leave the data marked incomplete.
+and the reason — except for the ICANS keys (`prefetch.TOLERATED`): their failure is a
+data issue saying what was not read; further pages that cannot be had leave the data
+marked incomplete.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ from cds.fhir.client import (
     run_all,
     split_query,
 )
-from cds.fhir.prefetch import PrefetchPlan, observation_code_param
-from cds.fhir.reading import ResourceCollector, Truncated, reports_failure
+from cds.fhir.prefetch import TOLERATED, PrefetchPlan, observation_code_param
+from cds.fhir.reading import Issue, ResourceCollector, Truncated, reports_failure
 from cds.knowledge import Knowledge
 from cds.metrics import FHIR_QUERIES
 from cds.protocol import HookRequest
@@ -186,7 +188,7 @@ async def gather(
         raise PrefetchUnavailable(f"{ROOT}: {exc}", ROOT) from exc
     except QueriesTimedOut as exc:
         await _release_memory(reader)
-        late = [label for label in exc.labels if label in jobs]
+        late = [label for label in exc.labels if label in jobs and label not in TOLERATED]
         if late:
             _log_failure(extra, missing, started, f"timed out after {timeout:g} s")
             FHIR_QUERIES.labels("timeout").inc()
@@ -196,10 +198,19 @@ async def gather(
                 "CRS_FHIR_TIMEOUT_SECONDS)",
                 ROOT,
             ) from exc
-        results = exc.results  # only further pages were late: the data stay incomplete
+        # only further pages or tolerated keys were late: the data stay incomplete
+        results = exc.results
+        for label in exc.labels:
+            if label in TOLERATED:
+                results[label] = NotRead(f"timed out after {timeout:g} s")
     for key in missing:
-        if key in results and results[key] is not None:
-            collected.add(results[key], f"{ROOT}.{key}")
+        result = results.get(key)
+        if isinstance(result, NotRead):
+            collected.issues.append(
+                Issue(f"{ROOT}.{key}", f"{result.reason}: {TOLERATED[key]} were not read")
+            )
+        elif result is not None:
+            collected.add(result, f"{ROOT}.{key}")
     for truncated in pages:
         entries = results.get(_page_label(truncated))
         if entries is not None:
@@ -215,6 +226,26 @@ async def gather(
         },
     )
     return collected
+
+
+@dataclass(frozen=True)
+class NotRead:
+    """What a tolerated key's query gave when it failed: why."""
+
+    reason: str
+
+
+def _tolerant(job: Job) -> Job:
+    """A tolerated key's query: its failure is data not read, not the call's failure."""
+
+    async def tolerant() -> Any:
+        try:
+            return await job()
+        except FhirQueryFailed as exc:
+            log.warning(f"optional prefetch not fetched: {exc.reason}")
+            return NotRead(exc.reason)
+
+    return tolerant
 
 
 async def _release_memory(reader: FhirReader) -> None:
@@ -302,6 +333,8 @@ def _jobs(
             jobs[key] = _administrations_job(reader, query, key, collected)
         else:
             jobs[key] = _template_job(reader, key, template, request)
+        if key in TOLERATED:
+            jobs[key] = _tolerant(jobs[key])
     return jobs
 
 

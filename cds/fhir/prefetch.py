@@ -1,9 +1,11 @@
 """What the services ask the EHR to prefetch: the templates, and which keys they need.
 
 Narrowed to what the rules read: the Observations by the codes of the concepts the
-rules read (panels included), the oxygen-device Observations by coded value, and the
-MedicationAdministrations with their Medications; newest first, in pages of
-`CRS_FHIR_PAGE_SIZE`, so that a client sends the risk window in one page.
+rules read (panels included), the oxygen-device Observations by coded value, the
+MedicationAdministrations with their Medications, and for ICANS the Conditions charting a
+seizure or cerebral oedema (by code) and the ICE/CAPD assessments on the published
+Questionnaires; newest first, in pages of `CRS_FHIR_PAGE_SIZE`, so that a client sends
+the risk window in one page.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from cds.knowledge import Knowledge
 
 # Keys without which a grade could be understated: absent → fetched from fhirServer, or 412.
 PATIENT_DATA_REQUIRED = frozenset({"observations", "oxygenDevices", "medicationAdministrations"})
+# The other keys (the patient, the ICANS keys) are fetched from fhirServer when absent and
+# the call allows it, and not read without it. The ICANS keys add what is charted other
+# than as Observations (the ICE score and the neurological findings charted as
+# Observations come with `observations`); a fetch of one that fails is a data issue on the
+# cards, saying what was not read, never a 412.
+CONDITIONS = "conditions"
+ASSESSMENTS = "assessments"
+TOLERATED = {
+    CONDITIONS: "seizures and cerebral oedema charted as Conditions (ICANS)",
+    ASSESSMENTS: "ICE and CAPD assessments charted as QuestionnaireResponses (ICANS)",
+}
 
 
 @dataclass(frozen=True)
@@ -31,14 +44,25 @@ def observation_code_param(knowledge: Knowledge) -> str:
     return ",".join(f"{system}|{code}" for system, code in codes)
 
 
+def condition_code_param(knowledge: Knowledge) -> str:
+    """`system|code,…` of every Condition the ICANS rules read."""
+    return ",".join(f"{system}|{code}" for system, code in knowledge.neuro_condition_codes())
+
+
+def questionnaire_param(knowledge: Knowledge) -> str:
+    """The published assessment Questionnaires' canonical urls, for `questionnaire=`."""
+    return ",".join(knowledge.questionnaire_urls())
+
+
 def device_code_param(knowledge: Knowledge) -> str:
     """`system|code,…` of every oxygen device, for a search by coded value."""
     return ",".join(f"{system}|{code}" for system, code in knowledge.device_codes())
 
 
 def patient_data_prefetch(knowledge: Knowledge, page_size: int) -> PrefetchPlan:
-    """The patient, the CRS observations (by code, panels included), the oxygen-device
-    observations (by coded value), and the administrations with their Medications."""
+    """The patient, the CRS and ICANS observations (by code, panels included), the
+    oxygen-device observations (by coded value), the administrations with their
+    Medications, the ICANS Conditions (by code) and the ICE/CAPD QuestionnaireResponses."""
     count = f"&_count={page_size}"
     return PrefetchPlan(
         templates={
@@ -59,6 +83,18 @@ def patient_data_prefetch(knowledge: Knowledge, page_size: int) -> PrefetchPlan:
                 "MedicationAdministration?patient={{context.patientId}}"
                 + count
                 + "&_include=MedicationAdministration:medication"
+            ),
+            CONDITIONS: (
+                "Condition?patient={{context.patientId}}"
+                + count
+                + "&code="
+                + condition_code_param(knowledge)
+            ),
+            ASSESSMENTS: (
+                "QuestionnaireResponse?patient={{context.patientId}}&_sort=-authored"
+                + count
+                + "&questionnaire="
+                + questionnaire_param(knowledge)
             ),
         },
         required=PATIENT_DATA_REQUIRED,

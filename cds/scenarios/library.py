@@ -218,6 +218,8 @@ class Scenario:
             "medicationAdministrations": fb.searchset(
                 by_type.get("MedicationAdministration", []) + by_type.get("Medication", [])
             ),
+            "conditions": fb.searchset(by_type.get("Condition", [])),
+            "assessments": fb.searchset(by_type.get("QuestionnaireResponse", [])),
         }
 
     def draft_order(self, anchor: datetime) -> Resource | None:

@@ -1,14 +1,15 @@
 """The watch's FHIR side, on CRS_WATCH_FHIR_SERVER with CRS_WATCH_FHIR_TOKEN.
 
-- `changed`: a census patient's Observations and MedicationAdministrations changed since
-  the newest `meta.lastUpdated` seen (two searches, `_lastUpdated=gt…`);
+- `changed`: a census patient's Observations, MedicationAdministrations, Conditions and
+  QuestionnaireResponses (ICANS) changed since the newest `meta.lastUpdated` seen (one
+  search of each, `_lastUpdated=gt…`);
 - `patient_data`: everything the rules read for the patient — the service's own
   prefetch fallback (cds/fhir/gather.py, the same queries a hook call without prefetch
   makes), so that the watch reads exactly what a chart open would;
 - `candidates`: the census search — administrations of the catalogue's CAR-T, TCR-T and
   T-cell-engager products (by code) since the longest risk window, paged, under a deadline;
 - `touched`: the catch-up after a gap in subscription events — every patient whose
-  Observations or MedicationAdministrations changed since a time;
+  resources of those types changed since a time;
 - `subject_of`: the patient of a resource named by an id-only notification.
 
 URLs hold patient ids: failures are named by the query's label, never by its URL.
@@ -37,7 +38,8 @@ from cds.runtime import Runtime
 from cds.watch.config import CURSOR_OVERLAP, WatchConfig
 from cds.watch.smart import Credentials
 
-WATCHED_TYPES = ("Observation", "MedicationAdministration")
+# What a change of starts a look: the types the rules read of a patient's chart.
+WATCHED_TYPES = ("Observation", "MedicationAdministration", "Condition", "QuestionnaireResponse")
 CENSUS_DEADLINE_SECONDS = 60.0  # the census search and the catch-up, all pages
 MEDICATIONS_PER_SEARCH = 50  # Medication references per administration search (URL length)
 log = logging.getLogger("cds.watch")
@@ -174,7 +176,7 @@ class WatchReader:
         )
 
     async def changed(self, patient_id: str, cursor: datetime, seen: Iterable[Seen]) -> Changed:
-        """The patient's resources new or changed since the cursor (two searches)."""
+        """The patient's resources new or changed since the cursor (one search per watched type)."""
         return advance(await self._since(patient_id, cursor), cursor, seen)
 
     async def settle(self, patient_id: str, first: Changed) -> Changed:
@@ -191,8 +193,8 @@ class WatchReader:
         return Changed(frozenset(), settled.cursor, settled.seen)
 
     async def _since(self, patient_id: str, cursor: datetime) -> list[dict[str, Any]]:
-        """The patient's Observations and MedicationAdministrations updated since the
-        cursor, less the overlap."""
+        """The patient's resources of the watched types updated since the cursor, less
+        the overlap."""
         since = fhir_instant(cursor - CURSOR_OVERLAP)
         reader = await self._reader()
         queries = {
@@ -343,8 +345,8 @@ class WatchReader:
         return found
 
     async def touched(self, since: datetime) -> set[str]:
-        """Every patient whose Observations or MedicationAdministrations changed since
-        `since` (the catch-up after missed subscription events)."""
+        """Every patient whose resources of the watched types changed since `since` (the
+        catch-up after missed subscription events)."""
         after = fhir_instant(since - CURSOR_OVERLAP)
         queries = [
             FhirQuery(

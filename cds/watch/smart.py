@@ -63,6 +63,8 @@ def default_scopes(writeback: str) -> tuple[str, ...]:
         "system/Observation.rs",
         "system/MedicationAdministration.rs",
         "system/Medication.rs",
+        "system/Condition.rs",  # ICANS: seizures, cerebral oedema
+        "system/QuestionnaireResponse.rs",  # ICANS: ICE and CAPD assessments
     ]
     if writeback == "communication":
         scopes.append("system/Communication.cu")

@@ -7,7 +7,7 @@ Each tick (at most a second apart, sooner when woken by a stored notification) a
 2. runs the catch-up asked for by a gap in event numbers, and the periodic census search
    — each a job one worker at a time runs (a job lease);
 3. claims due census patients (row leases) up to its concurrency, and runs a cycle for
-   each: what changed since the cursor (two searches); if anything did, or the window
+   each: what changed since the cursor (one search per watched type); if anything did, or the window
    has passed, the patient's data by the service's fallback queries, evaluated by the
    service's engine at the time of each new piece of data and at now; the changes that
    matter; everything written at once while the lease is held;

@@ -12,7 +12,7 @@ import json
 import socketserver
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -67,11 +67,17 @@ def store_for(runtime: Runtime) -> DecisionStore:
     return _STORES[url]
 
 
-def post_hook(runtime: Runtime, service_id: str, body: dict[str, Any]) -> httpx.Response:
-    """POST the body to the real FastAPI app (in process), on a fresh event loop."""
+def post_hook(
+    runtime: Runtime,
+    service_id: str,
+    body: dict[str, Any],
+    http: Callable[[], httpx.AsyncClient] = http_client,
+) -> httpx.Response:
+    """POST the body to the real FastAPI app (in process), on a fresh event loop; `http`
+    is the app's HTTP client for FHIR servers."""
 
     async def go() -> httpx.Response:
-        app = create_app(runtime, store=store_for(runtime))
+        app = create_app(runtime, store=store_for(runtime), http=http)
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://cds.test") as c:

@@ -8,12 +8,14 @@ import dataclasses
 import logging
 import socket
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from cds import fhirbuild as fb
 from cds.engine.facts import CONCEPTS_READ
 from cds.fhir.client import (
     FhirQuery,
@@ -27,6 +29,7 @@ from cds.fhir.client import (
 from cds.fhir.gather import FHIR_ID
 from cds.fhir.prefetch import PrefetchPlan
 from cds.fhir.reading import ResourceCollector
+from cds.fhir.systems import SNOMED
 from cds.protocol import HookRequest
 from cds.runtime import Runtime
 from cds.scenarios import Scenario, get, library
@@ -500,3 +503,117 @@ def test_an_old_weight_is_still_found_for_the_dose(
     assert card["extension"]["crs"]["tocilizumab"]["weightKg"] == 72.5
     dose = card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]
     assert dose["doseAndRate"][0]["doseQuantity"]["value"] == 580
+
+
+# --- the ICANS keys: Conditions and ICE/CAPD QuestionnaireResponses ----------------------
+
+
+def _icans_patient(fhir_base_url: str, anchor: datetime, pid: str) -> None:
+    """A Kymriah patient without CRS (scenario g0, under another id) with a seizure charted
+    as a Condition 2 h ago and an ICE score of 5 on the published Questionnaire 1 h ago:
+    both only as resources other than Observations, loaded into the FHIR server."""
+    scenario = get("g0-tisacel-afebrile")
+    transaction = orjson.loads(
+        orjson.dumps(scenario.transaction(anchor)).replace(
+            scenario.patient_id.encode(), pid.encode()
+        )
+    )
+    subject = {"reference": f"Patient/{pid}"}
+    seizure = {
+        "resourceType": "Condition",
+        "id": f"{pid}-seizure",
+        "clinicalStatus": {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                    "code": "active",
+                }
+            ]
+        },
+        "code": {"coding": [{"system": SNOMED, "code": "91175000", "display": "Seizure"}]},
+        "subject": subject,
+        "onsetDateTime": fb.iso(anchor - timedelta(hours=2)),
+    }
+    ice = {
+        "resourceType": "QuestionnaireResponse",
+        "id": f"{pid}-ice",
+        "questionnaire": "urn:crs-cds:questionnaire:ice",
+        "status": "completed",
+        "subject": subject,
+        "authored": fb.iso(anchor - timedelta(hours=1)),
+        "item": [{"linkId": "ice-total", "answer": [{"valueInteger": 5}]}],
+    }
+    transaction["entry"] += fb.transaction([seizure, ice])["entry"]
+    response = httpx.post(
+        fhir_base_url,
+        content=orjson.dumps(transaction),
+        headers={"Content-Type": "application/fhir+json"},
+        timeout=30.0,
+    )
+    assert response.status_code == 200, response.text[:2000]
+
+
+def test_icans_conditions_and_assessments_are_fetched(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    # Without prefetch, the ICANS keys are read from the FHIR server like the others: the
+    # seizure Condition sets ICANS grade 3 (ICE 5 alone would be grade 2).
+    pid = "fallback-icans-condition"
+    _icans_patient(loaded, anchor, pid)
+    rt = allowing(runtime, loaded)
+    body = hook_request("patient-view", patient_id=pid, fhir_server=loaded)
+    collected = gathered(rt, "crs-monitor", body)
+    assert {(r.resource_type, r.location.split(".entry")[0]) for r in collected.resources} >= {
+        ("Condition", "fhirServer.conditions"),
+        ("QuestionnaireResponse", "fhirServer.assessments"),
+    }
+    assert collected.issues == []
+
+    response = post_hook(rt, "crs-monitor", body)
+    assert response.status_code == 200, response.text
+    (icans,) = [
+        c["extension"]["icans"] for c in response.json()["cards"] if "icans" in c["extension"]
+    ]
+    assert icans["grade"] == 3
+    sources = {e["source"] for e in icans["evidence"]}
+    assert {f"Condition/{pid}-seizure", f"QuestionnaireResponse/{pid}-ice"} <= sources
+
+
+@pytest.mark.parametrize("failure", ["error500", "past-the-deadline"])
+def test_an_icans_key_that_cannot_be_fetched_is_a_data_issue_not_a_412(
+    runtime: Runtime, loaded: str, anchor: datetime, failure: str
+) -> None:
+    # The FHIR server answers the Condition search with 500, or not before the deadline
+    # (a proxy in front of the real server): the call is answered from the rest, and says
+    # what it did not read. The keys the CRS grade needs still make it 412
+    # (test_failing_server_is_412_…, test_slow_server_past_the_deadline_is_412_in_time).
+    pid = "fallback-icans-failing"
+    _icans_patient(loaded, anchor, pid)
+
+    async def proxy(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/Condition"):
+            if failure == "error500":
+                return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": []})
+            await asyncio.sleep(5)
+        async with httpx.AsyncClient() as real:
+            answer = await real.send(
+                httpx.Request(request.method, request.url, headers=request.headers)
+            )
+            return httpx.Response(answer.status_code, stream=httpx.ByteStream(answer.content))
+
+    def client() -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.MockTransport(proxy))
+
+    rt = allowing(runtime, loaded, fhir_timeout_seconds=1.0)
+    body = hook_request("patient-view", patient_id=pid, fhir_server=loaded)
+    response = post_hook(rt, "crs-monitor", body, http=client)
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    (icans,) = [c["extension"]["icans"] for c in cards if "icans" in c["extension"]]
+    assert icans["grade"] == 2  # the ICE score was read; the seizure was not
+    issues = [i for c in cards for i in c["extension"].get("dataIssues", [])]
+    issues += response.json().get("extension", {}).get("dataIssues", [])
+    (problem,) = {i["problem"] for i in issues if i["location"] == "fhirServer.conditions"}
+    reason = "HTTP 500" if failure == "error500" else "timed out after 1 s"
+    assert problem.startswith(reason), problem
+    assert "seizures and cerebral oedema charted as Conditions" in problem

@@ -23,4 +23,6 @@ def test_the_watch_benchmark_prints_every_figure(
     figures = json.loads(written.read_text())
     assert [f["mode"] for f in figures["latency"]] == ["polling", "subscriptions"]
     assert all(f["samples"] == 3 and f["missed"] == 0 for f in figures["latency"])
-    assert figures["cycle"]["cycleNothingNew"]["fhirQueries"] == 2 * 6  # two searches each
+    assert (
+        figures["cycle"]["cycleNothingNew"]["fhirQueries"] == 4 * 6
+    )  # one search per watched type each

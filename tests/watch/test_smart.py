@@ -36,7 +36,10 @@ from tests.watch.support import new_patient, now, open_watch, watch_runtime
 
 CLIENT = "crs-watch"
 LOADER, LOADER_SECRET = "loader", "loader-secret-0123456789"
-READS = "system/Patient.rs system/Observation.rs system/MedicationAdministration.rs"
+READS = (
+    "system/Patient.rs system/Observation.rs system/MedicationAdministration.rs "
+    "system/Condition.rs system/QuestionnaireResponse.rs"
+)
 
 
 @pytest.fixture(scope="module")
