@@ -209,6 +209,16 @@ async def gather(
             collected.issues.append(
                 Issue(f"{ROOT}.{key}", f"{result.reason}: {TOLERATED[key]} were not read")
             )
+        elif isinstance(result, OthersDropped):
+            collected.issues.append(
+                Issue(
+                    f"{ROOT}.{key}",
+                    f"the server answered {result.dropped} "
+                    f"{'resource' if result.dropped == 1 else 'resources'} about other "
+                    "patients (it may not support this search by patient): not read",
+                )
+            )
+            collected.add(result.bundle, f"{ROOT}.{key}")
         elif result is not None:
             collected.add(result, f"{ROOT}.{key}")
     for truncated in pages:
@@ -235,17 +245,42 @@ class NotRead:
     reason: str
 
 
-def _tolerant(job: Job) -> Job:
-    """A tolerated key's query: its failure is data not read, not the call's failure."""
+@dataclass(frozen=True)
+class OthersDropped:
+    """A tolerated key's answer less the entries about other patients (a server that
+    does not support the search by patient answers everyone's, with a warning)."""
+
+    bundle: dict[str, Any]
+    dropped: int
+
+
+def _tolerant(job: Job, patient_id: str) -> Job:
+    """A tolerated key's query: its failure is data not read, not the call's failure;
+    entries about another patient than the hook's are left out (and counted)."""
 
     async def tolerant() -> Any:
         try:
-            return await job()
+            bundle = await job()
         except FhirQueryFailed as exc:
             log.warning(f"optional prefetch not fetched: {exc.reason}")
             return NotRead(exc.reason)
+        entries = bundle.get("entry") or []
+        kept = [e for e in entries if _about(e) in (None, patient_id)]
+        if len(kept) == len(entries):
+            return bundle
+        return OthersDropped({**bundle, "entry": kept}, len(entries) - len(kept))
 
     return tolerant
+
+
+def _about(entry: Any) -> str | None:
+    """The id of the patient an entry's resource is about (its `subject`), if it names one."""
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    subject = resource.get("subject") if isinstance(resource, dict) else None
+    reference = subject.get("reference") if isinstance(subject, dict) else None
+    if not isinstance(reference, str) or "Patient/" not in reference:
+        return None
+    return reference.rsplit("Patient/", 1)[1].split("/")[0]
 
 
 async def _release_memory(reader: FhirReader) -> None:
@@ -334,7 +369,7 @@ def _jobs(
         else:
             jobs[key] = _template_job(reader, key, template, request)
         if key in TOLERATED:
-            jobs[key] = _tolerant(jobs[key])
+            jobs[key] = _tolerant(jobs[key], pid)
     return jobs
 
 

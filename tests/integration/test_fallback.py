@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -35,6 +36,7 @@ from cds.runtime import Runtime
 from cds.scenarios import Scenario, get, library
 from cds.services import registry
 from tests.factories import hook_request, scenario_request
+from tests.fhir_server import start_fhir_server
 from tests.integration.support import (
     GOOD_TOKEN,
     StubServer,
@@ -508,6 +510,15 @@ def test_an_old_weight_is_still_found_for_the_dose(
 # --- the ICANS keys: Conditions and ICE/CAPD QuestionnaireResponses ----------------------
 
 
+@pytest.fixture(scope="module")
+def icans_fhir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A FHIR server of its own: SEKMET does not support searching QuestionnaireResponses
+    by patient (it answers every patient's, with a warning), so responses loaded into the
+    shared server would reach every other test's prefetch."""
+    with start_fhir_server(tmp_path_factory.mktemp("icans-fhir")) as base_url:
+        yield base_url
+
+
 def _icans_patient(fhir_base_url: str, anchor: datetime, pid: str) -> None:
     """A Kymriah patient without CRS (scenario g0, under another id) with a seizure charted
     as a Condition 2 h ago and an ICE score of 5 on the published Questionnaire 1 h ago:
@@ -554,20 +565,32 @@ def _icans_patient(fhir_base_url: str, anchor: datetime, pid: str) -> None:
 
 
 def test_icans_conditions_and_assessments_are_fetched(
-    runtime: Runtime, loaded: str, anchor: datetime
+    runtime: Runtime, icans_fhir: str, anchor: datetime
 ) -> None:
     # Without prefetch, the ICANS keys are read from the FHIR server like the others: the
     # seizure Condition sets ICANS grade 3 (ICE 5 alone would be grade 2).
     pid = "fallback-icans-condition"
-    _icans_patient(loaded, anchor, pid)
-    rt = allowing(runtime, loaded)
-    body = hook_request("patient-view", patient_id=pid, fhir_server=loaded)
+    _icans_patient(icans_fhir, anchor, pid)
+    _icans_patient(icans_fhir, anchor, "fallback-icans-other")
+    rt = allowing(runtime, icans_fhir)
+    body = hook_request("patient-view", patient_id=pid, fhir_server=icans_fhir)
     collected = gathered(rt, "crs-monitor", body)
     assert {(r.resource_type, r.location.split(".entry")[0]) for r in collected.resources} >= {
         ("Condition", "fhirServer.conditions"),
         ("QuestionnaireResponse", "fhirServer.assessments"),
     }
-    assert collected.issues == []
+    # SEKMET ignores `patient` on a QuestionnaireResponse search and answers the other
+    # patient's response too: it is left out, and said once (never read as this patient's)
+    assert [r.reference for r in collected.of_type("QuestionnaireResponse")] == [
+        f"QuestionnaireResponse/{pid}-ice"
+    ]
+    assert [(i.location, i.problem) for i in collected.issues] == [
+        (
+            "fhirServer.assessments",
+            "the server answered 1 resource about other patients (it may not support this "
+            "search by patient): not read",
+        )
+    ]
 
     response = post_hook(rt, "crs-monitor", body)
     assert response.status_code == 200, response.text
@@ -581,14 +604,14 @@ def test_icans_conditions_and_assessments_are_fetched(
 
 @pytest.mark.parametrize("failure", ["error500", "past-the-deadline"])
 def test_an_icans_key_that_cannot_be_fetched_is_a_data_issue_not_a_412(
-    runtime: Runtime, loaded: str, anchor: datetime, failure: str
+    runtime: Runtime, icans_fhir: str, anchor: datetime, failure: str
 ) -> None:
     # The FHIR server answers the Condition search with 500, or not before the deadline
     # (a proxy in front of the real server): the call is answered from the rest, and says
     # what it did not read. The keys the CRS grade needs still make it 412
     # (test_failing_server_is_412_…, test_slow_server_past_the_deadline_is_412_in_time).
     pid = "fallback-icans-failing"
-    _icans_patient(loaded, anchor, pid)
+    _icans_patient(icans_fhir, anchor, pid)
 
     async def proxy(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith("/Condition"):
@@ -604,8 +627,8 @@ def test_an_icans_key_that_cannot_be_fetched_is_a_data_issue_not_a_412(
     def client() -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.MockTransport(proxy))
 
-    rt = allowing(runtime, loaded, fhir_timeout_seconds=1.0)
-    body = hook_request("patient-view", patient_id=pid, fhir_server=loaded)
+    rt = allowing(runtime, icans_fhir, fhir_timeout_seconds=1.0)
+    body = hook_request("patient-view", patient_id=pid, fhir_server=icans_fhir)
     response = post_hook(rt, "crs-monitor", body, http=client)
     assert response.status_code == 200, response.text
     cards = response.json()["cards"]
