@@ -758,6 +758,10 @@ class NameIndex:
         else:
             self._pattern = None
 
+    def names(self, concepts: Collection[str] | None = None) -> list[str]:
+        """The names (lower case) of `concepts` (every concept when None), sorted."""
+        return sorted(n for n, c in self._by_name.items() if concepts is None or c in concepts)
+
     def match(self, text: str | None) -> str | None:
         """The concept whose name occurs in `text` (the longest such name), or None."""
         if not text or self._pattern is None:

@@ -104,8 +104,9 @@ def scenarios(
     console.print(table)
     if not all(s.searchable for s in items):
         console.print(
-            "¹ local codes with text only: a FHIR search by code cannot find them, so the "
-            "expected outcome needs a prefetch with every Observation (or `crs-cds evaluate`)."
+            "¹ local codes with text only: the prefetch templates (searches by code) cannot "
+            "find them; the service's fallback through fhirServer also searches by name and "
+            "does, as do a prefetch with every Observation and `crs-cds evaluate`."
         )
 
 

@@ -35,6 +35,7 @@ import anyio
 import httpx
 
 from cds.allocator import TRIM_AFTER_BYTES, release_free_memory
+from cds.engine.facts import CONCEPTS_READ
 from cds.errors import InvalidRequest, PrefetchUnavailable
 from cds.fhir.client import (
     FHIR_ID,
@@ -51,7 +52,14 @@ from cds.fhir.client import (
     run_all,
     split_query,
 )
-from cds.fhir.prefetch import TOLERATED, PrefetchPlan, observation_code_param
+from cds.fhir.prefetch import (
+    CONDITIONS,
+    TOLERATED,
+    PrefetchPlan,
+    condition_code_param,
+    observation_code_param,
+    text_param,
+)
 from cds.fhir.reading import Issue, ResourceCollector, Truncated, reports_failure
 from cds.knowledge import Knowledge
 from cds.metrics import FHIR_QUERIES
@@ -357,7 +365,30 @@ def _jobs(
             jobs[key] = _read_job(reader, query)
         elif key == "observations" and target == "Observation":
             jobs[key] = _searches_job(
-                reader, _observation_searches(knowledge, key, pid, after, count)
+                reader,
+                _observation_searches(knowledge, key, pid, after, count),
+                by_name=_by_name(
+                    key,
+                    "Observation",
+                    knowledge.observation_names.names(CONCEPTS_READ),
+                    (("patient", pid), ("date", f"ge{after}"), ("_count", count)),
+                ),
+            )
+        elif key == CONDITIONS and target == "Condition":
+            query = FhirQuery(
+                f"Condition search for prefetch '{key}'",
+                "Condition",
+                (("patient", pid), ("code", condition_code_param(knowledge)), ("_count", count)),
+            )
+            jobs[key] = _searches_job(
+                reader,
+                [query],
+                by_name=_by_name(
+                    key,
+                    "Condition",
+                    knowledge.neuro_condition_names.names(),
+                    (("patient", pid), ("_count", count)),
+                ),
             )
         elif key == "medicationAdministrations" and target == "MedicationAdministration":
             query = FhirQuery(
@@ -407,14 +438,36 @@ def _searchset(entries: list[dict[str, Any]]) -> dict[str, Any]:
     return {"resourceType": "Bundle", "type": "searchset", "entry": entries}
 
 
-def _searches_job(reader: FhirReader, queries: list[FhirQuery]) -> Job:
-    """Several searches for one key, merged into one searchset (duplicates dropped)."""
+def _by_name(
+    key: str, rtype: str, names: list[str], params: tuple[tuple[str, str], ...]
+) -> FhirQuery | None:
+    """The search by name beside a search by code: resources charted under a local code
+    with text only, whose text begins with a name the rules know (`code:text`)."""
+    if not names:
+        return None
+    return FhirQuery(
+        f"{rtype} search by name for prefetch '{key}'",
+        rtype,
+        (*params, ("code:text", text_param(names))),
+    )
+
+
+def _searches_job(
+    reader: FhirReader, queries: list[FhirQuery], by_name: FhirQuery | None = None
+) -> Job:
+    """Several searches for one key, merged into one searchset (duplicates dropped); and
+    the search by name, best effort: a server that refuses it (a `:text` modifier it does
+    not support), or answers more than the caps, leaves the key to the searches by code
+    (logged, not an error — the data charted with known codes are all there)."""
 
     async def job() -> dict[str, Any]:
-        results = await run_all({q.label: _search(reader, q) for q in queries}, None)
+        jobs = {q.label: _search(reader, q) for q in queries}
+        if by_name is not None:
+            jobs[by_name.label] = _best_effort(_search(reader, by_name))
+        results = await run_all(jobs, None)
         merged: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for q in queries:
+        for q in [*queries, *([by_name] if by_name is not None else [])]:
             for entry in results[q.label]:
                 ref = _entry_reference(entry)
                 if ref is not None and ref in seen:
@@ -425,6 +478,18 @@ def _searches_job(reader: FhirReader, queries: list[FhirQuery]) -> Job:
         return _searchset(merged)
 
     return job
+
+
+def _best_effort(job: Job) -> Job:
+    async def attempt() -> list[dict[str, Any]]:
+        try:
+            result: list[dict[str, Any]] = await job()
+        except FhirQueryFailed as exc:
+            log.warning(f"search by name not done: {exc.reason}")
+            return []
+        return result
+
+    return attempt
 
 
 def _search(reader: FhirReader, query: FhirQuery) -> Job:

@@ -54,6 +54,11 @@ def questionnaire_param(knowledge: Knowledge) -> str:
     return ",".join(knowledge.questionnaire_urls())
 
 
+def text_param(names: list[str]) -> str:
+    """Names for a `:text` search (commas in a name escaped, as FHIR requires)."""
+    return ",".join(name.replace(",", "\\,") for name in names)
+
+
 def device_code_param(knowledge: Knowledge) -> str:
     """`system|code,…` of every oxygen device, for a search by coded value."""
     return ",".join(f"{system}|{code}" for system, code in knowledge.device_codes())

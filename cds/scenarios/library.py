@@ -185,7 +185,8 @@ class Scenario:
 
     @property
     def searchable(self) -> bool:
-        """False when a FHIR search by code cannot find its data (local codes only)."""
+        """False when a FHIR search by code (the prefetch templates) cannot find its data
+        (local codes with text only); the service's own fallback also searches by name."""
         return self.spec.searchable
 
     def resources(self, anchor: datetime) -> list[Resource]:
