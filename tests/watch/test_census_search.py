@@ -17,6 +17,7 @@ import pytest
 
 from cds import fhirbuild as fb
 from cds.clock import utc_now
+from cds.evaluation import evaluate
 from cds.ids import new_uuid
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
@@ -245,4 +246,22 @@ def test_a_server_refusing_the_name_searches_still_has_the_code_search(
     assert set(found) == {"coded-1"}
     warned = {r.getMessage() for r in caplog.records}
     assert {"census search by name not done", "census search by Medication not done"} <= warned
+    store.close()
+
+
+def test_the_watch_reads_vitals_charted_under_local_codes(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    """The watch reads a patient's data by the service's fallback, which searches by name
+    beside the search by code: vitals charted under a local code with text only ("Temp
+    38.3") give the grade that a full prefetch gives (grade 1), not grade 0."""
+    patient = new_patient("watch-local-codes")
+    anchor = now()
+    put(fhir_base_url, scenario_copy("local-codes-obecel", anchor, patient))
+    rt = watch_runtime(runtime, tmp_path, fhir_base_url)
+    store, watch = open_watch(rt)
+    collected = asyncio.run(watch.reader.patient_data(patient, anchor))
+    evaluation = evaluate(rt, collected, patient, anchor)
+    assert evaluation.crs is not None
+    assert (evaluation.crs.grade, evaluation.crs.max_grade) == (1, 1)
     store.close()
