@@ -29,7 +29,7 @@ import httpx
 from cds.engine.exposure import EXPOSURE_CLASSES
 from cds.fhir.client import FhirQuery, FhirQueryFailed, FhirReader, QueriesTimedOut, run_all
 from cds.fhir.gather import FHIR_ID, FhirAccess, gather
-from cds.fhir.prefetch import PrefetchPlan
+from cds.fhir.prefetch import PrefetchPlan, text_param
 from cds.fhir.reading import ResourceCollector
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.pipeline import risk_data_since
@@ -264,7 +264,7 @@ class WatchReader:
                 for name in m.names
             }
         )
-        return ",".join(name.replace(",", "\\,") for name in names)
+        return text_param(names)
 
     async def candidates(self, at: datetime, patient_id: str | None = None) -> dict[str, datetime]:
         """Patients with an administration of a risk product since the longest window

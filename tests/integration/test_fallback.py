@@ -13,9 +13,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-import orjson
 import pytest
 
+from bench.watch_support import put, scenario_copy
 from cds import fhirbuild as fb
 from cds.engine.facts import CONCEPTS_READ
 from cds.fhir.client import (
@@ -543,12 +543,6 @@ def _icans_patient(fhir_base_url: str, anchor: datetime, pid: str) -> None:
     """A Kymriah patient without CRS (scenario g0, under another id) with a seizure charted
     as a Condition 2 h ago and an ICE score of 5 on the published Questionnaire 1 h ago:
     both only as resources other than Observations, loaded into the FHIR server."""
-    scenario = get("g0-tisacel-afebrile")
-    transaction = orjson.loads(
-        orjson.dumps(scenario.transaction(anchor)).replace(
-            scenario.patient_id.encode(), pid.encode()
-        )
-    )
     subject = {"reference": f"Patient/{pid}"}
     seizure = {
         "resourceType": "Condition",
@@ -574,14 +568,7 @@ def _icans_patient(fhir_base_url: str, anchor: datetime, pid: str) -> None:
         "authored": fb.iso(anchor - timedelta(hours=1)),
         "item": [{"linkId": "ice-total", "answer": [{"valueInteger": 5}]}],
     }
-    transaction["entry"] += fb.transaction([seizure, ice])["entry"]
-    response = httpx.post(
-        fhir_base_url,
-        content=orjson.dumps(transaction),
-        headers={"Content-Type": "application/fhir+json"},
-        timeout=30.0,
-    )
-    assert response.status_code == 200, response.text[:2000]
+    put(fhir_base_url, [*scenario_copy("g0-tisacel-afebrile", anchor, pid), seizure, ice])
 
 
 def test_icans_conditions_and_assessments_are_fetched(
