@@ -47,6 +47,12 @@ def test_discovery(client: TestClient) -> None:
     assert m["prefetch"]["assessments"].startswith("QuestionnaireResponse?patient=")
     assert "urn:crs-cds:questionnaire:ice" in m["prefetch"]["assessments"]
     assert m["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+    # the order checks do not grade ICANS: they do not ask for its Conditions and forms
+    for order in ("crs-order-select", "crs-order-sign"):
+        assert set(services[order]["prefetch"]) == set(m["prefetch"]) - {
+            "conditions",
+            "assessments",
+        }
     assert services["crs-order-sign"]["hook"] == "order-sign"
     assert services["crs-order-select"]["hook"] == "order-select"
 

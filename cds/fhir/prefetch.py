@@ -64,31 +64,34 @@ def device_code_param(knowledge: Knowledge) -> str:
     return ",".join(f"{system}|{code}" for system, code in knowledge.device_codes())
 
 
-def patient_data_prefetch(knowledge: Knowledge, page_size: int) -> PrefetchPlan:
+def patient_data_prefetch(knowledge: Knowledge, page_size: int, icans: bool = True) -> PrefetchPlan:
     """The patient, the CRS and ICANS observations (by code, panels included), the
     oxygen-device observations (by coded value), the administrations with their
-    Medications, the ICANS Conditions (by code) and the ICE/CAPD QuestionnaireResponses."""
+    Medications, and with `icans` the ICANS Conditions (by code) and the ICE/CAPD
+    QuestionnaireResponses (the order checks, which do not grade ICANS, leave them out)."""
     count = f"&_count={page_size}"
-    return PrefetchPlan(
-        templates={
-            "patient": "Patient/{{context.patientId}}",
-            "observations": (
-                "Observation?patient={{context.patientId}}&_sort=-date"
-                + count
-                + "&code="
-                + observation_code_param(knowledge)
-            ),
-            "oxygenDevices": (
-                "Observation?patient={{context.patientId}}&_sort=-date"
-                + count
-                + "&value-concept="
-                + device_code_param(knowledge)
-            ),
-            "medicationAdministrations": (
-                "MedicationAdministration?patient={{context.patientId}}"
-                + count
-                + "&_include=MedicationAdministration:medication"
-            ),
+    templates = {
+        "patient": "Patient/{{context.patientId}}",
+        "observations": (
+            "Observation?patient={{context.patientId}}&_sort=-date"
+            + count
+            + "&code="
+            + observation_code_param(knowledge)
+        ),
+        "oxygenDevices": (
+            "Observation?patient={{context.patientId}}&_sort=-date"
+            + count
+            + "&value-concept="
+            + device_code_param(knowledge)
+        ),
+        "medicationAdministrations": (
+            "MedicationAdministration?patient={{context.patientId}}"
+            + count
+            + "&_include=MedicationAdministration:medication"
+        ),
+    }
+    if icans:
+        templates |= {
             CONDITIONS: (
                 "Condition?patient={{context.patientId}}"
                 + count
@@ -101,6 +104,5 @@ def patient_data_prefetch(knowledge: Knowledge, page_size: int) -> PrefetchPlan:
                 + "&questionnaire="
                 + questionnaire_param(knowledge)
             ),
-        },
-        required=PATIENT_DATA_REQUIRED,
-    )
+        }
+    return PrefetchPlan(templates=templates, required=PATIENT_DATA_REQUIRED)

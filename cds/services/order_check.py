@@ -130,7 +130,9 @@ def _definition(runtime: Runtime, service_id: str, hook: str, what: str) -> Serv
             f"{d.max_doses_per_24h} doses in 24 h and {d.max_doses_total} in all, and whether "
             "CRS criteria are met now."
         ),
-        prefetch=patient_data_prefetch(runtime.knowledge, runtime.settings.fhir_page_size),
+        prefetch=patient_data_prefetch(
+            runtime.knowledge, runtime.settings.fhir_page_size, icans=False
+        ),
         context=OrderContext,
         decide=decide,
         usage_requirements=(
