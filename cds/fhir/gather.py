@@ -24,6 +24,7 @@ marked incomplete.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -173,6 +174,15 @@ async def gather(
             "operator to allow this FHIR server",
             "fhirServer",
         )
+    if not needed and not _searchable_patient(request):
+        # Only keys the call can do without are missing, and the patient id cannot go into
+        # a search: they are not read (the call is answered from the rest); further pages
+        # of the prefetch are still fetched.
+        why = "context.patientId is not a FHIR id, so the FHIR server was not searched"
+        collected.issues.extend(_not_read(key, why) for key in missing if key in TOLERATED)
+        missing = []
+        if not pages:
+            return collected
     token = request.fhirAuthorization.access_token if request.fhirAuthorization else None
     timeout = access.timeout_seconds
     reader = FhirReader(
@@ -183,8 +193,23 @@ async def gather(
         max_query_bytes=access.max_query_bytes,
         max_request_bytes=access.max_request_bytes,
     )
+    # The searches by name, best effort, read with their own reader: their bytes never
+    # count against the searches the call needs, and they get half the deadline.
+    by_name = ByName(
+        FhirReader(
+            access.http(),
+            base_url,
+            token,
+            request_timeout=timeout / 2,
+            max_query_bytes=access.max_query_bytes,
+            max_request_bytes=access.max_query_bytes,
+        ),
+        timeout / 2,
+    )
     extra = dict(log_extra or {})
-    jobs = _jobs(knowledge, plan, request, missing, reader, collected, since, access.page_size)
+    jobs = _jobs(
+        knowledge, plan, request, missing, reader, by_name, collected, since, access.page_size
+    )
     page_jobs = {_page_label(t): _rest_job(reader, t) for t in pages}
     started = time.perf_counter()
     try:
@@ -214,9 +239,7 @@ async def gather(
     for key in missing:
         result = results.get(key)
         if isinstance(result, NotRead):
-            collected.issues.append(
-                Issue(f"{ROOT}.{key}", f"{result.reason}: {TOLERATED[key]} were not read")
-            )
+            collected.issues.append(_not_read(key, result.reason))
         elif isinstance(result, OthersDropped):
             collected.issues.append(
                 Issue(
@@ -253,6 +276,23 @@ class NotRead:
     reason: str
 
 
+def _not_read(key: str, reason: str) -> Issue:
+    return Issue(f"{ROOT}.{key}", f"{reason}: {TOLERATED[key]} were not read")
+
+
+@dataclass(frozen=True)
+class ByName:
+    """Where the searches by name read, and how long they may take."""
+
+    reader: FhirReader
+    seconds: float
+
+
+def _searchable_patient(request: HookRequest) -> bool:
+    value = request.context.get("patientId")
+    return isinstance(value, str) and is_fhir_id(value)
+
+
 @dataclass(frozen=True)
 class OthersDropped:
     """A tolerated key's answer less the entries about other patients (a server that
@@ -273,12 +313,21 @@ def _tolerant(job: Job, patient_id: str) -> Job:
             log.warning(f"optional prefetch not fetched: {exc.reason}")
             return NotRead(exc.reason)
         entries = bundle.get("entry") or []
-        kept = [e for e in entries if _about(e) in (None, patient_id)]
+        kept = [e for e in entries if _outcome(e) or _about(e) == patient_id]
         if len(kept) == len(entries):
             return bundle
         return OthersDropped({**bundle, "entry": kept}, len(entries) - len(kept))
 
     return tolerant
+
+
+def _outcome(entry: Any) -> bool:
+    """Whether an entry is the search's own outcome (an OperationOutcome, not data)."""
+    search = entry.get("search") if isinstance(entry, dict) else None
+    resource = entry.get("resource") if isinstance(entry, dict) else None
+    return (isinstance(search, dict) and search.get("mode") == "outcome") or (
+        isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome"
+    )
 
 
 def _about(entry: Any) -> str | None:
@@ -348,11 +397,14 @@ def _jobs(
     request: HookRequest,
     missing: list[str],
     reader: FhirReader,
+    by_name: ByName,
     collected: ResourceCollector,
     since: datetime,
     page_size: int,
 ) -> dict[str, Job]:
     """One job per missing key: a coroutine factory that returns a resource or a Bundle."""
+    if not missing:
+        return {}
     pid = _patient_id(request)
     after = since.isoformat(timespec="seconds")
     count = str(page_size)
@@ -367,7 +419,8 @@ def _jobs(
             jobs[key] = _searches_job(
                 reader,
                 _observation_searches(knowledge, key, pid, after, count),
-                by_name=_by_name(
+                by_name,
+                _by_name(
                     key,
                     "Observation",
                     knowledge.observation_names.names(CONCEPTS_READ),
@@ -383,7 +436,8 @@ def _jobs(
             jobs[key] = _searches_job(
                 reader,
                 [query],
-                by_name=_by_name(
+                by_name,
+                _by_name(
                     key,
                     "Condition",
                     knowledge.neuro_condition_names.names(),
@@ -453,21 +507,27 @@ def _by_name(
 
 
 def _searches_job(
-    reader: FhirReader, queries: list[FhirQuery], by_name: FhirQuery | None = None
+    reader: FhirReader,
+    queries: list[FhirQuery],
+    by_name: ByName | None = None,
+    name_query: FhirQuery | None = None,
 ) -> Job:
     """Several searches for one key, merged into one searchset (duplicates dropped); and
     the search by name, best effort: a server that refuses it (a `:text` modifier it does
-    not support), or answers more than the caps, leaves the key to the searches by code
-    (logged, not an error — the data charted with known codes are all there)."""
+    not support), is slower than half the deadline, or answers more than the caps of its
+    own reader, leaves the key to the searches by code (logged, not an error — the data
+    charted with known codes are all there)."""
+    extra = [name_query] if by_name is not None and name_query is not None else []
 
     async def job() -> dict[str, Any]:
         jobs = {q.label: _search(reader, q) for q in queries}
-        if by_name is not None:
-            jobs[by_name.label] = _best_effort(_search(reader, by_name))
+        for q in extra:
+            assert by_name is not None
+            jobs[q.label] = _best_effort(_search(by_name.reader, q), by_name.seconds)
         results = await run_all(jobs, None)
         merged: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for q in [*queries, *([by_name] if by_name is not None else [])]:
+        for q in [*queries, *extra]:
             for entry in results[q.label]:
                 ref = _entry_reference(entry)
                 if ref is not None and ref in seen:
@@ -480,12 +540,16 @@ def _searches_job(
     return job
 
 
-def _best_effort(job: Job) -> Job:
+def _best_effort(job: Job, seconds: float) -> Job:
     async def attempt() -> list[dict[str, Any]]:
         try:
-            result: list[dict[str, Any]] = await job()
+            async with asyncio.timeout(seconds):
+                result: list[dict[str, Any]] = await job()
         except FhirQueryFailed as exc:
             log.warning(f"search by name not done: {exc.reason}")
+            return []
+        except TimeoutError:
+            log.warning(f"search by name not done: slower than {seconds:g} s")
             return []
         return result
 

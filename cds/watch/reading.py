@@ -17,9 +17,10 @@ URLs hold patient ids: failures are named by the query's label, never by its URL
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,8 +39,12 @@ from cds.runtime import Runtime
 from cds.watch.config import CURSOR_OVERLAP, WatchConfig
 from cds.watch.smart import Credentials
 
-# What a change of starts a look: the types the rules read of a patient's chart.
-WATCHED_TYPES = ("Observation", "MedicationAdministration", "Condition", "QuestionnaireResponse")
+# What a change of starts a look: the types the rules read of a patient's chart. The CRS
+# types must be searched; the ICANS ones are searched best effort (a server without them,
+# or a token without their scopes, still has the CRS watch; the failure is logged).
+CRS_TYPES = ("Observation", "MedicationAdministration")
+ICANS_TYPES = ("Condition", "QuestionnaireResponse")
+WATCHED_TYPES = CRS_TYPES + ICANS_TYPES
 CENSUS_DEADLINE_SECONDS = 60.0  # the census search and the catch-up, all pages
 MEDICATIONS_PER_SEARCH = 50  # Medication references per administration search (URL length)
 log = logging.getLogger("cds.watch")
@@ -210,13 +215,22 @@ class WatchReader:
             for rtype in WATCHED_TYPES
         }
 
+        deadline = self.config.fhir_timeout_seconds
+
         def search(query: FhirQuery) -> Callable[[], Any]:
+            if query.path in ICANS_TYPES:
+                return lambda: _best_effort(reader.search(query), query.label, deadline * 0.9)
             return lambda: reader.search(query)
 
-        results = await run_all(
-            {k: search(q) for k, q in queries.items()}, self.config.fhir_timeout_seconds
-        )
-        return [r for rtype in WATCHED_TYPES for r in _resources(results[rtype])]
+        results = await run_all({k: search(q) for k, q in queries.items()}, deadline)
+        # (a server that ignores `patient` on a search answers everyone's: only this
+        # patient's count as this patient's changes)
+        return [
+            r
+            for rtype in WATCHED_TYPES
+            for r in _resources(results[rtype])
+            if patient_of(r) == patient_id
+        ]
 
     async def patient_data(self, patient_id: str, at: datetime) -> ResourceCollector:
         """Everything the rules read for the patient at `at`, by the service's fallback
@@ -348,15 +362,19 @@ class WatchReader:
         """Every patient whose resources of the watched types changed since `since` (the
         catch-up after missed subscription events)."""
         after = fhir_instant(since - CURSOR_OVERLAP)
-        queries = [
-            FhirQuery(
+
+        def catch_up(rtype: str) -> FhirQuery:
+            return FhirQuery(
                 f"{rtype} catch-up search",
                 rtype,
                 (("_lastUpdated", f"gt{after}"), ("_count", str(self.config.page_size))),
             )
-            for rtype in WATCHED_TYPES
-        ]
-        entries = await self._search_all(queries)
+
+        entries = await self._search_all([catch_up(rtype) for rtype in CRS_TYPES])
+        try:
+            entries += await self._search_all([catch_up(rtype) for rtype in ICANS_TYPES])
+        except (FhirQueryFailed, QueriesTimedOut) as exc:
+            log.warning("catch-up search of ICANS types not done", extra={"reason": _why(exc)})
         return {pid for r in _resources(entries) if (pid := patient_of(r)) is not None}
 
     async def subject_of(self, rtype: str, rid: str) -> str | None:
@@ -372,6 +390,18 @@ class WatchReader:
 
         results = await run_all({q.label: search(q) for q in queries}, CENSUS_DEADLINE_SECONDS)
         return [entry for q in queries for entry in results[q.label]]
+
+
+async def _best_effort(search: Awaitable[Any], label: str, seconds: float) -> Any:
+    """A search whose failure (or lateness) is logged and read as nothing found."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await search
+    except FhirQueryFailed as exc:
+        log.warning(f"{label} not done", extra={"reason": exc.reason})
+    except TimeoutError:
+        log.warning(f"{label} not done", extra={"reason": f"slower than {seconds:g} s"})
+    return []
 
 
 def _why(exc: FhirQueryFailed | QueriesTimedOut) -> str:

@@ -42,12 +42,15 @@ def runtime_with(runtime: Runtime, **settings: Any) -> Runtime:
 
 
 async def gather_with(
-    runtime: Runtime, plan: PrefetchPlan, request: HookRequest
+    runtime: Runtime,
+    plan: PrefetchPlan,
+    request: HookRequest,
+    http: Callable[[], httpx.AsyncClient] = http_client,
 ) -> ResourceCollector:
     """The gather step alone, as the pipeline runs it for `runtime` now."""
     settings = runtime.settings
     access = FhirAccess(
-        http_client,
+        http,
         settings.fhir_allowed_servers,
         settings.fhir_timeout_seconds,
         settings.fhir_page_size,

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 
 from bench.watch_support import put, scenario_copy
@@ -662,4 +663,127 @@ def test_a_server_that_refuses_the_search_by_name_still_has_the_search_by_code(
     response = post_hook(rt, "crs-monitor", body, http=proxied(refuse_text))
     assert refused and all(p.endswith(("/Observation", "/Condition")) for p in refused)
     assert card_outcome("crs-monitor", response) == scenario.expect
-    assert "dataIssues" not in response.json().get("extension", {})
+    cards = response.json()["cards"]
+    assert not [i for c in cards for i in c["extension"].get("dataIssues", [])]
+
+
+# --- what the optional and best-effort searches must never do: fail a call ---------------
+
+
+def test_a_patient_id_not_searchable_with_only_icans_keys_missing_is_answered(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    # An EHR configured before the ICANS keys sends the four CRS keys; its patient id is
+    # not a FHIR id, so the ICANS keys cannot be searched: the call is answered from the
+    # prefetch, saying what was not read (a 400 would turn away a call the CRS grade can
+    # answer).
+    scenario = get("g3-lisocel-norepinephrine")
+    prefetch = dict(scenario.prefetch(anchor))
+    del prefetch["conditions"], prefetch["assessments"]
+    sent = orjson.dumps(scenario_request(scenario, anchor, loaded, prefetch=prefetch))
+    body = orjson.loads(sent.replace(scenario.patient_id.encode(), b"g3_lisocel"))
+    assert body["context"]["patientId"] == "g3_lisocel"  # "_" is not in a FHIR id
+    response = post_hook(allowing(runtime, loaded), "crs-monitor", body)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    issues = {
+        (i["location"], i["problem"])
+        for c in answer["cards"]
+        for i in [*c["extension"].get("dataIssues", [])]
+    } | {(i["location"], i["problem"]) for i in answer.get("extension", {}).get("dataIssues", [])}
+    assert {loc for loc, _ in issues} >= {"fhirServer.conditions", "fhirServer.assessments"}
+    assert all("not a FHIR id" in problem for loc, problem in issues if "fhirServer" in loc)
+
+
+def test_a_slow_search_by_name_is_abandoned_not_the_call(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    # `code:text` answered after 5 s with a 1 s deadline: the search by name is given up
+    # at half the deadline and the call is answered from the searches by code.
+    scenario = get("g3-lisocel-norepinephrine")
+
+    async def slow_text(request: httpx.Request) -> httpx.Response | None:
+        if "code%3Atext" in str(request.url) or "code:text" in str(request.url):
+            await asyncio.sleep(5)
+        return None
+
+    rt = allowing(runtime, loaded, fhir_timeout_seconds=1.0)
+    started = time.perf_counter()
+    response = post_hook(
+        rt, "crs-monitor", scenario_request(scenario, anchor, loaded), http=proxied(slow_text)
+    )
+    assert time.perf_counter() - started < 4
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_a_search_by_name_takes_no_bytes_from_the_others(
+    runtime: Runtime, loaded: str, anchor: datetime
+) -> None:
+    # The search by name answers 0.9 MiB where a query and the whole request may read
+    # 1 MiB: it reads on its own reader, and the searches the grade needs still have the
+    # request's whole budget (sharing it, they would pass the cap: a 412).
+    scenario = get("g3-lisocel-norepinephrine")
+    padding = "x" * (9 * 1024 * 1024 // 10)
+
+    async def huge_text(request: httpx.Request) -> httpx.Response | None:
+        if "code%3Atext" in str(request.url) or "code:text" in str(request.url):
+            body = {"resourceType": "Bundle", "type": "searchset", "entry": [], "pad": padding}
+            return httpx.Response(200, stream=httpx.ByteStream(orjson.dumps(body)))
+        await asyncio.sleep(0.3)  # the others answer after the search by name has read
+        return None
+
+    mib = 1024 * 1024
+    rt = allowing(runtime, loaded, fhir_max_query_bytes=mib, fhir_max_request_bytes=mib)
+    response = post_hook(
+        rt, "crs-monitor", scenario_request(scenario, anchor, loaded), http=proxied(huge_text)
+    )
+    assert card_outcome("crs-monitor", response) == scenario.expect
+
+
+def test_tolerated_entries_not_positively_about_the_patient_are_left_out(
+    runtime: Runtime, icans_fhir: str, anchor: datetime
+) -> None:
+    # A server that ignores `patient` may answer responses with no subject, or a subject
+    # given by identifier only: they cannot be shown to be this patient's, so they are
+    # not read as this patient's (left out and counted); the search's outcome is no data.
+    pid = "fallback-icans-strict"
+    _icans_patient(icans_fhir, anchor, pid)
+    foreign = [
+        {"resourceType": "QuestionnaireResponse", "id": "no-subject", "status": "completed"},
+        {
+            "resourceType": "QuestionnaireResponse",
+            "id": "by-identifier",
+            "status": "completed",
+            "subject": {"identifier": {"system": "urn:mrn", "value": "123"}},
+        },
+    ]
+
+    async def add_foreign(request: httpx.Request) -> httpx.Response | None:
+        if not request.url.path.endswith("/QuestionnaireResponse"):
+            return None
+        async with httpx.AsyncClient() as real:
+            got = await real.get(str(request.url), headers=request.headers)
+        bundle = got.json()
+        bundle["entry"] = [*bundle.get("entry", []), *({"resource": r} for r in foreign)]
+        return httpx.Response(200, stream=httpx.ByteStream(orjson.dumps(bundle)))
+
+    body = hook_request("patient-view", patient_id=pid, fhir_server=icans_fhir)
+
+    async def go() -> ResourceCollector:
+        try:
+            return await gather_with(
+                allowing(runtime, icans_fhir),
+                registry(runtime)["crs-monitor"].prefetch,
+                HookRequest.model_validate(body),
+                http=proxied(add_foreign),
+            )
+        finally:
+            await close_http_clients()
+
+    collected = asyncio.run(go())
+    assert [r.reference for r in collected.of_type("QuestionnaireResponse")] == [
+        f"QuestionnaireResponse/{pid}-ice"
+    ]
+    # (the other patients' responses in this server are left out with the two above)
+    (problem,) = [i.problem for i in collected.issues if i.location == "fhirServer.assessments"]
+    assert problem.startswith("the server answered ") and "about other patients" in problem

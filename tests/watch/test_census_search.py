@@ -10,6 +10,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -21,6 +22,7 @@ from cds.evaluation import evaluate
 from cds.ids import new_uuid
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
+from cds.watch.reading import fhir_instant
 from cds.watch.service import Watch
 from cds.watch.worker import CENSUS_JOB, Worker
 from tests.watch.support import (
@@ -264,4 +266,47 @@ def test_the_watch_reads_vitals_charted_under_local_codes(
     evaluation = evaluate(rt, collected, patient, anchor)
     assert evaluation.crs is not None
     assert (evaluation.crs.grade, evaluation.crs.max_grade) == (1, 1)
+    store.close()
+
+
+def test_polling_reads_only_the_patients_changes_and_survives_the_icans_searches(
+    runtime: Runtime, fhir_base_url: str, tmp_path: Path
+) -> None:
+    """The Condition search refused (a token without its scope: 403) and the
+    QuestionnaireResponse search answering another patient's response (a server that
+    ignores `patient`): the poll still finds this patient's new Observation, and only it."""
+    patient = new_patient("watch-poll-icans")
+    written = fhir_instant(now())
+
+    def bundle(*resources: dict[str, Any]) -> httpx.Response:
+        entries = [{"resource": r} for r in resources]
+        body = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
+        return httpx.Response(200, stream=httpx.ByteStream(orjson.dumps(body)))
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        kind = request.url.path.rsplit("/", 1)[-1]
+        meta = {"lastUpdated": written, "versionId": "1"}
+        if kind == "Observation":
+            return bundle(
+                {**fb.temperature(patient, now(), 38.6, oid=f"{patient}-t"), "meta": meta}
+            )
+        if kind == "Condition":
+            return httpx.Response(403, stream=httpx.ByteStream(b"{}"))
+        if kind == "QuestionnaireResponse":
+            other = {"reference": "Patient/someone-else"}
+            qr = {"resourceType": "QuestionnaireResponse", "id": "x", "subject": other}
+            return bundle({**qr, "status": "completed", "meta": meta})
+        return bundle()
+
+    rt = watch_runtime(runtime, tmp_path, fhir_base_url)
+    store = DecisionStore.open(rt, new_uuid, utc_now)
+    watch = Watch.open(
+        rt,
+        store,
+        utc_now,
+        fhir_http=lambda: httpx.AsyncClient(transport=httpx.MockTransport(answer)),
+    )
+    assert watch is not None
+    changed = asyncio.run(watch.reader.changed(patient, now() - timedelta(hours=1), []))
+    assert changed.refs == {f"Observation/{patient}-t"}
     store.close()
