@@ -28,6 +28,7 @@ import orjson
 # httpx logs every request URL at INFO, and these URLs hold patient ids: keep them out
 # (cds.logs also drops what third-party loggers say below WARNING).
 logging.getLogger("httpx").setLevel(logging.WARNING)
+log = logging.getLogger("cds.fhir.client")
 
 FHIR_JSON = "application/fhir+json"
 MAX_PAGES = 100  # a search that pages further is a server bug, not data we need
@@ -506,6 +507,19 @@ class QueriesTimedOut(Exception):
         self.labels = labels
         self.seconds = seconds
         self.results = results
+
+
+async def best_effort(search: Awaitable[list[Any]], label: str, seconds: float) -> list[Any]:
+    """A search whose failure, or lateness past `seconds`, is logged (by its label, never
+    its URL) and read as nothing found."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await search
+    except FhirQueryFailed as exc:
+        log.warning(f"{label} not done", extra={"reason": exc.reason})
+    except TimeoutError:
+        log.warning(f"{label} not done", extra={"reason": f"slower than {seconds:g} s"})
+    return []
 
 
 async def run_all(

@@ -24,7 +24,6 @@ marked incomplete.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -48,6 +47,7 @@ from cds.fhir.client import (
     QueriesTimedOut,
     TemplateError,
     allowed_base_url,
+    best_effort,
     is_fhir_id,
     resolve_template,
     run_all,
@@ -62,6 +62,7 @@ from cds.fhir.prefetch import (
     text_param,
 )
 from cds.fhir.reading import Issue, ResourceCollector, Truncated, reports_failure
+from cds.fhir.references import patient_of
 from cds.knowledge import Knowledge
 from cds.metrics import FHIR_QUERIES
 from cds.protocol import HookRequest
@@ -313,7 +314,7 @@ def _tolerant(job: Job, patient_id: str) -> Job:
             log.warning(f"optional prefetch not fetched: {exc.reason}")
             return NotRead(exc.reason)
         entries = bundle.get("entry") or []
-        kept = [e for e in entries if _outcome(e) or _about(e) == patient_id]
+        kept = [e for e in entries if _outcome(e) or _about(e, patient_id)]
         if len(kept) == len(entries):
             return bundle
         return OthersDropped({**bundle, "entry": kept}, len(entries) - len(kept))
@@ -330,14 +331,10 @@ def _outcome(entry: Any) -> bool:
     )
 
 
-def _about(entry: Any) -> str | None:
-    """The id of the patient an entry's resource is about (its `subject`), if it names one."""
+def _about(entry: Any, patient_id: str) -> bool:
+    """Whether an entry's resource names `patient_id` as the patient it is about."""
     resource = entry.get("resource") if isinstance(entry, dict) else None
-    subject = resource.get("subject") if isinstance(resource, dict) else None
-    reference = subject.get("reference") if isinstance(subject, dict) else None
-    if not isinstance(reference, str) or "Patient/" not in reference:
-        return None
-    return reference.rsplit("Patient/", 1)[1].split("/")[0]
+    return isinstance(resource, dict) and patient_of(resource) == patient_id
 
 
 async def _release_memory(reader: FhirReader) -> None:
@@ -517,18 +514,16 @@ def _searches_job(
     not support), is slower than half the deadline, or answers more than the caps of its
     own reader, leaves the key to the searches by code (logged, not an error — the data
     charted with known codes are all there)."""
-    extra = [name_query] if by_name is not None and name_query is not None else []
 
     async def job() -> dict[str, Any]:
         jobs = {q.label: _search(reader, q) for q in queries}
-        for q in extra:
-            assert by_name is not None
-            jobs[q.label] = _best_effort(_search(by_name.reader, q), by_name.seconds)
+        if by_name is not None and name_query is not None:
+            jobs[name_query.label] = _named(by_name, name_query)
         results = await run_all(jobs, None)
         merged: list[dict[str, Any]] = []
         seen: set[str] = set()
-        for q in [*queries, *extra]:
-            for entry in results[q.label]:
+        for label in jobs:  # the searches by code first, then the one by name
+            for entry in results[label]:
                 ref = _entry_reference(entry)
                 if ref is not None and ref in seen:
                     continue
@@ -540,20 +535,9 @@ def _searches_job(
     return job
 
 
-def _best_effort(job: Job, seconds: float) -> Job:
-    async def attempt() -> list[dict[str, Any]]:
-        try:
-            async with asyncio.timeout(seconds):
-                result: list[dict[str, Any]] = await job()
-        except FhirQueryFailed as exc:
-            log.warning(f"search by name not done: {exc.reason}")
-            return []
-        except TimeoutError:
-            log.warning(f"search by name not done: slower than {seconds:g} s")
-            return []
-        return result
-
-    return attempt
+def _named(by_name: ByName, query: FhirQuery) -> Job:
+    """The search by name: its own reader and time, and nothing found when it fails."""
+    return lambda: best_effort(by_name.reader.search(query), query.label, by_name.seconds)
 
 
 def _search(reader: FhirReader, query: FhirQuery) -> Job:

@@ -17,10 +17,9 @@ URLs hold patient ids: failures are named by the query's label, never by its URL
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -28,10 +27,18 @@ from typing import Any
 import httpx
 
 from cds.engine.exposure import EXPOSURE_CLASSES
-from cds.fhir.client import FhirQuery, FhirQueryFailed, FhirReader, QueriesTimedOut, run_all
+from cds.fhir.client import (
+    FhirQuery,
+    FhirQueryFailed,
+    FhirReader,
+    QueriesTimedOut,
+    best_effort,
+    run_all,
+)
 from cds.fhir.gather import FHIR_ID, FhirAccess, gather
 from cds.fhir.prefetch import PrefetchPlan, text_param
 from cds.fhir.reading import ResourceCollector
+from cds.fhir.references import patient_of
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
 from cds.pipeline import risk_data_since
 from cds.protocol import FhirAuthorization, HookRequest
@@ -124,27 +131,6 @@ def _resources(entries: Iterable[Any]) -> list[dict[str, Any]]:
     return found
 
 
-def patient_of(resource: dict[str, Any]) -> str | None:
-    """The id of the patient a resource is about (subject / patient), if it names one."""
-    for field in ("subject", "patient"):
-        value = resource.get(field)
-        reference = value.get("reference") if isinstance(value, dict) else None
-        pid = patient_id_of(reference)
-        if pid is not None:
-            return pid
-    return None
-
-
-def patient_id_of(reference: object) -> str | None:
-    """`Patient/x` or `https://…/Patient/x[/_history/n]` -> x (a FHIR id), else None."""
-    if not isinstance(reference, str):
-        return None
-    parts = reference.split("/_history/", 1)[0].rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == "Patient" and FHIR_ID.fullmatch(parts[-1]):
-        return parts[-1]
-    return None
-
-
 def resource_ref(reference: object) -> tuple[str, str] | None:
     """`Observation/1` or an absolute URL of one -> ("Observation", "1")."""
     if not isinstance(reference, str):
@@ -219,7 +205,7 @@ class WatchReader:
 
         def search(query: FhirQuery) -> Callable[[], Any]:
             if query.path in ICANS_TYPES:
-                return lambda: _best_effort(reader.search(query), query.label, deadline * 0.9)
+                return lambda: best_effort(reader.search(query), query.label, deadline * 0.9)
             return lambda: reader.search(query)
 
         results = await run_all({k: search(q) for k, q in queries.items()}, deadline)
@@ -390,18 +376,6 @@ class WatchReader:
 
         results = await run_all({q.label: search(q) for q in queries}, CENSUS_DEADLINE_SECONDS)
         return [entry for q in queries for entry in results[q.label]]
-
-
-async def _best_effort(search: Awaitable[Any], label: str, seconds: float) -> Any:
-    """A search whose failure (or lateness) is logged and read as nothing found."""
-    try:
-        async with asyncio.timeout(seconds):
-            return await search
-    except FhirQueryFailed as exc:
-        log.warning(f"{label} not done", extra={"reason": exc.reason})
-    except TimeoutError:
-        log.warning(f"{label} not done", extra={"reason": f"slower than {seconds:g} s"})
-    return []
 
 
 def _why(exc: FhirQueryFailed | QueriesTimedOut) -> str:

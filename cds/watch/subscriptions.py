@@ -34,9 +34,10 @@ import orjson
 from sqlalchemy import Engine, func, insert, select, update
 
 from cds.errors import CdsError
+from cds.fhir.references import patient_of
 from cds.store.tables import watch_inbox, watch_subscriptions
 from cds.watch.ids import PatientIds
-from cds.watch.reading import patient_of, resource_ref
+from cds.watch.reading import resource_ref
 
 BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
 SUBSCRIPTION_PROFILE = f"{BACKPORT}/backport-subscription"
