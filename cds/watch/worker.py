@@ -450,6 +450,28 @@ class Worker:
 
         return dict(await asyncio.gather(*(one(k) for k in dict.fromkeys(keys))))
 
+    async def _job_read(
+        self,
+        job: str,
+        now: datetime,
+        every: timedelta,
+        read: Callable[[], Awaitable[V]],
+        what: str,
+    ) -> V | None:
+        """Claim a job (one worker at a time, at most once per `every`) and do its FHIR
+        read; None when another worker holds the job, or when the read failed (the job is
+        then released as not run, and logged)."""
+        census = self.watch.census
+        if not await asyncio.to_thread(census.claim_job, job, self.name, now, JOB_LEASE, every):
+            return None
+        try:
+            return await read()
+        except FHIR_FAILURES as exc:
+            self._refused(exc)
+            log.warning(f"{what} failed", extra={"error": type(exc).__name__})
+            await asyncio.to_thread(census.finish_job, job, self.name, now, ran=False)
+            return None
+
     async def catch_up(self) -> None:
         """After missed events: every census patient whose data changed since is due."""
         watch = self.watch
@@ -458,16 +480,10 @@ class Worker:
             return
         now = watch.clock()
         census = watch.census
-        if not await asyncio.to_thread(
-            census.claim_job, CATCH_UP_JOB, self.name, now, JOB_LEASE, timedelta(0)
-        ):
-            return
-        try:
-            touched = await watch.reader.touched(since)
-        except FHIR_FAILURES as exc:
-            self._refused(exc)
-            log.warning("catch-up failed", extra={"error": type(exc).__name__})
-            await asyncio.to_thread(census.finish_job, CATCH_UP_JOB, self.name, now, ran=False)
+        touched = await self._job_read(
+            CATCH_UP_JOB, now, timedelta(0), lambda: watch.reader.touched(since), "catch-up"
+        )
+        if touched is None:
             return
         due = {watch.ids.pseudonym(p) for p in touched}
         await asyncio.to_thread(census.mark_due, due, now)
@@ -481,16 +497,14 @@ class Worker:
         watch = self.watch
         now = watch.clock()
         census = watch.census
-        if not await asyncio.to_thread(
-            census.claim_job, CENSUS_JOB, self.name, now, JOB_LEASE, watch.config.census_every
-        ):
-            return
-        try:
-            found = await watch.reader.candidates(now)
-        except FHIR_FAILURES as exc:
-            self._refused(exc)
-            log.warning("census search failed", extra={"error": type(exc).__name__})
-            await asyncio.to_thread(census.finish_job, CENSUS_JOB, self.name, now, ran=False)
+        found = await self._job_read(
+            CENSUS_JOB,
+            now,
+            watch.config.census_every,
+            lambda: watch.reader.candidates(now),
+            "census search",
+        )
+        if found is None:
             return
         known = await asyncio.to_thread(census.known)
         enrol = []
