@@ -4,17 +4,19 @@ acted on, takes feedback, and remembers token ids. Database work runs in worker 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import anyio
-from sqlalchemy import Connection, Engine, delete, insert, select, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Connection, Dialect, Engine, Table, delete, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from cds import cards
 from cds.clock import Clock
@@ -319,12 +321,73 @@ class DecisionStore:
             return result.rowcount or 0
 
 
+class _RowInsert:
+    """An INSERT of whole rows into `table`: compiled once for the dialect, each value
+    bound by its column's own type (stored exactly as SQLAlchemy stores it) and executed
+    on the driver's cursor. A record is written at every hook call, before its answer, and
+    SQLAlchemy's work per execution cost about as much as the write itself (one record of
+    a 1,000-resource chart, `bench.records.record_write_cost`, p50: SQLite 0.53 -> 0.33 ms,
+    PostgreSQL 1.9 -> 1.36 ms with the pipeline below)."""
+
+    def __init__(self, table: Table, dialect: Dialect) -> None:
+        compiled = insert(table).compile(dialect=dialect)
+        self.sql = compiled.string
+        self.order = compiled.positiontup  # a positional paramstyle's order (SQLite), or None
+        self.binds = [
+            (c.key, c.type.dialect_impl(dialect).bind_processor(dialect)) for c in table.c
+        ]
+
+    def parameters(
+        self, rows: Iterable[Mapping[str, object]]
+    ) -> Sequence[Sequence[object]] | Sequence[Mapping[str, object]]:
+        """The rows' values, bound, in the paramstyle of the dialect."""
+        bound = [
+            {key: row[key] if bind is None else bind(row[key]) for key, bind in self.binds}
+            for row in rows
+        ]
+        if self.order is None:
+            return bound
+        return [tuple(values[key] for key in self.order) for values in bound]
+
+
+@functools.lru_cache(maxsize=16)  # one per dialect (engine) in use
+def _row_inserts(dialect: Dialect) -> tuple[_RowInsert, _RowInsert]:
+    return _RowInsert(audit_records, dialect), _RowInsert(cards_table, dialect)
+
+
 def _insert(connection: Connection, batch: list[AuditRecord]) -> None:
-    """Insert records and their cards."""
-    connection.execute(insert(audit_records), [_record_row(r) for r in batch])
-    rows = [_card_row(r, c) for r in batch for c in r.cards]
-    if rows:
-        connection.execute(insert(cards_table), rows)
+    """Insert records and their cards, in the connection's transaction. PostgreSQL gets
+    them in one round trip (a pipeline: BEGIN, the inserts, then one sync) instead of one
+    per statement. A driver error is raised as SQLAlchemy's (a lost connection is
+    invalidated, so the pool does not hand it out again)."""
+    record_insert, card_insert = _row_inserts(connection.dialect)
+    record_rows = record_insert.parameters(_record_row(r) for r in batch)
+    card_rows = card_insert.parameters(_card_row(r, c) for r in batch for c in r.cards)
+    dbapi_connection = connection.connection
+    driver = dbapi_connection.driver_connection
+    pipeline = getattr(driver, "pipeline", None)  # psycopg's; SQLite has none (nor needs it)
+    cursor = dbapi_connection.cursor()
+    statement = record_insert.sql
+    try:
+        with pipeline() if pipeline is not None else contextlib.nullcontext():
+            cursor.executemany(statement, record_rows)
+            if card_rows:
+                statement = card_insert.sql
+                cursor.executemany(statement, card_rows)
+    except connection.dialect.loaded_dbapi.Error as exc:
+        disconnected = connection.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        if disconnected:
+            connection.invalidate(exc)
+        raise DBAPIError.instance(
+            statement,
+            None,
+            exc,
+            connection.dialect.loaded_dbapi.Error,
+            connection_invalidated=disconnected,
+            dialect=connection.dialect,
+        ) from exc
+    finally:
+        cursor.close()
 
 
 def _record_row(record: AuditRecord) -> dict[str, object]:

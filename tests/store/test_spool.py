@@ -5,12 +5,17 @@ record (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import logging
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError
 
 from cds.store import database
+from cds.store.decisions import _insert
+from cds.store.records import AuditRecord
 from cds.store.spool import Spool
 from cds.store.tables import audit_records
 from tests.factories import grade2_monitor_request
@@ -102,3 +107,60 @@ def test_a_torn_line_is_kept_aside_not_dropped(service: Service) -> None:
     torn.write_bytes(b'{"id": "cut sho')
     assert store.spool.drain(lambda batch: store.write(batch, skip_existing=True)) == 0
     assert (store.spool.directory / "spool-1-torn.corrupt").read_bytes() == b'{"id": "cut sho'
+
+
+def test_a_record_the_database_refuses_mid_transaction_is_spooled(service: Service) -> None:
+    # the connection works, the insert fails in the driver (here: its table is away):
+    # still an answer, with the record in the spool, and in the database once it is back
+    store = service.store
+    with store.engine.begin() as connection:
+        connection.execute(text("ALTER TABLE cards RENAME TO cards_away"))
+    try:
+        hook_instance, status = _call(service)
+    finally:
+        with store.engine.begin() as connection:
+            connection.execute(text("ALTER TABLE cards_away RENAME TO cards"))
+    assert status == 200
+    assert not _stored(service, hook_instance)  # the transaction was rolled back whole
+    assert store.spool.drain(lambda batch: store.write(batch, skip_existing=True)) == 1
+    assert _stored(service, hook_instance)
+
+
+def test_a_connection_lost_during_the_insert_is_not_handed_out_again(service: Service) -> None:
+    if not service.store.url.startswith("postgresql"):
+        pytest.skip("a SQLite connection cannot be lost")
+    store = service.store
+    now = datetime.now(UTC)
+    record = AuditRecord(
+        id=str(uuid.uuid4()),
+        recorded_at=now,
+        service="crs-monitor",
+        hook="patient-view",
+        hook_instance=str(uuid.uuid4()),
+        client_iss=None,
+        client_sub=None,
+        tenant=None,
+        patient="p",
+        evaluated_at=now,
+        rule_set_version="v",
+        rule_set_digest="d",
+        input_digest="i",
+        data_issues=0,
+        data_complete=True,
+        cards=(),
+        facts=b"",
+        latency_ms=1.0,
+    )
+    with store.engine.connect() as connection:
+        backend = connection.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with store.engine.connect() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": backend})
+        with pytest.raises(DBAPIError) as raised:
+            _insert(connection, [record])
+        assert raised.value.connection_invalidated
+    store.write([record])  # through a new connection of the pool
+    with store.engine.connect() as connection:
+        stored = connection.scalar(
+            select(audit_records.c.id).where(audit_records.c.id == record.id)
+        )
+    assert stored == record.id
