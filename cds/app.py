@@ -64,10 +64,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # 263 -> 200 ms in-process; see bench/).
     gc.collect()
     gc.freeze()
-    # The record of a call is prepared in worker threads (hashing the input, compressing
-    # the facts: C code that releases the GIL) while the call is evaluated. A thread
-    # waiting for the GIL to start that work would wait up to the switch interval (5 ms
-    # by default) behind the evaluation; 1 ms lets it start and run beside it.
+    # A large chart is worked on in one of the pipeline's threads while the event loop
+    # keeps answering (/healthz, the I/O of other calls): the loop waits for the GIL up to
+    # the switch interval (5 ms by default) behind that work; 1 ms keeps it responsive.
     sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     yield
     drain.cancel()
