@@ -366,16 +366,19 @@ def _insert(connection: Connection, batch: list[AuditRecord]) -> None:
     dbapi_connection = connection.connection
     driver = dbapi_connection.driver_connection
     pipeline = getattr(driver, "pipeline", None)  # psycopg's; SQLite has none (nor needs it)
-    cursor = dbapi_connection.cursor()
     statement = record_insert.sql
     try:
-        with pipeline() if pipeline is not None else contextlib.nullcontext():
-            cursor.executemany(statement, record_rows)
-            if card_rows:
-                statement = card_insert.sql
-                cursor.executemany(statement, card_rows)
+        cursor = dbapi_connection.cursor()
+        try:
+            with pipeline() if pipeline is not None else contextlib.nullcontext():
+                cursor.executemany(statement, record_rows)
+                if card_rows:
+                    statement = card_insert.sql
+                    cursor.executemany(statement, card_rows)
+        finally:
+            cursor.close()
     except connection.dialect.loaded_dbapi.Error as exc:
-        disconnected = connection.dialect.is_disconnect(exc, dbapi_connection, cursor)
+        disconnected = connection.dialect.is_disconnect(exc, dbapi_connection, None)
         if disconnected:
             connection.invalidate(exc)
         raise DBAPIError.instance(
@@ -386,8 +389,6 @@ def _insert(connection: Connection, batch: list[AuditRecord]) -> None:
             connection_invalidated=disconnected,
             dialect=connection.dialect,
         ) from exc
-    finally:
-        cursor.close()
 
 
 def _record_row(record: AuditRecord) -> dict[str, object]:
