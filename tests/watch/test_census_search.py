@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from cds.store.decisions import DecisionStore
 from cds.watch.reading import fhir_instant
 from cds.watch.service import Watch
 from cds.watch.worker import CENSUS_JOB, Worker
-from tests.fhir_server import start_fhir_server
 from tests.watch.support import (
     new_patient,
     now,
@@ -38,16 +36,6 @@ from tests.watch.support import (
 )
 
 KIMMTRAK = ("2590748", "Kimmtrak (tebentafusp-tebn) 68 mcg IV")
-
-
-@pytest.fixture(scope="module")
-def fhir_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A FHIR server of this module's own: the census search enrols every patient in a
-    risk window that the server holds, and the shared server holds every other test's
-    (hundreds by this point of a run, each then polled; SEKMET answers a search of
-    QuestionnaireResponses with every patient's): the tests would measure the suite."""
-    with start_fhir_server(tmp_path_factory.mktemp("census-fhir")) as base_url:
-        yield base_url
 
 
 class Clock:
