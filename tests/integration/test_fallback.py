@@ -626,10 +626,11 @@ def test_an_icans_key_that_cannot_be_fetched_is_a_data_issue_not_a_412(
             return None
         if failure == "error500":
             return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": []})
-        await asyncio.sleep(5)
+        await asyncio.sleep(60)
         return None
 
-    rt = allowing(runtime, icans_fhir, fhir_timeout_seconds=1.0)
+    # 4 s, not less: the searches that are answered must be in before it on a loaded machine
+    rt = allowing(runtime, icans_fhir, fhir_timeout_seconds=4.0)
     body = hook_request("patient-view", patient_id=pid, fhir_server=icans_fhir)
     response = post_hook(rt, "crs-monitor", body, http=proxied(condition_fails))
     assert response.status_code == 200, response.text
@@ -639,7 +640,7 @@ def test_an_icans_key_that_cannot_be_fetched_is_a_data_issue_not_a_412(
     issues = [i for c in cards for i in c["extension"].get("dataIssues", [])]
     issues += response.json().get("extension", {}).get("dataIssues", [])
     (problem,) = {i["problem"] for i in issues if i["location"] == "fhirServer.conditions"}
-    reason = "HTTP 500" if failure == "error500" else "timed out after 1 s"
+    reason = "HTTP 500" if failure == "error500" else "timed out after 4 s"
     assert problem.startswith(reason), problem
     assert "seizures and cerebral oedema charted as Conditions" in problem
 
@@ -698,21 +699,23 @@ def test_a_patient_id_not_searchable_with_only_icans_keys_missing_is_answered(
 def test_a_slow_search_by_name_is_abandoned_not_the_call(
     runtime: Runtime, loaded: str, anchor: datetime
 ) -> None:
-    # `code:text` answered after 5 s with a 1 s deadline: the search by name is given up
-    # at half the deadline and the call is answered from the searches by code.
+    # `code:text` answered after 60 s with a 4 s deadline: the search by name is given up
+    # at half the deadline and the call is answered from the searches by code. (The
+    # deadline is 4 s, not less, so that the searches by code are in before it on a loaded
+    # machine: with 1 s, a clean-clone CI run on a slow machine answered 412.)
     scenario = get("g3-lisocel-norepinephrine")
 
     async def slow_text(request: httpx.Request) -> httpx.Response | None:
         if "code%3Atext" in str(request.url) or "code:text" in str(request.url):
-            await asyncio.sleep(5)
+            await asyncio.sleep(60)
         return None
 
-    rt = allowing(runtime, loaded, fhir_timeout_seconds=1.0)
+    rt = allowing(runtime, loaded, fhir_timeout_seconds=4.0)
     started = time.perf_counter()
     response = post_hook(
         rt, "crs-monitor", scenario_request(scenario, anchor, loaded), http=proxied(slow_text)
     )
-    assert time.perf_counter() - started < 4
+    assert time.perf_counter() - started < 30  # not waited for: it would have taken 60 s
     assert card_outcome("crs-monitor", response) == scenario.expect
 
 
