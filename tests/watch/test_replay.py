@@ -45,6 +45,10 @@ STEPS = 4
 POLL_SECONDS = 2.0
 WORKERS = 3
 PER_TRANSACTION = 25  # patients per transaction (each patient's step is written at once)
+# The deadline of a patient's FHIR queries: 10 s, so that a loaded machine does not fail
+# them; a killed worker's leases (2 deadlines) then expire within 20 s, well inside WAIT.
+FHIR_TIMEOUT_SECONDS = 10.0
+WAIT = 300  # seconds, at most, for the baselines and for the last steps
 
 
 @pytest.fixture()
@@ -78,7 +82,7 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
             "database_url": postgres,
             "watch_webhook_urls": [receiver.url],
             "watch_poll_seconds": POLL_SECONDS,
-            "fhir_timeout_seconds": 2.0,
+            "fhir_timeout_seconds": FHIR_TIMEOUT_SECONDS,
             "watch_census_seconds": 86_400.0,
         }
         rt = watch_runtime(runtime, tmp_path, fhir_base_url, **settings)
@@ -99,7 +103,7 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
             CRS_WATCH_FHIR_SERVER=fhir_base_url,
             CRS_WATCH_WEBHOOK_URLS=receiver.url,
             CRS_WATCH_POLL_SECONDS=str(POLL_SECONDS),
-            CRS_FHIR_TIMEOUT_SECONDS="2",
+            CRS_FHIR_TIMEOUT_SECONDS=str(FHIR_TIMEOUT_SECONDS),
             CRS_WATCH_CENSUS_SECONDS="86400",
             CRS_LOG_LEVEL="INFO",
         )
@@ -124,7 +128,7 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
 
             _wait(
                 lambda: evaluated_after({t.patient_id: t.times[0] for t in patients}),
-                90,
+                WAIT,
                 "baselines",
             )
             killed_at = STEPS // 2
@@ -135,7 +139,7 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
                 time.sleep(POLL_SECONDS * 1.5)
             _wait(
                 lambda: evaluated_after({t.patient_id: t.times[-1] for t in patients}),
-                90,
+                WAIT,
                 "last steps",
             )
 
