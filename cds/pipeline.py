@@ -248,7 +248,7 @@ class Hooks:
             digest = body_digest(body) if self.memory is not None else None
             call = parse(self.services, service_id, body, client, limit)
             sent = collect_prefetch(call.request, call.service.prefetch)
-            if needs_fetching(call.request, call.service.prefetch, sent):
+            if needs_fetching(sent):
                 return call, sent, digest, None
             return call, sent, digest, decided(call, sent, self.clock(), digest)
 

@@ -102,19 +102,21 @@ def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
 
 def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> ResourceCollector:
     """The resources of the prefetch values the service will use as sent (not those to be
-    fetched again: absent, or reporting an error)."""
+    fetched again: absent, or reporting an error — the collector's `unsent`)."""
     collected = ResourceCollector()
     missing = missing_prefetch(plan, request)
+    collected.unsent = tuple(missing)
     for key, value in (request.prefetch or {}).items():
         if value is not None and key not in missing:
             collected.add(value, f"prefetch.{key}")
     return collected
 
 
-def needs_fetching(request: HookRequest, plan: PrefetchPlan, sent: ResourceCollector) -> bool:
+def needs_fetching(sent: ResourceCollector) -> bool:
     """Whether `gather` has anything to do beyond what `collect_prefetch` made of the
-    prefetch: keys to fetch (or refuse), or further pages of a prefetch Bundle."""
-    return bool(missing_prefetch(plan, request)) or any(t.next_url for t in sent.truncated)
+    prefetch: keys to fetch (or refuse), or further pages of a prefetch Bundle. (The keys
+    as `collect_prefetch` found them: every entry of a chart is not read twice.)"""
+    return bool(sent.unsent) or any(t.next_url for t in sent.truncated)
 
 
 async def gather(
@@ -138,7 +140,7 @@ async def gather(
     `collect_prefetch` made of the prefetch already (e.g. in a worker thread).
     """
     collected = sent if sent is not None else collect_prefetch(request, plan)
-    missing = missing_prefetch(plan, request)
+    missing = list(collected.unsent)
     pages = [t for t in collected.truncated if t.next_url]
     if not missing and not pages:
         return collected

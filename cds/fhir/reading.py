@@ -139,6 +139,9 @@ class ResourceCollector:
         self.truncated: list[Truncated] = []
         self._by_type: dict[str, list[RawResource]] | None = None
         self._indexed = 0  # how many resources `_by_type` holds
+        # prefetch keys not taken as sent (absent, or reporting an error): to be fetched
+        # (set by `gather.collect_prefetch`)
+        self.unsent: tuple[str, ...] = ()
 
     def add_prefetch(self, prefetch: Mapping[str, Any], root: str = "prefetch") -> None:
         """Add every non-null prefetch value."""
@@ -286,12 +289,15 @@ def reports_failure(value: Any) -> bool:
         if value.resourceType == "OperationOutcome":
             return True
         entries = value.entry if type(value.entry) is tuple else ()
-        return any(
-            e.resource is not None
-            and e.resource.resourceType == "OperationOutcome"
-            and _failed(e.resource.issue)
-            for e in entries
-        )
+        for entry in entries:  # (a loop, not any(): thousands of entries, at every call)
+            resource = entry.resource
+            if (
+                resource is not None
+                and resource.resourceType == "OperationOutcome"
+                and _failed(resource.issue)
+            ):
+                return True
+        return False
     if not isinstance(value, dict):
         return False
     kind = value.get("resourceType")
