@@ -1,10 +1,12 @@
 """The replay: 100 synthetic patient trajectories streamed into the real FHIR server,
 three `crs-cds watch run` processes sharing one PostgreSQL, one of them killed (SIGKILL)
-half-way. The changes notified must be exactly those of a batch re-evaluation of every
-trajectory at each of its steps — none missed, none doubled."""
+half-way. The changes notified must be those of a batch re-evaluation of every
+trajectory at each of its steps — none missed, none doubled — and nothing else, except
+what a step seen half-written gives (see `_half_written`)."""
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -38,7 +40,7 @@ from tests.watch.support import (
     watch_runtime,
     webhook_receiver,
 )
-from tests.watch.trajectories import Trajectory, trajectories
+from tests.watch.trajectories import Trajectory, timed, trajectories
 
 PATIENTS = 100
 STEPS = 4
@@ -170,10 +172,12 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
             for r in notified
             if r.change_key.split("|")[0] in pseudonyms.values()
         }
-        if set(mine) != set(expected):
+        allowed = expected | _half_written(rt, patients, pseudonyms, watch.limits)
+        if not expected <= set(mine) <= allowed:
             logs = [tmp_path / f"worker-{i}.log" for i in range(WORKERS)]
-            print(_history(store.engine, set(expected) ^ set(mine), patients, pseudonyms, logs))
-        assert set(mine) == set(expected), _difference(set(mine), set(expected))
+            odd = (expected - set(mine)) | (set(mine) - allowed)
+            print(_history(store.engine, odd, patients, pseudonyms, logs))
+        assert expected <= set(mine) <= allowed, _difference(set(mine), expected, allowed)
         assert len(expected) > PATIENTS  # the trajectories do escalate
         posted = [
             b["id"] for b in receiver.bodies() if b["patient"]["pseudonym"] in pseudonyms.values()
@@ -186,7 +190,9 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
         repeated = len(posted) - len(set(posted))
         print(
             f"\nreplay: {PATIENTS} trajectories, {STEPS} steps, {WORKERS} workers (one killed "
-            f"after step {killed_at}): {len(expected)} changes expected, {len(mine)} notified, "
+            f"after step {killed_at}): {len(expected)} changes expected, {len(mine)} notified "
+            f"({len(set(mine) - expected)} of a step read half-written, {len(allowed - expected)} "
+            "possible), "
             f"{len(posted)} webhook POSTs ({repeated} repeated); kinds {kinds}"
         )
         store.close()
@@ -209,6 +215,45 @@ def _batch(
             c.key for c in replay(rt, facts, pseudonyms[t.patient_id], [*t.times, final], limits)
         )
     return keys
+
+
+def _half_written(
+    rt: Runtime, patients: list[Trajectory], pseudonyms: dict[str, str], limits: object
+) -> set[str]:
+    """The change keys of a two-resource step read half-written: a watch that looks while
+    a step is being written can see one of its resources and not yet the other (the FHIR
+    server applies a transaction entry by entry, and the observations and administrations
+    are read by different searches). That state was, for that moment, the data: e.g. a
+    low blood pressure without the vasopressor started with it is a grade 2, notified,
+    before the grade 3. Modelled as the other resource dated a millisecond later."""
+    from cds.watch.changes import Thresholds
+
+    assert isinstance(limits, Thresholds)
+    keys: set[str] = set()
+    for t in patients:
+        for k, when in enumerate(t.times):
+            stamp = when.isoformat(timespec="milliseconds")
+            step = [r for r in t.written if _time_of(r) == stamp]
+            if len(step) < 2:
+                continue
+            later = when + timedelta(milliseconds=1)
+            for late in step:
+                written = [timed(copy.deepcopy(r), later) if r is late else r for r in t.written]
+                collected = ResourceCollector()
+                collected.add(fb.collection(written), "trajectory")
+                final = t.times[-1] + timedelta(seconds=1)
+                facts = evaluate(rt, collected, t.patient_id, final).facts
+                times = [*t.times[: k + 1], later, *t.times[k + 1 :], final]
+                keys.update(
+                    c.key for c in replay(rt, facts, pseudonyms[t.patient_id], times, limits)
+                )
+    return keys
+
+
+def _time_of(resource: dict[str, Any]) -> str | None:
+    period = resource.get("effectivePeriod")
+    when = period.get("start") if isinstance(period, dict) else resource.get("effectiveDateTime")
+    return when if isinstance(when, str) else None
 
 
 def _diagnosis(
@@ -280,5 +325,5 @@ def _history(
     return "\n".join(lines)
 
 
-def _difference(got: set[str], want: set[str]) -> str:
-    return f"missed {sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}"
+def _difference(got: set[str], want: set[str], allowed: set[str]) -> str:
+    return f"missed {sorted(want - got)[:5]}, unexpected {sorted(got - allowed)[:5]}"

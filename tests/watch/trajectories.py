@@ -1,7 +1,7 @@
 """Synthetic patient trajectories for the replay test: a CAR-T infusion 30 h ago, then
 steps that each change something (a fever comes or goes, the blood pressure drops or
 recovers, oxygen is started, a vasopressor, a second one, paracetamol), drawn from a
-seeded random generator. Each step is written at once (one transaction) with the time it is written,
+seeded random generator. Each step is written in one transaction with the time it is written,
 to the millisecond; a patient's steps are strictly later than each other."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ NOREPINEPHRINE = ("7512", "norepinephrine")
 PHENYLEPHRINE = ("8163", "phenylephrine")
 
 
-def _at(resource: dict[str, Any], when: datetime) -> dict[str, Any]:
+def timed(resource: dict[str, Any], when: datetime) -> dict[str, Any]:
     """The resource timed to the millisecond (fhirbuild writes whole seconds)."""
     stamp = when.isoformat(timespec="milliseconds")
     if "effectivePeriod" in resource:
@@ -56,7 +56,7 @@ class Trajectory:
             fb.patient(pid),
             infusion,
             fb.weight(pid, now - timedelta(hours=31), 72),
-            _at(fb.temperature(pid, now, 36.8), now),
+            timed(fb.temperature(pid, now, 36.8), now),
         ]
         self.written += resources
         self.times.append(now)
@@ -93,7 +93,7 @@ class Trajectory:
                         pid, now, rxnorm=code, text=text, period=True, status="in-progress"
                     )
                 )
-        resources = [_at(r, now) for r in out]
+        resources = [timed(r, now) for r in out]
         self.written += resources
         self.times.append(now)
         return resources
