@@ -28,7 +28,7 @@ from cds.store.tables import (
     watch_notifications,
     watch_patients,
 )
-from cds.watch.changes import replay
+from cds.watch.changes import Thresholds, replay
 from cds.watch.service import Watch
 from tests.conftest import new_postgres_database
 from tests.watch.support import (
@@ -199,26 +199,18 @@ def test_100_trajectories_3_workers_one_killed_notify_exactly_the_batch_changes(
 
 
 def _batch(
-    rt: Runtime, patients: list[Trajectory], pseudonyms: dict[str, str], limits: object
+    rt: Runtime, patients: list[Trajectory], pseudonyms: dict[str, str], limits: Thresholds
 ) -> set[str]:
     """Every trajectory evaluated at each of its steps, in one batch: the change keys."""
-    from cds.watch.changes import Thresholds
-
-    assert isinstance(limits, Thresholds)
     keys: set[str] = set()
     for t in patients:
-        collected = ResourceCollector()
-        collected.add(fb.collection(t.written), "trajectory")
         final = t.times[-1] + timedelta(seconds=1)
-        facts = evaluate(rt, collected, t.patient_id, final).facts
-        keys.update(
-            c.key for c in replay(rt, facts, pseudonyms[t.patient_id], [*t.times, final], limits)
-        )
+        keys |= _changes(rt, t, t.written, [*t.times, final], pseudonyms, limits)
     return keys
 
 
 def _half_written(
-    rt: Runtime, patients: list[Trajectory], pseudonyms: dict[str, str], limits: object
+    rt: Runtime, patients: list[Trajectory], pseudonyms: dict[str, str], limits: Thresholds
 ) -> set[str]:
     """The change keys of a two-resource step read half-written: a watch that looks while
     a step is being written can see one of its resources and not yet the other (the FHIR
@@ -226,28 +218,36 @@ def _half_written(
     are read by different searches). That state was, for that moment, the data: e.g. a
     low blood pressure without the vasopressor started with it is a grade 2, notified,
     before the grade 3. Modelled as the other resource dated a millisecond later."""
-    from cds.watch.changes import Thresholds
-
-    assert isinstance(limits, Thresholds)
     keys: set[str] = set()
     for t in patients:
+        final = t.times[-1] + timedelta(seconds=1)
         for k, when in enumerate(t.times):
             stamp = when.isoformat(timespec="milliseconds")
             step = [r for r in t.written if _time_of(r) == stamp]
             if len(step) < 2:
                 continue
             later = when + timedelta(milliseconds=1)
+            times = [*t.times[: k + 1], later, *t.times[k + 1 :], final]
             for late in step:
                 written = [timed(copy.deepcopy(r), later) if r is late else r for r in t.written]
-                collected = ResourceCollector()
-                collected.add(fb.collection(written), "trajectory")
-                final = t.times[-1] + timedelta(seconds=1)
-                facts = evaluate(rt, collected, t.patient_id, final).facts
-                times = [*t.times[: k + 1], later, *t.times[k + 1 :], final]
-                keys.update(
-                    c.key for c in replay(rt, facts, pseudonyms[t.patient_id], times, limits)
-                )
+                keys |= _changes(rt, t, written, times, pseudonyms, limits)
     return keys
+
+
+def _changes(
+    rt: Runtime,
+    t: Trajectory,
+    written: list[dict[str, Any]],
+    times: list[datetime],
+    pseudonyms: dict[str, str],
+    limits: Thresholds,
+) -> set[str]:
+    """The change keys of `written` (a trajectory's resources) evaluated at each of
+    `times` in turn, the facts read as at the last."""
+    collected = ResourceCollector()
+    collected.add(fb.collection(written), "trajectory")
+    facts = evaluate(rt, collected, t.patient_id, times[-1]).facts
+    return {c.key for c in replay(rt, facts, pseudonyms[t.patient_id], times, limits)}
 
 
 def _time_of(resource: dict[str, Any]) -> str | None:
