@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from bench.payloads import build_payload
+from bench.stats import percentile
 from cds.settings import Settings
 from tests.serving import Served, serve_process
 
@@ -158,12 +159,6 @@ def _largest_payload(limit: int) -> bytes:
     return body
 
 
-def _quantile(values: list[float], q: float) -> float:
-    """The value below which the fraction `q` of `values` lies (nearest rank)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def _healthz_beside(base: str, body: bytes, concurrent: int) -> tuple[float, float, list[float]]:
     """/healthz polled every 5 ms while `concurrent` copies of `body` are evaluated: the
     slowest /healthz, the slowest hook call, and every /healthz latency (seconds)."""
@@ -222,12 +217,12 @@ def test_healthz_answers_within_250_ms_while_the_largest_request_is_evaluated(
             print(
                 f"{concurrent} at once: each answered in <= {duration * 1000:.0f} ms; /healthz "
                 f"{len(latencies)} calls, max {worst * 1000:.0f} ms, "
-                f"p95 {_quantile(latencies, 0.95) * 1000:.1f} ms, "
-                f"median {_quantile(latencies, 0.5) * 1000:.1f} ms"
+                f"p95 {percentile(sorted(latencies), 95) * 1000:.1f} ms, "
+                f"median {percentile(sorted(latencies), 50) * 1000:.1f} ms"
             )
     assert len(body) > 0.9 * limit
     worst, duration, latencies = results[1]
-    assert _quantile(latencies, 0.95) < 0.250
+    assert percentile(sorted(latencies), 95) < 0.250
     # The slowest call alone may meet a stall of a loaded machine, so it is bounded by a
     # quarter of the large call's time (when 250 ms is less): an evaluation on the event
     # loop would hold one /healthz for most of that time.
