@@ -40,6 +40,7 @@ from tests.factories import hook_request, scenario_request
 from tests.fhir_server import start_fhir_server
 from tests.integration.support import (
     GOOD_TOKEN,
+    SLOW_SECONDS,
     StubServer,
     card_outcome,
     gather_with,
@@ -335,7 +336,8 @@ def test_failing_server_is_412_naming_query_and_reason(
     assert reason in error
     assert "for prefetch '" in error
     assert "p-1" not in error  # the query is named, its URL (with the patient id) is not
-    assert time.perf_counter() - started < 2.0
+    # answered at the failure, not at the deadline (20 s, see `allowing`) after retries
+    assert time.perf_counter() - started < 10.0
 
 
 def test_slow_server_past_the_deadline_is_412_in_time(runtime: Runtime, stub: StubServer) -> None:
@@ -350,7 +352,7 @@ def test_slow_server_past_the_deadline_is_412_in_time(runtime: Runtime, stub: St
     assert response.status_code == 412
     assert "timed out after 0.5 s" in response.json()["error"]
     assert "observations" in response.json()["error"]
-    assert elapsed < 1.5
+    assert elapsed < SLOW_SECONDS / 3  # the server answers after SLOW_SECONDS
 
 
 def test_connection_refused_is_412(runtime: Runtime) -> None:
