@@ -25,7 +25,7 @@ from cds.clock import Clock
 from cds.decision import Decision
 from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService
 from cds.evaluation import Evaluation, evaluate
-from cds.fhir.gather import FhirAccess, collect_prefetch, gather, needs_fetching
+from cds.fhir.gather import FhirAccess, SentPrefetch, collect_prefetch, gather
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
 from cds.ids import NewId
@@ -238,7 +238,7 @@ class Hooks:
                 decision = self.memory.remember(call, evaluation, decision, digest, started)
             return evaluation, decision
 
-        def prepare() -> tuple[HookCall, ResourceCollector, str | None, Judged | None]:
+        def prepare() -> tuple[HookCall, SentPrefetch, str | None, Judged | None]:
             """Hash the body for the record, parse it and read the prefetch; when nothing
             has to be fetched (the usual case), go on to the end at once."""
             # Hashed first, while the body is in the CPU's cache, in the thread that works
@@ -248,11 +248,12 @@ class Hooks:
             digest = body_digest(body) if self.memory is not None else None
             call = parse(self.services, service_id, body, client, limit)
             sent = collect_prefetch(call.request, call.service.prefetch)
-            if needs_fetching(sent):
+            if sent.needs_fetching():
                 return call, sent, digest, None
-            return call, sent, digest, decided(call, sent, self.clock(), digest)
+            return call, sent, digest, decided(call, sent.collected, self.clock(), digest)
 
-        call, collected, digest, judged = await self._off_loop(prepare, len(body))
+        call, sent, digest, judged = await self._off_loop(prepare, len(body))
+        collected = sent.collected
         log_extra = {"service": call.service.id, "hookInstance": call.request.hookInstance}
         if judged is None:
             at = self.clock()
@@ -264,7 +265,7 @@ class Hooks:
                 risk_data_since(self.runtime, at),
                 log_extra,
                 fetch_allowed=fhir_fallback,
-                sent=collected,
+                sent=sent,
             )
             judged = await self._off_loop(lambda: decided(call, collected, at, digest), len(body))
         evaluation, decision = judged

@@ -69,7 +69,14 @@ from cds.protocol import HookRequest
 
 log = logging.getLogger("cds.fhir.gather")
 
-__all__ = ["FHIR_ID", "FhirAccess", "collect_prefetch", "gather", "missing_prefetch"]
+__all__ = [
+    "FHIR_ID",
+    "FhirAccess",
+    "SentPrefetch",
+    "collect_prefetch",
+    "gather",
+    "missing_prefetch",
+]
 
 ROOT = "fhirServer"
 
@@ -100,23 +107,30 @@ def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
     return [key for key in plan.templates if key not in prefetch or reports_failure(prefetch[key])]
 
 
-def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> ResourceCollector:
-    """The resources of the prefetch values the service will use as sent (not those to be
-    fetched again: absent, or reporting an error — the collector's `unsent`)."""
+@dataclass(frozen=True)
+class SentPrefetch:
+    """What `collect_prefetch` made of a request's prefetch: the resources of the values
+    taken as sent, and the keys not taken (absent, or reporting an error: to be fetched)."""
+
+    collected: ResourceCollector
+    unsent: tuple[str, ...]
+
+    def needs_fetching(self) -> bool:
+        """Whether `gather` has anything to do beyond this: keys to fetch (or refuse), or
+        further pages of a prefetch Bundle. (The keys as found once: every entry of a
+        chart is not read twice.)"""
+        return bool(self.unsent) or any(t.next_url for t in self.collected.truncated)
+
+
+def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> SentPrefetch:
+    """The resources of the prefetch values the service will use as sent, and the keys
+    to be fetched again (absent, or reporting an error)."""
     collected = ResourceCollector()
     missing = missing_prefetch(plan, request)
-    collected.unsent = tuple(missing)
     for key, value in (request.prefetch or {}).items():
         if value is not None and key not in missing:
             collected.add(value, f"prefetch.{key}")
-    return collected
-
-
-def needs_fetching(sent: ResourceCollector) -> bool:
-    """Whether `gather` has anything to do beyond what `collect_prefetch` made of the
-    prefetch: keys to fetch (or refuse), or further pages of a prefetch Bundle. (The keys
-    as `collect_prefetch` found them: every entry of a chart is not read twice.)"""
-    return bool(sent.unsent) or any(t.next_url for t in sent.truncated)
+    return SentPrefetch(collected, tuple(missing))
 
 
 async def gather(
@@ -128,7 +142,7 @@ async def gather(
     log_extra: Mapping[str, Any] | None = None,
     *,
     fetch_allowed: bool = True,
-    sent: ResourceCollector | None = None,
+    sent: SentPrefetch | None = None,
 ) -> ResourceCollector:
     """Collect the resources: prefetch values; what is missing, and the further pages of a
     prefetch Bundle sent with its first page only, from fhirServer.
@@ -139,8 +153,10 @@ async def gather(
     authentication is on) nothing is fetched: a needed key is a 412. `sent` is what
     `collect_prefetch` made of the prefetch already (e.g. in a worker thread).
     """
-    collected = sent if sent is not None else collect_prefetch(request, plan)
-    missing = list(collected.unsent)
+    if sent is None:
+        sent = collect_prefetch(request, plan)
+    collected = sent.collected
+    missing = list(sent.unsent)
     pages = [t for t in collected.truncated if t.next_url]
     if not missing and not pages:
         return collected

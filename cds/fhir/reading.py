@@ -139,9 +139,6 @@ class ResourceCollector:
         self.truncated: list[Truncated] = []
         self._by_type: dict[str, list[RawResource]] | None = None
         self._indexed = 0  # how many resources `_by_type` holds
-        # prefetch keys not taken as sent (absent, or reporting an error): to be fetched
-        # (set by `gather.collect_prefetch`)
-        self.unsent: tuple[str, ...] = ()
 
     def add_prefetch(self, prefetch: Mapping[str, Any], root: str = "prefetch") -> None:
         """Add every non-null prefetch value."""
