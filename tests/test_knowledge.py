@@ -281,3 +281,20 @@ def test_prefetch_templates_ask_for_one_page_of_what_the_rules_read(client: Test
         codes = service["prefetch"]["observations"]
         assert "http://loinc.org|8310-5" in codes  # temperature: read
         assert "http://loinc.org|8867-4" not in codes  # heart rate: not read
+
+
+def test_readme_lists_every_unconfirmed_value(runtime: Runtime) -> None:
+    # The README's list of cited values not confirmed is what `crs-cds rules --unconfirmed`
+    # prints (it had drifted: 61 listed for 53, then 66); its count and rows, not its
+    # free-text reasons.
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start = readme.index("<details><summary>The ")
+    block = readme[start : readme.index("</details>", start)]
+    listed = {
+        (row.split("|")[1].strip(" `"), row.split("|")[2].strip(" `"))
+        for row in block.splitlines()
+        if row.startswith("| `")
+    }
+    unconfirmed = runtime.knowledge.unconfirmed
+    assert f"The {len(unconfirmed)} cited values not confirmed" in block
+    assert listed == {(v.file, v.path.removesuffix(".verification")) for v in unconfirmed}

@@ -312,6 +312,73 @@ def test_implausible_values_are_reported_not_used(
     assert f"not a plausible {where}" in n.issues[0].problem
 
 
+def _fio2(percent: float) -> dict[str, Any]:
+    return b.observation(P, T, "3150-0", "Inhaled oxygen concentration", percent, "%")
+
+
+@pytest.mark.parametrize(
+    ("obs", "where"),
+    [
+        (b.systolic(P, T, -5), "systolic_bp"),
+        (b.systolic(P, T, 0), "systolic_bp"),
+        (b.systolic(P, T, 400.5), "systolic_bp"),
+        (b.systolic(P, T, 1e308), "systolic_bp"),
+        (b.observation(P, T, "8478-0", "MAP", 0, "mm[Hg]"), "mean_arterial_pressure"),
+        (b.spo2(P, T, 150), "spo2"),
+        (b.spo2(P, T, -3), "spo2"),
+        (b.spo2(P, T, 100.1), "spo2"),
+        (b.oxygen_flow(P, T, 1e6), "oxygen_flow"),
+        (b.oxygen_flow(P, T, -3), "oxygen_flow"),
+        (b.oxygen_flow(P, T, 150.5), "oxygen_flow"),
+        (_fio2(0.4), "inhaled_oxygen_concentration"),  # a fraction charted as %
+        (_fio2(20.9), "inhaled_oxygen_concentration"),
+        (_fio2(100.5), "inhaled_oxygen_concentration"),
+        (b.lab(P, T, "1988-5", "CRP", -1, "mg/L"), "crp"),
+        (b.lab(P, T, "1988-5", "CRP", 1e308, "mg/L"), "crp"),
+        (b.lab(P, T, "718-7", "Hemoglobin", 120, "g/dL"), "hemoglobin"),  # g/L as g/dL
+        (b.lab(P, T, "2160-0", "Creatinine", 88.4, "mg/L"), None),  # 8.84 mg/dL: plausible
+        (b.lab(P, T, "2160-0", "Creatinine", 884, "mg/dL"), "creatinine"),  # umol/L as mg/dL
+        (b.lab(P, T, "777-3", "Platelets", 250000, "10*9/L"), "platelets"),  # per uL
+    ],
+)
+def test_implausible_vital_signs_and_labs_are_reported_not_used(
+    runtime: Runtime, obs: dict[str, Any], where: str | None
+) -> None:
+    # the concepts the rules grade and score on have data-quality bounds (an SBP of -5
+    # graded a hypotension, an O2 flow of 10^6 L/min a grade 3)
+    n = read(runtime, obs)
+    if where is None:
+        assert len(n.facts.measurements) == 1 and n.issues == []
+        return
+    assert n.facts.measurements == ()
+    (issue,) = n.issues
+    assert issue.location == "prefetch.k0.valueQuantity.value"
+    assert f"not a plausible {where}" in issue.problem
+
+
+@pytest.mark.parametrize(
+    ("obs", "concept", "value"),
+    [
+        (b.systolic(P, T, 1), "systolic_bp", 1.0),
+        (b.systolic(P, T, 400), "systolic_bp", 400.0),
+        (b.spo2(P, T, 0), "spo2", 0.0),
+        (b.spo2(P, T, 100), "spo2", 100.0),
+        (b.oxygen_flow(P, T, 0), "oxygen_flow", 0.0),
+        (b.oxygen_flow(P, T, 150), "oxygen_flow", 150.0),
+        (_fio2(21), "inhaled_oxygen_concentration", 21.0),
+        (_fio2(100), "inhaled_oxygen_concentration", 100.0),
+        (b.lab(P, T, "1988-5", "CRP", 0, "mg/L"), "crp", 0.0),
+        (b.lab(P, T, "718-7", "Hemoglobin", 30, "g/dL"), "hemoglobin", 30.0),
+    ],
+)
+def test_plausible_bounds_are_inclusive(
+    runtime: Runtime, obs: dict[str, Any], concept: str, value: float
+) -> None:
+    n = read(runtime, obs)
+    assert values(n, concept) == [value]
+    assert n.issues == []
+
+
 def test_core_and_tympanic_temperatures_are_mapped(runtime: Runtime) -> None:
     core = b.observation(P, T, "8329-5", "Body temperature - Core", 38.4, "Cel")
     tympanic = b.observation(P, T, "8333-7", "Tympanic membrane temperature", 38.1, "Cel")
