@@ -89,6 +89,15 @@ def evaluate(
     `draft_orders` (order hooks), also read the (selected) tocilizumab orders."""
     normaliser = Normaliser(runtime.knowledge, patient_id, runtime.settings.assume_tz)
     normalised = normaliser.normalise(collected)
+    born = normalised.facts.birth_date
+    if born is not None and born > at.date():
+        # (the age is then unknown: `Facts.age_at` gives none for a birth in the future)
+        normalised.issues.append(
+            Issue(
+                normaliser.birth_location or "prefetch.patient.birthDate",
+                f"{born.isoformat()} is after the evaluation time: the patient's age is not known",
+            )
+        )
     orders = (
         read_draft_orders(
             runtime.knowledge, normaliser, draft_orders, selections, normalised.medications

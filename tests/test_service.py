@@ -315,6 +315,56 @@ def test_paediatric_patient_is_warned_about_the_adult_hypotension_threshold(
     assert "Paediatric" not in card["detail"]
 
 
+def _data_issues(response: Any) -> list[dict[str, str]]:
+    """The data issues of the answer: on its cards, or on the response without a card."""
+    answer = response.json()
+    holders = [answer, *answer["cards"]]
+    return [i for h in holders for i in h.get("extension", {}).get("dataIssues", [])]
+
+
+def test_another_patients_patient_resource_is_not_taken_for_this_ones_age(
+    client: TestClient,
+) -> None:
+    # a child's Patient resource sent beside an adult's chart: its age is not this
+    # patient's (it brought the paediatric warning onto an adult's card)
+    obs, admins = grade2_resources()
+    pre = prefetch(obs, admins)
+    pre["patient"] = b.patient("someone-else", birth_date=f"{hours_ago(0).year - 9}-01-01")
+    response = monitor(client, hook_request("patient-view", {}, pre))
+    (card,) = response.json()["cards"]
+    assert "Paediatric" not in card["detail"]
+    assert any(
+        i["location"] == "prefetch.patient.id" and "another patient" in i["problem"]
+        for i in _data_issues(response)
+    )
+
+
+@pytest.mark.parametrize("birth", ["soon", "1980", "1980-13-01", "1980-01-01T00:00:00Z"])
+def test_a_birth_date_that_is_not_a_full_date_is_reported(client: TestClient, birth: str) -> None:
+    obs, admins = grade2_resources()
+    pre = prefetch(obs, admins)
+    pre["patient"] = b.patient(PATIENT, birth_date=birth)
+    response = monitor(client, hook_request("patient-view", {}, pre))
+    assert response.status_code == 200
+    assert any(
+        i["location"] == "prefetch.patient.birthDate" and "age is not known" in i["problem"]
+        for i in _data_issues(response)
+    )
+
+
+def test_a_birth_date_after_the_evaluation_gives_no_age(client: TestClient) -> None:
+    obs, admins = grade2_resources()
+    pre = prefetch(obs, admins)
+    pre["patient"] = b.patient(PATIENT, birth_date=f"{hours_ago(0).year + 4}-01-01")
+    response = monitor(client, hook_request("patient-view", {}, pre))
+    (card,) = response.json()["cards"]
+    assert "Paediatric" not in card["detail"]  # was "Paediatric patient (age -4)"
+    assert any(
+        i["location"] == "prefetch.patient.birthDate" and "after the evaluation" in i["problem"]
+        for i in _data_issues(response)
+    )
+
+
 def test_nesting_the_one_pass_decoder_refuses_is_read_as_plain_json(client: TestClient) -> None:
     # 340 Bundles one in another: too deep for the one-pass decoder, fine as plain JSON
     depth = 340

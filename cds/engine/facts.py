@@ -140,9 +140,9 @@ class Facts:
     def age_at(self, at: datetime) -> int | None:
         """Whole years of age at `at`, when the birth date is known."""
         born = self.birth_date
-        if born is None:
-            return None
         today = at.date()
+        if born is None or born > today:
+            return None  # (a birth date after `at` is an error in the data: no age)
         return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
 
     def of(self, concept: str) -> tuple[Measurement, ...]:

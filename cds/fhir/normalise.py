@@ -67,7 +67,7 @@ IGNORED_ADMINISTRATION_STATUSES = frozenset({"not-done", "entered-in-error"})
 # The shape of nearly every time a FHIR server sends (seconds and an offset in range),
 # which the C parser reads ~10x faster. Anything else, and any surprise (30 February),
 # goes to `parse_fhir_datetime`, which defines the rules and says what is wrong.
-_BIRTH_DATE = re.compile(r"^(\d{4})-(\d{2})-(\d{2})")
+_BIRTH_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 _PLAIN_INSTANT = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
     r"(?:Z|[+-](?:0[0-9]|1[0-4]):[0-5][0-9])"
@@ -180,6 +180,7 @@ class Normaliser:
         self.fast = fast
         self.issues: list[Issue] = []
         self._birth: date | None = None
+        self.birth_location: str | None = None  # where the birth date used was read
         self._neuro: list[NeuroFinding] = []
         self._reset_memos()
 
@@ -212,6 +213,7 @@ class Normaliser:
         measurements: list[Measurement] = []
         oxygen: list[OxygenSupport] = []
         administrations: list[Administration] = []
+        self.birth_location = None
         self._birth = birth_date = self._birth_date(collected)
         self._neuro = []
         for raw in collected.resources:
@@ -258,20 +260,35 @@ class Normaliser:
     # --- reading -------------------------------------------------------------------
 
     def _birth_date(self, collected: ResourceCollector) -> date | None:
-        """Patient.birthDate of the hook's patient (full dates only), if one is known."""
-        patients = list(collected.of_type("Patient"))
-        if self.patient_id is not None:
-            patients = [p for p in patients if p.get("id") in (self.patient_id, None)] or patients
+        """Patient.birthDate of the hook's patient (full dates only), if one is known. A
+        Patient resource of another patient is reported and not used (its age would be
+        taken for this patient's); so is a birthDate that is not a full date."""
+        patients = []
+        for raw in collected.of_type("Patient"):
+            pid = raw.get("id")
+            if self.patient_id is None or pid in (self.patient_id, None):
+                patients.append(raw)
+            else:
+                self.issues.append(
+                    Issue(
+                        f"{raw.location}.id",
+                        "a Patient resource of another patient than context.patientId; not used",
+                    )
+                )
         if len(patients) != 1:
             return None
         birth = patients[0].get("birthDate")
-        match = _BIRTH_DATE.match(birth) if isinstance(birth, str) else None
-        if match is None:
+        if birth is None:
             return None
-        try:
-            return date(int(match[1]), int(match[2]), int(match[3]))
-        except ValueError:
+        where = f"{patients[0].location}.birthDate"
+        born = _full_date(birth)
+        if born is None:
+            self.issues.append(
+                Issue(where, "not a full date (YYYY-MM-DD): the patient's age is not known")
+            )
             return None
+        self.birth_location = where
+        return born
 
     def _read(
         self, raw: RawResource, model: type[models.Lean], report: bool = True
@@ -964,6 +981,17 @@ class Normaliser:
                 )
             )
         return same
+
+
+def _full_date(text: object) -> date | None:
+    """A FHIR date with year, month and day, or None."""
+    match = _BIRTH_DATE.fullmatch(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    try:
+        return date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:  # 1980-13-01
+        return None
 
 
 def _walk(items: Iterable[ResponseItem], path: str) -> Iterable[tuple[str, ResponseItem]]:
