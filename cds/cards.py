@@ -426,21 +426,35 @@ def _with_acknowledgement(crs: CrsInfo, acknowledged: Acknowledged) -> CrsInfo:
 
 
 def incomplete_data_card(knowledge: Knowledge, evaluation: Evaluation, card_id: str) -> Card:
-    """No risk window found, but part of the data never arrived: the exposure may be on
-    the missing pages, so say so instead of staying silent."""
+    """No risk window found, but part of the data never arrived, or a CAR-T, TCR-T or
+    T-cell-engager administration could not be read: the exposure may be on the missing
+    pages, or be that entry, so say so instead of staying silent."""
     truncated = evaluation.truncated
+    unread = evaluation.unread_exposures
+    if unread:
+        names = ", ".join(dict.fromkeys(u.display for u in unread))
+        summary = f"{names[:1].upper()}{names[1:]}: time not readable, CRS risk not checked"
+        where = "; ".join(u.location for u in unread)
+        sections = [
+            f"**Not read:** an administration of {names} ({where}): its time could not be "
+            "read (details in the card's extension, `dataIssues`). The CRS risk window "
+            "starts at the infusion or dose, so whether the patient is inside it could not "
+            "be checked, and the patient was not graded. Correct the entry in the medication "
+            "record, or check the patient for CRS by hand.",
+        ]
+        if truncated:
+            sections.append(incomplete_note(truncated) or "")
+    else:
+        summary = f"{_incomplete_summary(truncated)}: CRS risk could not be fully checked"
+        sections = [
+            incomplete_note(truncated) or "",
+            "No CAR-T, TCR-T or T-cell engager administration was found in the data that "
+            "arrived; one may be on the missing pages. Check the full medication record.",
+        ]
     return Card(
         uuid=card_id,
-        summary=summary_text(
-            f"{_incomplete_summary(truncated)}: CRS risk could not be fully checked"
-        ),
-        detail="\n\n".join(
-            [
-                incomplete_note(truncated) or "",
-                "No CAR-T, TCR-T or T-cell engager administration was found in the data that "
-                "arrived; one may be on the missing pages. Check the full medication record.",
-            ]
-        ),
+        summary=summary_text(summary),
+        detail="\n\n".join(sections),
         indicator="warning",
         source=source(knowledge),
         extension=CardExtension(

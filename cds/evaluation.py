@@ -16,7 +16,7 @@ from typing import Any
 
 from cds.engine.dosing import DoseHistory, dose_history, latest_weight
 from cds.engine.exposure import Exposure
-from cds.engine.facts import Facts, Measurement
+from cds.engine.facts import Facts, Measurement, UnreadExposure
 from cds.engine.grading import Grading
 from cds.engine.icans import IcansGrading
 from cds.engine.risk_scores import RiskAssessment, risk_scores
@@ -54,6 +54,8 @@ class Evaluation:
     orders: DraftOrders | None = None
     icans: Assessment[IcansGrading] | None = None
     risk: RiskAssessment | None = None
+    # CAR-T, TCR-T or T-cell-engager administrations whose time could not be read
+    unread_exposures: tuple[UnreadExposure, ...] = ()
 
     @property
     def syndromes(self) -> dict[str, Assessment[SyndromeResult]]:
@@ -114,6 +116,7 @@ def evaluate(
         issues=tuple(normalised.issues),
         truncated=tuple(collected.truncated),
         orders=orders,
+        unread_exposures=normalised.unread_exposures,
     )
 
 
@@ -127,6 +130,7 @@ def judge(
     issues: tuple[Issue, ...] = (),
     truncated: tuple[Truncated, ...] = (),
     orders: DraftOrders | None = None,
+    unread_exposures: tuple[UnreadExposure, ...] = (),
 ) -> Evaluation:
     """The engine's part of an evaluation, on facts already read: the exposure, each
     syndrome, the risk scores and tocilizumab at `at` (also how a recorded decision is
@@ -160,4 +164,5 @@ def judge(
         orders=orders,
         icans=icans,
         risk=risk,
+        unread_exposures=unread_exposures,
     )

@@ -365,6 +365,44 @@ def test_a_birth_date_after_the_evaluation_gives_no_age(client: TestClient) -> N
     )
 
 
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda ma: ma.update(effectiveDateTime=ma["effectiveDateTime"][:19]),  # no offset
+        lambda ma: ma.update(effectiveDateTime="yesterday"),
+        lambda ma: ma.pop("effectiveDateTime"),  # no effective time
+    ],
+)
+def test_a_car_t_infusion_whose_time_cannot_be_read_gives_a_card_not_silence(
+    client: TestClient, spoil: Any
+) -> None:
+    # fever and SBP 85 charted, the infusion's time unreadable: the risk window cannot be
+    # placed, and a wrong "no CRS" (no card, the issue only in the response's extension,
+    # which EHRs rarely show) is the worst answer
+    obs, admins = grade2_resources()
+    spoil(admins[0])
+    response = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    (card,) = response.json()["cards"]
+    assert card["indicator"] == "warning"
+    assert card["summary"].startswith("Axicabtagene ciloleucel: time not readable")
+    assert "prefetch.medicationAdministrations.entry[0]" in card["detail"]
+    assert any(
+        i["location"].startswith("prefetch.medicationAdministrations.entry[0]")
+        for i in _data_issues(response)
+    )
+
+
+def test_an_unreadable_administration_of_another_medicine_stays_quiet(
+    client: TestClient,
+) -> None:
+    # (only an exposure opens a risk window: an unreadable antipyretic is a data issue)
+    acetaminophen = b.administration(PATIENT, hours_ago(3), rxnorm="161", text="acetaminophen")
+    acetaminophen["effectiveDateTime"] = "yesterday"
+    response = monitor(client, hook_request("patient-view", {}, prefetch([], [acetaminophen])))
+    assert response.json()["cards"] == []
+    assert _data_issues(response)
+
+
 def test_nesting_the_one_pass_decoder_refuses_is_read_as_plain_json(client: TestClient) -> None:
     # 340 Bundles one in another: too deep for the one-pass decoder, fine as plain JSON
     depth = 340

@@ -84,6 +84,14 @@ class NeuroFinding(Struct, frozen=True, gc=False):
     source: str
 
 
+class UnreadExposure(Struct, frozen=True, gc=False):
+    """A CAR-T, TCR-T or T-cell-engager administration recognised but not read (its time
+    could not be): a risk window may be open that the rules cannot place."""
+
+    display: str
+    location: str  # where in the request (e.g. prefetch.medicationAdministrations.entry[2])
+
+
 class Administration(Struct, frozen=True, gc=False):
     """A medication given: instant (start == end) or a period; end None = still running."""
 

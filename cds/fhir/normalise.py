@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 
 from pydantic import ValidationError
 
+from cds.engine.exposure import EXPOSURE_CLASSES
 from cds.engine.facts import (
     CONCEPTS_READ,
     ICANS_CONCEPTS,
@@ -36,6 +37,7 @@ from cds.engine.facts import (
     Measurement,
     NeuroFinding,
     OxygenSupport,
+    UnreadExposure,
 )
 from cds.fhir import models
 from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
@@ -89,6 +91,7 @@ class Normalised:
     facts: Facts
     issues: list[Issue]
     medications: dict[str, Resource]
+    unread_exposures: tuple[UnreadExposure, ...] = ()
 
 
 _K = TypeVar("_K")
@@ -180,6 +183,7 @@ class Normaliser:
         self.fast = fast
         self.issues: list[Issue] = []
         self._birth: date | None = None
+        self._unread_exposures: list[UnreadExposure] = []
         self.birth_location: str | None = None  # where the birth date used was read
         self._neuro: list[NeuroFinding] = []
         self._reset_memos()
@@ -214,6 +218,7 @@ class Normaliser:
         oxygen: list[OxygenSupport] = []
         administrations: list[Administration] = []
         self.birth_location = None
+        self._unread_exposures = []
         self._birth = birth_date = self._birth_date(collected)
         self._neuro = []
         for raw in collected.resources:
@@ -232,6 +237,7 @@ class Normaliser:
             Facts.build(measurements, oxygen, administrations, birth_date, self._neuro),
             self.issues,
             medications,
+            tuple(self._unread_exposures),
         )
 
     def medication(
@@ -874,6 +880,17 @@ class Normaliser:
         dosage = ma.dosage
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
             return None  # eye drops, nasal spray, local infiltration: not for hypotension
+        administration = self._administered(raw, ma, match)
+        if administration is None and match.medication_class in EXPOSURE_CLASSES:
+            # (the reason is among the issues) a risk window may be open: say so on a card
+            self._unread_exposures.append(UnreadExposure(match.display, raw.location))
+        return administration
+
+    def _administered(
+        self, raw: RawResource, ma: Resource, match: MedicationMatch
+    ) -> Administration | None:
+        """The administration with its times, or None (and the issues) when they cannot
+        be read."""
         period = ma.effectivePeriod
         if ma.effectiveDateTime is not None:
             start = self._time(ma.effectiveDateTime, raw, ".effectiveDateTime")

@@ -79,7 +79,7 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
     """The CRS card while in a CRS risk window, and the ICANS card beside it while in an
     ICANS window with a neurological assessment charted; outside both, none (and the data
     issues in the response's extension), unless data are missing that may hide an
-    exposure."""
+    exposure, or an exposure's administration could not be read."""
     exposure, grading = evaluation.exposure, evaluation.crs
     icans = icans_card(runtime, evaluation, new_id) if evaluation.icans is not None else None
     if exposure is None or grading is None:
@@ -88,7 +88,7 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
         if evaluation.risk is not None:  # after lymphodepletion, before the infusion
             card = cards.pre_infusion_card(runtime.knowledge, evaluation, new_id())
             return Decision((DecidedCard(card, "risk-scores"),))
-        if not evaluation.data_complete:
+        if not evaluation.data_complete or evaluation.unread_exposures:
             card = cards.incomplete_data_card(runtime.knowledge, evaluation, new_id())
             return Decision((DecidedCard(card, "data-incomplete"),))
         return Decision((), cards.data_only_extension(evaluation))

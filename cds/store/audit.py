@@ -141,7 +141,14 @@ def _evaluation(runtime: Runtime, snapshot: FactsSnapshot, at: datetime) -> Eval
     orders = None
     if snapshot.orders is not None:
         orders = DraftOrders(tocilizumab=tuple(_order(o) for o in snapshot.orders))
-    return judge(runtime, snapshot.facts(at), at, patient_id="replay", orders=orders)
+    return judge(
+        runtime,
+        snapshot.facts(at),
+        at,
+        patient_id="replay",
+        orders=orders,
+        unread_exposures=snapshot.unread_exposures,
+    )
 
 
 def _order(snapshot: Any) -> DraftOrder:

@@ -14,7 +14,14 @@ import zstandard
 from msgspec import Struct
 
 from cds.decision import DecidedCard, Decision
-from cds.engine.facts import Administration, Facts, Measurement, NeuroFinding, OxygenSupport
+from cds.engine.facts import (
+    Administration,
+    Facts,
+    Measurement,
+    NeuroFinding,
+    OxygenSupport,
+    UnreadExposure,
+)
 from cds.evaluation import Evaluation
 from cds.fhir.orders import DraftOrders
 from cds.protocol import Card, to_json
@@ -41,6 +48,7 @@ class FactsSnapshot(Struct, frozen=True):
     unchecked_orders: int = 0
     data_issues: int = 0
     truncated: int = 0
+    unread_exposures: tuple[UnreadExposure, ...] = ()
 
     def facts(self, at: datetime) -> Facts:
         """The facts again, with a birth date that gives the same age at `at`."""
@@ -133,6 +141,7 @@ def snapshot(evaluation: Evaluation) -> FactsSnapshot:
         unchecked_orders=len(orders.unchecked) if orders is not None else 0,
         data_issues=len(evaluation.issues) + (len(orders.issues) if orders is not None else 0),
         truncated=len(evaluation.truncated),
+        unread_exposures=evaluation.unread_exposures,
     )
 
 

@@ -134,3 +134,16 @@ def test_replay_of_a_call_with_an_icans_card(service: Service) -> None:
     (result,) = replay(service.engine, service.runtime, body["hookInstance"])
     assert result.same, (result.recorded, result.replayed)
     assert any("icans" in card for card in result.replayed)
+
+
+def test_replay_of_a_call_whose_infusion_time_could_not_be_read(service: Service) -> None:
+    # the card that says so is replayed from the record (the unread administration is
+    # kept with the facts)
+    obs, admins = grade2_resources()
+    admins[0]["effectiveDateTime"] = "yesterday"
+    body = hook_request("patient-view", {}, prefetch(obs, admins))
+    (card,) = service.client.post("/cds-services/crs-monitor", json=body).json()["cards"]
+    assert "CRS risk not checked" in card["summary"]
+    (result,) = replay(service.engine, service.runtime, body["hookInstance"])
+    assert result.same, (result.recorded, result.replayed)
+    assert len(result.replayed) == 1
