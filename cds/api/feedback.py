@@ -1,7 +1,8 @@
 """POST /cds-services/{id}/feedback: what the clinician did with a card (CDS Hooks 2.0).
 
-200 with an empty body once stored; 400 for a malformed body or a suggestion the card did
-not offer; 404 for an unknown service or card; 503 when it cannot be stored (it is never
+200 with an empty body once stored; 400 for a malformed body, a suggestion the card did
+not offer or an outcome dated after the feedback arrived (beyond the clock skew
+tolerated); 404 for an unknown service or card; 503 when it cannot be stored (it is never
 acknowledged unless it was)."""
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from cds.api.body import FEEDBACK_MAX_BYTES, read_body
 from cds.api.deps import ClientDep, HooksDep, StoreDep
 from cds.api.openapi import FEEDBACK
 from cds.errors import CdsError, InvalidRequest, UnknownService
-from cds.fhir.reading import validation_message
+from cds.fhir.reading import validation_issues, validation_message
 from cds.store.feedback import FeedbackRequest, apply
 
 router = APIRouter()
@@ -55,15 +56,18 @@ async def feedback(
     try:
         parsed = FeedbackRequest.model_validate(data)
     except ValidationError as exc:
-        raise InvalidRequest(validation_message("feedback", exc), "feedback") from exc
+        # located from the body's root, as the 404 and the other 400s are: feedback[0].outcome
+        first = validation_issues("", exc)[0].location
+        raise InvalidRequest(validation_message("", exc), first) from exc
     override_system = store.runtime.knowledge.alerting.order_check.override_system
+    received_at = store.clock()
     try:
         stored = await anyio.to_thread.run_sync(
             lambda: apply(
                 store.engine,
                 service_id,
                 parsed,
-                store.clock(),
+                received_at,
                 store.new_id,
                 client,
                 override_system,

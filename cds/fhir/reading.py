@@ -110,12 +110,16 @@ class RawResource(Struct, gc=False):
 
 
 def validation_issues(location: str, exc: ValidationError) -> list[Issue]:
-    """One Issue per pydantic error, located by FHIR path under `location`."""
+    """One Issue per pydantic error, located by FHIR path under `location` (or, with "",
+    from the root of what was validated: `feedback[0].outcome`)."""
     issues = []
     for err in exc.errors(include_url=False, include_input=False):
         path = location
         for part in err["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else f".{part}"
+            if isinstance(part, int):
+                path += f"[{part}]"
+            else:
+                path += f".{part}" if path else str(part)
         issues.append(Issue(path, err["msg"]))
     return issues
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -16,6 +16,13 @@ from sqlalchemy import Connection, Engine, insert, select, update
 from cds.auth import ClientIdentity
 from cds.errors import CdsError, InvalidRequest
 from cds.store.tables import acknowledgements, cards, feedback
+
+# How far an outcomeTimestamp may lie after the feedback reached the service: the EHR's
+# clock and this server's may disagree by seconds, a few minutes at worst. An operational
+# tolerance, not a clinical one. Anything later is refused (400): a future acknowledgement
+# would stretch the quiet period, and as the most recent one it would outrank all later
+# feedback, so that the card would never be acknowledged again.
+OUTCOME_CLOCK_SKEW = timedelta(minutes=5)
 
 
 class UnknownCard(CdsError):
@@ -84,6 +91,7 @@ def apply(
     override_system: str,
 ) -> Stored:
     """Check every item against its card, then store them all (one transaction)."""
+    _refuse_future_outcomes(request, received_at)
     with engine.begin() as connection:
         issued = _cards(connection, [item.card for item in request.feedback])
         for i, item in enumerate(request.feedback):
@@ -137,8 +145,22 @@ def apply(
             stored += 1
             not_offered += offered_reason is False
             if card["kind"] == "crs" and card["exposure"] and card["alert_grade"] is not None:
-                _acknowledge(connection, card, item)
+                _acknowledge(connection, card, item, received_at)
         return Stored(stored, repeated, not_offered)
+
+
+def _refuse_future_outcomes(request: FeedbackRequest, received_at: datetime) -> None:
+    """InvalidRequest for an outcome dated later than its arrival plus OUTCOME_CLOCK_SKEW."""
+    latest = received_at + OUTCOME_CLOCK_SKEW
+    for i, item in enumerate(request.feedback):
+        if item.outcomeTimestamp > latest:
+            raise InvalidRequest(
+                f"outcomeTimestamp {item.outcomeTimestamp.isoformat()} is in the future: the "
+                f"feedback was received at {received_at.isoformat()} (server time), and an "
+                f"outcome may be dated at most {OUTCOME_CLOCK_SKEW.total_seconds() / 60:g} "
+                "minutes later (clock skew between client and server)",
+                f"feedback[{i}].outcomeTimestamp",
+            )
 
 
 def _cards(connection: Connection, uuids: list[str]) -> dict[str, dict[str, Any]]:
@@ -164,11 +186,18 @@ def _fingerprint(item: FeedbackItem) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _acknowledge(connection: Connection, card: dict[str, Any], item: FeedbackItem) -> None:
+def _acknowledge(
+    connection: Connection, card: dict[str, Any], item: FeedbackItem, received_at: datetime
+) -> None:
     """The most recent acknowledgement of this patient's exposure wins, whole: its grade is
     the one later cards are compared with (a grade acknowledged earlier never quiets a
     card the clinician has since seen at a lower grade). Feedback arriving out of order
     (older than the one stored) changes nothing."""
+    # Acted on when the feedback arrived, at the latest: an outcomeTimestamp ahead of this
+    # server's clock (within OUTCOME_CLOCK_SKEW) would otherwise not quiet the chart opened
+    # right after it, as a card is quiet only from `acted_at` on. The feedback row keeps
+    # the time as sent.
+    acted_at = min(item.outcomeTimestamp, received_at)
     key = (card["patient"], card["exposure"])
     current = connection.execute(
         select(acknowledgements).where(
@@ -178,14 +207,14 @@ def _acknowledge(connection: Connection, card: dict[str, Any], item: FeedbackIte
     values = {
         "grade": card["alert_grade"],
         "outcome": item.outcome,
-        "acted_at": item.outcomeTimestamp,
+        "acted_at": acted_at,
         "card_uuid": card["uuid"],
     }
     if current is None:
         connection.execute(
             insert(acknowledgements).values(patient=key[0], exposure=key[1], **values)
         )
-    elif item.outcomeTimestamp >= current.acted_at:
+    elif acted_at >= current.acted_at:
         connection.execute(
             update(acknowledgements)
             .where(acknowledgements.c.patient == key[0], acknowledgements.c.exposure == key[1])

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from cds.runtime import Runtime
 from cds.store.audit import feedback_figures
+from cds.store.feedback import OUTCOME_CLOCK_SKEW
 from cds.store.tables import feedback
 from tests.factories import draft_bundle, draft_order, grade2_resources, hook_request, prefetch
 from tests.store.conftest import Service, open_service
@@ -138,48 +139,69 @@ def test_an_override_reason_the_card_did_not_offer_is_stored_and_flagged(
 
 def test_malformed_feedback_is_400_saying_where(service: Service) -> None:
     card = _card(service)
-    cases = [
-        ({"feedback": []}, "feedback.feedback"),
-        ({"feedback": [{"card": card["uuid"], "outcome": "maybe"}]}, "outcome"),
+    uuid = card["uuid"]
+    # (the items sent, the location answered, words of the problem)
+    cases: list[tuple[list[dict[str, Any]], str, str]] = [
+        ([], "feedback", "at least 1 item"),
         (
-            {
-                "feedback": [
-                    {"card": card["uuid"], "outcome": "accepted", "outcomeTimestamp": _now()}
-                ]
-            },
+            [{"card": uuid, "outcome": "maybe", "outcomeTimestamp": _now()}],
+            "feedback[0].outcome",
+            "'accepted' or 'overridden'",
+        ),
+        (
+            [{"card": uuid, "outcome": "accepted", "outcomeTimestamp": _now()}],
+            "feedback[0]",
             "acceptedSuggestions is required",
         ),
         (
-            {
-                "feedback": [
-                    {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": "today"}
-                ]
-            },
-            "outcomeTimestamp",
+            [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": "today"}],
+            "feedback[0].outcomeTimestamp",
+            "datetime",
         ),
         (
-            {
-                "feedback": [
-                    {
-                        "card": card["uuid"],
-                        "outcome": "overridden",
-                        "outcomeTimestamp": "2026-11-30T10:00:00",
-                    }
-                ]
-            },
+            [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": "2026-11-30T10:00:00"}],
+            "feedback[0].outcomeTimestamp",
             "timezone",
         ),
     ]
-    for body, expected in cases:
-        response = service.client.post("/cds-services/crs-monitor/feedback", json=body)
-        assert response.status_code == 400, body
-        assert expected in response.json()["error"], response.json()
+    for items, location, problem in cases:
+        response = _post(service, items)
+        assert response.status_code == 400, items
+        answer = response.json()
+        assert answer["location"] == location, answer
+        assert answer["error"].startswith(f"{location}: "), answer
+        assert problem in answer["error"], answer
     assert (
         service.client.post("/cds-services/crs-monitor/feedback", content=b"{").status_code == 400
     )
     assert (
         service.client.post("/cds-services/nope/feedback", json={"feedback": []}).status_code == 404
     )
+
+
+def test_an_outcome_later_than_its_arrival_beyond_the_clock_skew_is_400_and_nothing_is_stored(
+    service: Service,
+) -> None:
+    card = _card(service)
+    service.now = datetime(2026, 11, 30, 10, 0, tzinfo=UTC)
+    good = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": service.now.isoformat(),
+    }
+    future = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": (service.now + OUTCOME_CLOCK_SKEW + timedelta(seconds=1)).isoformat(),
+    }
+    before = service.count("feedback")
+    response = _post(service, [good, future])
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["location"] == "feedback[1].outcomeTimestamp"
+    assert "2026-11-30T10:00:00+00:00" in answer["error"]  # the server's time
+    assert "5 minutes" in answer["error"]  # the tolerance
+    assert service.count("feedback") == before
 
 
 def test_feedback_reaches_a_card_shown_by_another_replica(

@@ -14,6 +14,7 @@ import pytest
 from cds import fhirbuild as b
 from cds.runtime import Runtime
 from cds.store import decisions
+from cds.store.feedback import OUTCOME_CLOCK_SKEW
 from tests.factories import (
     draft_bundle,
     draft_order,
@@ -105,6 +106,36 @@ def test_the_end_of_the_period_alerts_in_full(service: Service) -> None:
     card = _open(service, pid, 2)
     _act(service, card, "overridden", datetime.now(UTC) - period - timedelta(minutes=1))
     assert _open(service, pid, 2)["indicator"] == "warning"
+
+
+def test_feedback_dated_far_ahead_is_refused_and_the_acknowledgement_stays(
+    service: Service,
+) -> None:
+    pid = "supp-far-ahead"
+    card = _open(service, pid, 2)
+    _act(service, card, "overridden")
+    item = {
+        "card": card["uuid"],
+        "outcome": "overridden",
+        "outcomeTimestamp": "2099-01-01T00:00:00Z",
+    }
+    response = service.client.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+    assert response.status_code == 400
+    assert response.json()["location"] == "feedback[0].outcomeTimestamp"
+    assert _open(service, pid, 2)["indicator"] == "info"
+
+
+def test_feedback_dated_ahead_within_the_clock_skew_quiets_the_next_chart_open(
+    service: Service,
+) -> None:
+    pid = "supp-skew"
+    card = _open(service, pid, 2)
+    service.now = datetime.now(UTC)  # feedback and the next chart open at this instant
+    _act(service, card, "overridden", service.now + OUTCOME_CLOCK_SKEW - timedelta(seconds=1))
+    again = _open(service, pid, 2)
+    assert again["indicator"] == "info"
+    # acted on when the feedback arrived, at the latest
+    assert again["extension"]["crs"]["acknowledged"]["at"] == service.now.isoformat()
 
 
 def test_another_patients_acknowledgement_changes_nothing(service: Service) -> None:
