@@ -505,6 +505,10 @@ def _iso(moment: datetime | None) -> str | None:
 PROBLEM_TEXT = {
     "dose-above-cap": "dose above the {cap} mg per-dose maximum",
     "dose-not-weight-based": "dose is not the weight-based dose (±{tol} %)",
+    "dose-unreadable": "dose not readable as a mass: NOT checked against the cap or the "
+    "weight-based dose; verify it by hand",
+    "dose-invalid": "dose is zero, negative or not a number: not a dose to give; verify "
+    "the intended dose with the prescriber",
     "interval-under-8h": "less than {interval} h since the last dose",
     "over-3-in-24h": "would be more than {per24} doses in 24 hours",
     "over-4-total": "would be more than {total} doses for this CRS episode",
@@ -590,7 +594,10 @@ def order_check_card(
     ]
     unreadable = ordered.problem_text()
     if unreadable:
-        lines.append(f"**Dose not readable:** {unreadable}.")
+        label = (
+            "Dose invalid" if ordered.problem and ordered.problem.invalid else "Dose not readable"
+        )
+        lines.append(f"**{label}:** {unreadable}.")
     if weight is not None and dose is not None:
         recorded = f" (recorded as {weight.original})" if weight.original else ""
         basis = f"{dose.mg_per_kg:g} mg/kg × {weight.value:g} kg"

@@ -403,6 +403,8 @@ class OrderCheckRule(_Strict):
         Literal[
             "dose-above-cap",
             "dose-not-weight-based",
+            "dose-unreadable",
+            "dose-invalid",
             "interval-under-8h",
             "over-3-in-24h",
             "over-4-total",

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from fhir.resources.R4B.medicationrequest import MedicationRequest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cds import fhirbuild as b
+from cds.app import create_app
+from cds.fhir import models
+from cds.fhir.orders import ordered_dose
 from cds.fhir.systems import UCUM
+from cds.runtime import Runtime
+from cds.store.decisions import DecisionStore
 from tests.factories import (
     PATIENT,
     assert_no_empty_fields,
@@ -87,6 +95,133 @@ def test_not_weight_based_is_warning(client: TestClient) -> None:
     assert card["suggestions"][0]["actions"][0]["resource"]["dosageInstruction"][0]["doseAndRate"][
         0
     ]["doseQuantity"] == {"value": 640, "unit": "mg", "system": UCUM, "code": "mg"}
+
+
+# --- the dose as written: mass units, unreadable doses, no dose at all ----------------
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "weight_kg", "mg", "problems", "indicator"),
+    [
+        # 960 mg for 120 kg is the weight-based dose, above the 800 mg cap, in any mass unit
+        (960000, "ug", 120, 960, ["dose-above-cap"], "critical"),
+        (960000, "mcg", 120, 960, ["dose-above-cap"], "critical"),
+        (960000, "\u00b5g", 120, 960, ["dose-above-cap"], "critical"),  # micro sign
+        (0.96, "g", 120, 960, ["dose-above-cap"], "critical"),
+        (0.00096, "kg", 120, 960, ["dose-above-cap"], "critical"),
+        (800000, "ug", 100, 800, [], "info"),  # at the cap: not above it
+        (0.8, "g", 100, 800, [], "info"),
+        (640000, "ug", 80, 640, [], "info"),
+    ],
+)
+def test_mass_units_are_converted_exactly_and_checked_as_mg(
+    client: TestClient,
+    value: float,
+    unit: str,
+    weight_kg: float,
+    mg: float,
+    problems: list[str],
+    indicator: str,
+) -> None:
+    """960000 µg is 960 mg: above the cap and critical, as 960 mg is; 800000 µg is 800 mg,
+    at the cap, not above it."""
+    card, check = only_check(sign(client, [draft_order("mr1", value, unit)], weight_kg))
+    assert check["orderedDoseMg"] == mg
+    assert (check["problems"], card["indicator"]) == (problems, indicator)
+    if problems:
+        action = card["suggestions"][0]["actions"][0]
+        assert action["resource"]["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"][
+            "value"
+        ] == min(mg, 800)
+
+
+def _without(order: dict[str, Any], *keys: str) -> dict[str, Any]:
+    quantity = order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    for key in keys:
+        del quantity[key]
+    return order
+
+
+@pytest.mark.parametrize(
+    ("order", "found"),
+    [
+        (draft_order("mr1", 5, "mL"), "'mL' is a volume, not a mass"),
+        (draft_order("mr1", 50, "mL"), "'mL' is a volume, not a mass"),  # 1000 mg at 20 mg/mL
+        (_without(draft_order("mr1", 640, "mg"), "unit", "code"), "the dose has no unit"),
+        (draft_order("mr1", 640, "mg/m2"), "'mg/m2' is not a mass unit"),
+        (draft_order("mr1", 2, "{vial}"), "'{vial}' is not a mass unit"),
+        (_without(draft_order("mr1", 640, "mg"), "value"), "has no value"),
+    ],
+    ids=["5 mL", "50 mL", "no unit", "mg/m2", "vials", "no value"],
+)
+def test_dose_not_readable_as_a_mass_is_its_own_problem(
+    client: TestClient, order: dict[str, Any], found: str
+) -> None:
+    """A dose the service cannot read as a mass is `dose-unreadable`, a warning: never
+    compared with the cap or the weight-based dose, never "corrected"; the card says
+    what was found and that the pharmacist must verify the dose by hand."""
+    card, check = only_check(sign(client, [order]))
+    assert (check["problems"], card["indicator"]) == (["dose-unreadable"], "warning")
+    assert "orderedDoseMg" not in check
+    assert "suggestions" not in card
+    assert found in card["detail"] and "verify it by hand" in card["detail"]
+    assert "Correct the dose" not in card["detail"]
+
+
+def test_order_without_any_dose_is_unreadable(client: TestClient) -> None:
+    order = draft_order("mr1", 640, "mg")
+    del order["dosageInstruction"][0]["doseAndRate"]
+    card, check = only_check(sign(client, [order]))
+    assert (check["problems"], card["indicator"]) == (["dose-unreadable"], "warning")
+    assert "the order has no dose" in card["detail"]
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "weight_kg", "problems"),
+    [
+        (0, "mg", 80.0, ["dose-invalid"]),
+        (-100, "mg", 80.0, ["dose-invalid"]),
+        (-8, "mg/kg", 80.0, ["dose-invalid"]),
+        (0, "mL", 80.0, ["dose-invalid"]),  # no dose in any unit
+        (-100, "mg", None, ["no-weight", "dose-invalid"]),
+        (0, "mg/kg", None, ["no-weight", "dose-invalid"]),
+    ],
+)
+def test_zero_or_negative_dose_is_invalid_and_critical(
+    client: TestClient, value: float, unit: str, weight_kg: float | None, problems: list[str]
+) -> None:
+    """A dose ≤ 0 is `dose-invalid`, critical, and no "correct to …" advice is computed
+    from it."""
+    card, check = only_check(sign(client, [draft_order("mr1", value, unit)], weight_kg))
+    assert (check["problems"], card["indicator"]) == (problems, "critical")
+    assert "suggestions" not in card
+    assert "Dose invalid" in card["detail"] and "Correct the dose" not in card["detail"]
+
+
+def test_which_dose_problems_are_critical_is_the_alerting_policy(
+    runtime: Runtime, store: DecisionStore
+) -> None:
+    """`dose-invalid` is critical by rules/alerting.yaml; an institution may make an
+    unreadable dose critical too (its policy names the new codes)."""
+    assert "dose-invalid" in runtime.knowledge.alerting.order_check.critical_problems
+    alerting = runtime.knowledge.alerting
+    policy = alerting.order_check.model_copy(update={"critical_problems": ["dose-unreadable"]})
+    knowledge = replace(
+        runtime.knowledge, alerting=alerting.model_copy(update={"order_check": policy})
+    )
+    client = TestClient(create_app(replace(runtime, knowledge=knowledge), store=store))
+    unreadable, _ = only_check(sign(client, [draft_order("mr1", 5, "mL")]))
+    over, _ = only_check(sign(client, [draft_order("mr1", 960, "mg")], weight_kg=120))
+    assert (unreadable["indicator"], over["indicator"]) == ("critical", "warning")
+
+
+@settings(deadline=None)
+@given(mg=st.integers(min_value=1, max_value=10_000_000))
+def test_whole_mg_read_in_g_and_ug_is_exact(mg: int) -> None:
+    """n mg written in g or µg reads back as exactly n mg (no 960.0000000000001)."""
+    for value, unit in ((mg, "mg"), (mg * 1000, "ug"), (mg / 1000, "g"), (mg * 1000, "mcg")):
+        order = models.MedicationRequest.model_validate(draft_order("m", value, unit))
+        assert ordered_dose(order, None).mg == mg, (value, unit)
 
 
 def test_corrected_dose_is_offered_but_not_recommended_within_8h_of_the_last_dose(

@@ -26,6 +26,8 @@ ANCHOR = AT  # the scenarios' times count back from here
 PROBLEM_CODES = {
     "dose-above-cap",
     "dose-not-weight-based",
+    "dose-unreadable",
+    "dose-invalid",
     "interval-under-8h",
     "over-3-in-24h",
     "over-4-total",

@@ -16,6 +16,8 @@ from cds.engine.grading import Grading
 # Problem codes, exactly as the pharmacist services report them.
 DOSE_ABOVE_CAP = "dose-above-cap"
 DOSE_NOT_WEIGHT_BASED = "dose-not-weight-based"
+DOSE_UNREADABLE = "dose-unreadable"  # not readable as a mass (a volume, no unit, no value)
+DOSE_INVALID = "dose-invalid"  # zero, negative or not a number: no dose at all
 INTERVAL_UNDER_8H = "interval-under-8h"
 OVER_3_IN_24H = "over-3-in-24h"
 OVER_4_TOTAL = "over-4-total"
@@ -174,10 +176,16 @@ def within_tolerance(ordered_mg: float, target_mg: float, rules: DosingRules) ->
 
 
 def dose_problems(ordered_mg: float | None, dose: Dose | None, rules: DosingRules) -> list[str]:
-    """Problems with an ordered dose in mg against the cap and the weight-based dose."""
+    """Problems with an ordered dose in mg against the cap and the weight-based dose.
+
+    A dose that could not be read in mg (None) is `dose-unreadable`, and one that is zero,
+    negative or not finite is `dose-invalid`: neither is compared with the cap or the
+    weight-based dose."""
     problems: list[str] = []
     if ordered_mg is None:
-        return [DOSE_NOT_WEIGHT_BASED]
+        return [DOSE_UNREADABLE]
+    if not is_finite_positive(ordered_mg):
+        return [DOSE_INVALID]
     above_cap = ordered_mg > rules.max_dose_mg + _EPS
     if above_cap:
         problems.append(DOSE_ABOVE_CAP)

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from fractions import Fraction
 from typing import Any
 
 from pydantic import ValidationError
@@ -22,40 +23,80 @@ from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_i
 from cds.fhir.structs import Resource
 from cds.knowledge import Knowledge
 
-MG_UNITS = {"mg": 1.0, "milligram": 1.0, "milligrams": 1.0, "g": 1000.0, "gram": 1000.0}
+# The mass units a dose is read in, and how many mg one of each is: UCUM, The Unified
+# Code for Units of Measure (Regenstrief Institute, https://ucum.org; ucum-essence.xml):
+# the gram `g` is the base unit of mass, prefixes k = 10^3, m = 10^-3, u = 10^-6 (print
+# symbol µ), n = 10^-9. "mcg" and the spelt-out names are not UCUM codes but what order
+# entry displays. Exact ratios, so that 960000 ug is 960 mg exactly. Matched ignoring
+# case, as `unit` is free text ("MG"). Every dose unit the service reads is here or in
+# MG_PER_KG_UNITS: any other unit is reported unreadable, never guessed.
+MG_PER_MASS_UNIT: Mapping[str, Fraction] = {
+    **dict.fromkeys(("kg", "kilogram", "kilograms"), Fraction(1_000_000)),
+    **dict.fromkeys(("g", "gram", "grams"), Fraction(1000)),
+    **dict.fromkeys(("mg", "milligram", "milligrams"), Fraction(1)),
+    # micro: UCUM `u`, the micro sign U+00B5 and the Greek mu U+03BC, and "mcg"
+    **dict.fromkeys(
+        ("ug", "\u00b5g", "\u03bcg", "mcg", "microgram", "micrograms"), Fraction(1, 1000)
+    ),
+    **dict.fromkeys(("ng", "nanogram", "nanograms"), Fraction(1, 1_000_000)),
+}
 MG_PER_KG_UNITS = frozenset({"mg/kg", "mg/kg/dose", "mg/kg{dose}"})
+# Volumes (UCUM `L` with its prefixes): named as such on the card, since the mg they hold
+# depend on a concentration the order does not carry.
+VOLUME_UNITS = frozenset({"l", "dl", "cl", "ml", "ul", "\u00b5l", "\u03bcl", "cc"})
 # An unreadable order is searched for tocilizumab's names and codes: at most this many
 # JSON values (a hostile order may be huge or nested thousands deep).
 MENTION_SCAN_LIMIT = 20_000
 
 
 class DoseProblem(Enum):
-    """Why the dose of a draft order could not be read in mg."""
+    """Why the dose of a draft order could not be read in mg, or is no dose at all."""
 
     NO_DOSE = "the order has no dose (doseAndRate.doseQuantity)"
-    NOT_FINITE = "the dose is not a finite number"
+    NO_VALUE = "the dose (doseAndRate.doseQuantity) has no value"
+    NOT_FINITE = "the dose is not a finite number (of mg)"
+    NOT_POSITIVE = "the dose is zero or negative"
+    NO_UNIT = "the dose has no unit: it cannot be read as a mass"
+    VOLUME_UNIT = "the dose is a volume, not a mass"
+    UNKNOWN_UNIT = "dose unit not recognised (use mg, g, µg or mg/kg)"
     MG_PER_KG_WITHOUT_WEIGHT = "dose in mg/kg but no weight on file"
-    UNKNOWN_UNIT = "dose unit not recognised (use mg or mg/kg)"
+
+    @property
+    def invalid(self) -> bool:
+        """The value is no dose at all (zero, negative, not a number), whatever its unit;
+        the other problems are of reading it (no dose, no value, a unit that is not a mass)."""
+        return self in (DoseProblem.NOT_FINITE, DoseProblem.NOT_POSITIVE)
 
 
 @dataclass(frozen=True)
 class OrderedDose:
-    """The dose of a draft order, in mg when it can be known."""
+    """The dose of a draft order: in mg when it can be known, else why not."""
 
     mg: float | None
     as_written: str
     problem: DoseProblem | None = None
+    unit: str = ""  # the unit as written (doseQuantity.code, else .unit)
 
     def problem_text(self) -> str | None:
-        """Why the dose could not be read, as the card says it."""
+        """Why the dose could not be read, or is no dose, as the card says it."""
         if self.problem is DoseProblem.UNKNOWN_UNIT:
-            unit = self.as_written.split(" ", 1)[1] if " " in self.as_written else ""
-            return f"dose unit {unit!r} not recognised (use mg or mg/kg)"
+            return (
+                f"dose unit {self.unit!r} is not a mass unit the service reads (mg, g, µg or mg/kg)"
+            )
+        if self.problem is DoseProblem.VOLUME_UNIT:
+            return (
+                f"dose unit {self.unit!r} is a volume, not a mass: the mg it holds depend on "
+                "the concentration, which the order does not give"
+            )
         return self.problem.value if self.problem is not None else None
 
 
 def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) -> OrderedDose:
-    """Read the dose from dosageInstruction[].doseAndRate[].doseQuantity (mg, g or mg/kg)."""
+    """Read the dose from dosageInstruction[].doseAndRate[].doseQuantity: a mass
+    (MG_PER_MASS_UNIT, converted exactly) or mg/kg (times the weight on file).
+
+    The value is checked before the unit: zero, negative or not a number is no dose in
+    any unit."""
     quantity = next(
         (
             dr.doseQuantity
@@ -65,22 +106,42 @@ def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) ->
         ),
         None,
     )
-    if quantity is None or quantity.value is None:
+    if quantity is None:
         return OrderedDose(None, "no dose", DoseProblem.NO_DOSE)
     unit = (quantity.code or quantity.unit or "").strip()
-    written = f"{quantity.value:g} {unit}".strip()
+    value = quantity.value
+    if value is None:
+        return OrderedDose(None, f"no value {unit}".strip(), DoseProblem.NO_VALUE, unit)
+    written = f"{value:g} {unit}".strip()
+    if not math.isfinite(value):
+        return OrderedDose(None, written, DoseProblem.NOT_FINITE, unit)
+    if value <= 0:
+        return OrderedDose(None, written, DoseProblem.NOT_POSITIVE, unit)
     u = unit.lower()
-    if not math.isfinite(quantity.value) or (
-        u in MG_UNITS and not math.isfinite(quantity.value * MG_UNITS[u])
-    ):
-        return OrderedDose(None, written, DoseProblem.NOT_FINITE)
-    if u in MG_UNITS:
-        return OrderedDose(round(quantity.value * MG_UNITS[u], 6), written)
-    if u in MG_PER_KG_UNITS:
+    if not u:
+        return OrderedDose(None, written, DoseProblem.NO_UNIT, unit)
+    if u in MG_PER_MASS_UNIT:
+        mg = _finite_float(Fraction(value) * MG_PER_MASS_UNIT[u])
+    elif u in MG_PER_KG_UNITS:
         if weight is None:
-            return OrderedDose(None, written, DoseProblem.MG_PER_KG_WITHOUT_WEIGHT)
-        return OrderedDose(round(quantity.value * weight.value, 6), written)
-    return OrderedDose(None, written, DoseProblem.UNKNOWN_UNIT)
+            return OrderedDose(None, written, DoseProblem.MG_PER_KG_WITHOUT_WEIGHT, unit)
+        mg = _finite_float(Fraction(value) * Fraction(weight.value))
+    elif u in VOLUME_UNITS:
+        return OrderedDose(None, written, DoseProblem.VOLUME_UNIT, unit)
+    else:
+        return OrderedDose(None, written, DoseProblem.UNKNOWN_UNIT, unit)
+    if mg is None:  # e.g. 1e308 g: more mg than a float holds
+        return OrderedDose(None, written, DoseProblem.NOT_FINITE, unit)
+    rounded = round(mg, 6)  # to the ng: no float noise in what the card shows
+    return OrderedDose(rounded if rounded > 0 else mg, written, unit=unit)
+
+
+def _finite_float(exact: Fraction) -> float | None:
+    """The nearest float, or None when it is too large for one."""
+    try:
+        return float(exact)
+    except OverflowError:
+        return None
 
 
 @dataclass(frozen=True)

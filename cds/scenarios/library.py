@@ -112,7 +112,7 @@ class Event(_Strict):
 class Order(_Strict):
     """A draft tocilizumab order (order-sign draftOrders)."""
 
-    dose: tuple[float, Literal["mg", "mg/kg"]]
+    dose: tuple[float, Literal["mg", "g", "ug", "mg/kg", "mL"]]
 
 
 class Expect(_Strict):

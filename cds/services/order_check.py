@@ -7,10 +7,10 @@ from __future__ import annotations
 from cds import cards
 from cds.decision import DecidedCard, Decision
 from cds.engine import dosing
-from cds.engine.dosing import Dose, recommended_dose
+from cds.engine.dosing import Dose, DosingRules, recommended_dose
 from cds.evaluation import Evaluation
 from cds.extensions import ResponseExtension
-from cds.fhir.orders import DoseProblem, DraftOrder, ordered_dose
+from cds.fhir.orders import DoseProblem, DraftOrder, OrderedDose, ordered_dose
 from cds.fhir.prefetch import patient_data_prefetch
 from cds.formatting import fmt_mg
 from cds.ids import NewId
@@ -31,8 +31,7 @@ def check_order(
     problems: list[str] = []
     if weight is None:
         problems.append(dosing.NO_WEIGHT)
-    if ordered.mg is not None or ordered.problem is not DoseProblem.MG_PER_KG_WITHOUT_WEIGHT:
-        problems.extend(dosing.dose_problems(ordered.mg, dose, rules))
+    problems.extend(_dose_problems(ordered, dose, rules))
     problems.extend(history.problems)
     crs = evaluation.crs
     # a possible grade (fever possibly masked by premedication) is a presentation the
@@ -45,6 +44,8 @@ def check_order(
     notes: list[str] = []
     if not evaluation.data_complete:
         notes.append(cards.incomplete_note(evaluation.truncated) or "")
+    # Only a dose read in mg and found wrong is corrected: an unreadable or invalid dose
+    # (what was meant is unknown) is verified by hand, never replaced in one click.
     dose_wrong = {dosing.DOSE_ABOVE_CAP, dosing.DOSE_NOT_WEIGHT_BASED} & set(problems)
     if dose is not None and weight is not None and dose_wrong:
         try:
@@ -82,6 +83,19 @@ def check_order(
         correction=correction,
         notes=tuple(notes),
     )
+
+
+def _dose_problems(ordered: OrderedDose, dose: Dose | None, rules: DosingRules) -> list[str]:
+    """The ordered dose against the cap and the weight-based dose; a dose that is no dose
+    (zero, negative, not a number) or cannot be read as a mass is a problem of its own,
+    and is not compared with anything."""
+    if ordered.problem is None:
+        return dosing.dose_problems(ordered.mg, dose, rules)
+    if ordered.problem.invalid:
+        return [dosing.DOSE_INVALID]
+    if ordered.problem is DoseProblem.MG_PER_KG_WITHOUT_WEIGHT:
+        return []  # `no-weight` says it
+    return [dosing.DOSE_UNREADABLE]
 
 
 def _indicator(runtime: Runtime, problems: list[str], complete: bool) -> Indicator:

@@ -129,6 +129,25 @@ def test_dose_problem_table(
     assert dose_problems(ordered, recommended_dose(weight, rules), rules) == problems
 
 
+@pytest.mark.parametrize(
+    ("ordered", "problems"),
+    [
+        (None, [dosing.DOSE_UNREADABLE]),  # not readable as mg: compared with nothing
+        (0.0, [dosing.DOSE_INVALID]),
+        (-100.0, [dosing.DOSE_INVALID]),
+        (-1e-9, [dosing.DOSE_INVALID]),
+        (float("nan"), [dosing.DOSE_INVALID]),
+        (float("inf"), [dosing.DOSE_INVALID]),
+    ],
+)
+def test_unreadable_or_invalid_dose_is_its_own_problem(
+    rules: DosingRules, ordered: float | None, problems: list[str]
+) -> None:
+    for weight in (80, 120):  # under and above the cap
+        assert dose_problems(ordered, recommended_dose(weight, rules), rules) == problems
+    assert dose_problems(ordered, None, rules) == problems  # no weight on file
+
+
 def test_rounding_is_an_institution_setting(rules: DosingRules) -> None:
     rounded = replace(rules, rounding_mg=20.0)
     assert recommended_dose(73, rounded).mg == 580  # 584 → nearest 20
