@@ -54,6 +54,12 @@ class TooManyDraftOrders(CdsError):
     status = 413
 
 
+class UnsupportedEncoding(CdsError):
+    """A request body in a content coding the service does not decode (415)."""
+
+    status = 415
+
+
 class RequestTimeout(CdsError):
     """The client did not send its request in time (408); the connection is closed."""
 

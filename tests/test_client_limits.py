@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -114,6 +115,27 @@ def test_feedback_over_its_limit_is_413(client: TestClient) -> None:
     response = client.post(f"{MONITOR}/feedback", content=body)
     assert response.status_code == 413
     assert "1 MiB for this endpoint" in response.json()["error"]
+
+
+@pytest.mark.parametrize("path", [MONITOR, f"{MONITOR}/feedback"])
+def test_a_compressed_body_is_415_not_read_against_its_label(client: TestClient, path: str) -> None:
+    # gzip was ignored: a gzipped body answered "not valid UTF-8", and a plain body
+    # labelled gzip was read as if it were plain
+    plain = orjson.dumps(grade2_body())
+    for body in (gzip.compress(plain), plain):
+        response = client.post(
+            path,
+            content=body,
+            headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        )
+        assert response.status_code == 415
+        assert "Content-Encoding 'gzip' is not supported" in response.json()["error"]
+    identity = client.post(
+        MONITOR,
+        content=plain,
+        headers={"Content-Type": "application/json", "Content-Encoding": "identity"},
+    )
+    assert identity.status_code == 200
 
 
 def test_too_many_draft_orders_is_413_naming_the_setting(

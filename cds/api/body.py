@@ -9,7 +9,7 @@ import asyncio
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from cds.errors import InvalidRequest, RequestTimeout, RequestTooLarge
+from cds.errors import InvalidRequest, RequestTimeout, RequestTooLarge, UnsupportedEncoding
 from cds.settings import Settings
 
 # Feedback is a few items (at most 100, each comment at most 4,000 characters).
@@ -32,6 +32,13 @@ async def read_body(request: Request, settings: Settings, limit: int | None = No
         )
     else:
         why = f"({_size(limit)} for this endpoint)"
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        # (read as it came, a compressed body is "not valid JSON"; a plain one labelled
+        # compressed would be read against its label)
+        raise UnsupportedEncoding(
+            f"Content-Encoding {encoding!r} is not supported: send the body uncompressed"
+        )
     too_large = RequestTooLarge(f"the request body is larger than this service accepts {why}")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:

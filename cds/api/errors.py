@@ -11,7 +11,13 @@ from pathlib import PurePath
 from fastapi import FastAPI, Request
 
 from cds.api.responses import JsonResponse, error
-from cds.errors import CdsError, RequestTimeout, RequestTooLarge, Unauthenticated
+from cds.errors import (
+    CdsError,
+    RequestTimeout,
+    RequestTooLarge,
+    Unauthenticated,
+    UnsupportedEncoding,
+)
 from cds.metrics import AUTH_FAILURES
 
 log = logging.getLogger("cds.api")
@@ -32,7 +38,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(CdsError)
     async def _cds_error(_: Request, exc: CdsError) -> JsonResponse:
         response = error(exc.status, exc.message, exc.location)
-        if isinstance(exc, RequestTooLarge | RequestTimeout):
+        if isinstance(exc, RequestTooLarge | RequestTimeout | UnsupportedEncoding):
             # the rest of the body is not wanted: the server closes instead of reading it
             response.headers["Connection"] = "close"
         return response

@@ -93,6 +93,7 @@ HOOK = {
         "408": _error("the body did not arrive in time (CRS_BODY_TIMEOUT_SECONDS)"),
         "412": _error("data neither in prefetch nor obtainable from fhirServer"),
         "413": _error("body larger than CRS_MAX_REQUEST_BYTES, or too many draft orders"),
+        "415": _error("a Content-Encoding (gzip…): the body must be sent uncompressed"),
         "503": _error("the decision could not be recorded (database and spool unavailable)"),
     },
 }
@@ -104,11 +105,15 @@ FEEDBACK = {
     },
     "responses": {
         "200": {"description": "stored (an empty body)"},
-        "400": _error("malformed feedback, or a suggestion the card did not offer"),
+        "400": _error(
+            "malformed feedback, a suggestion the card did not offer, or an outcome dated "
+            "after the feedback arrived"
+        ),
         "401": UNAUTHENTICATED,
         "404": _error("no such service, or a card it did not issue"),
         "408": _error("the body did not arrive in time"),
         "413": _error("body larger than 1 MiB"),
+        "415": _error("a Content-Encoding (gzip…): the body must be sent uncompressed"),
         "503": _error("the feedback could not be stored (database unavailable)"),
     },
 }
