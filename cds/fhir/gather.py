@@ -2,8 +2,11 @@
 
 For every prefetch key that is absent, or whose value reports an error in fetching (an
 OperationOutcome), the service queries `fhirServer` itself (a `null` value means "no
-data": nothing to fetch), with `Authorization: Bearer` from `fhirAuthorization`, asking
-only for what the rules read since the earliest start of any risk window (`since`):
+data": nothing to fetch); and so for a key that holds something else than its template
+asks for (a Patient where Observations were searched, a string): that is no more the
+data than an error is, and read as "nothing found" it would understate the grade. It
+queries with `Authorization: Bearer` from `fhirAuthorization`, asking only for what the
+rules read since the earliest start of any risk window (`since`):
 
 - `patient`: `Patient/{patientId}`;
 - `observations`: `Observation?patient=…&code=<mapped codes and panels>&date=ge…&_count=…`,
@@ -19,7 +22,8 @@ same server. All queries run at once on the shared connection pool, under one de
 query for a missing key that fails makes the answer 412 with a message naming the query
 and the reason — except for the ICANS keys (`prefetch.TOLERATED`): their failure is a
 data issue saying what was not read; further pages that cannot be had leave the data
-marked incomplete.
+marked incomplete. A key the call can do without that held something else and is not
+fetched is a data issue naming the key and what it held.
 """
 
 from __future__ import annotations
@@ -61,7 +65,7 @@ from cds.fhir.prefetch import (
     observation_code_param,
     text_param,
 )
-from cds.fhir.reading import Issue, ResourceCollector, Truncated, reports_failure
+from cds.fhir.reading import Issue, ResourceCollector, Truncated, not_as_asked, reports_failure
 from cds.fhir.references import patient_of
 from cds.knowledge import Knowledge
 from cds.metrics import FHIR_QUERIES
@@ -101,19 +105,49 @@ class FhirAccess:
 def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
     """Prefetch keys the service asked for that must be fetched (CDS Hooks 2.0): a key
     that is **absent** (the client did not fetch it), or whose value reports an error in
-    fetching (an OperationOutcome). A key whose value is `null` was fetched and holds no
-    data: nothing to fetch."""
+    fetching (an OperationOutcome), or holds something else than its template asks for
+    (the client's error as much: see `SentPrefetch.misfilled`). A key whose value is
+    `null` was fetched and holds no data: nothing to fetch."""
+    return _unsent(plan, request)[0]
+
+
+def _unsent(plan: PrefetchPlan, request: HookRequest) -> tuple[list[str], dict[str, str]]:
+    """`missing_prefetch`, and of those keys the ones that hold something else than asked,
+    each with what it holds and what was asked."""
     prefetch = request.prefetch or {}
-    return [key for key in plan.templates if key not in prefetch or reports_failure(prefetch[key])]
+    unsent: list[str] = []
+    misfilled: dict[str, str] = {}
+    for key in plan.templates:
+        if key not in prefetch:
+            unsent.append(key)
+            continue
+        value = prefetch[key]
+        if value is None:
+            continue
+        if reports_failure(value):
+            unsent.append(key)
+            continue
+        asked = plan.asks(key)
+        if asked is None:
+            continue
+        found = not_as_asked(value, asked.resource_type)
+        if found is not None:
+            unsent.append(key)
+            misfilled[key] = f"{found}, where {asked.describe()} was expected"
+    return unsent, misfilled
 
 
 @dataclass(frozen=True)
 class SentPrefetch:
     """What `collect_prefetch` made of a request's prefetch: the resources of the values
-    taken as sent, and the keys not taken (absent, or reporting an error: to be fetched)."""
+    taken as sent, and the keys not taken (absent, reporting an error, or holding
+    something else than asked: to be fetched); of these, `misfilled` says what the
+    latter held, by key ("a Patient resource, where a Bundle of Observation search
+    results was expected")."""
 
     collected: ResourceCollector
     unsent: tuple[str, ...]
+    misfilled: Mapping[str, str]
 
     def needs_fetching(self) -> bool:
         """Whether `gather` has anything to do beyond this: keys to fetch (or refuse), or
@@ -124,13 +158,13 @@ class SentPrefetch:
 
 def collect_prefetch(request: HookRequest, plan: PrefetchPlan) -> SentPrefetch:
     """The resources of the prefetch values the service will use as sent, and the keys
-    to be fetched again (absent, or reporting an error)."""
+    to be fetched again (absent, reporting an error, or holding something else than asked)."""
     collected = ResourceCollector()
-    missing = missing_prefetch(plan, request)
+    missing, misfilled = _unsent(plan, request)
     for key, value in (request.prefetch or {}).items():
         if value is not None and key not in missing:
             collected.add(value, f"prefetch.{key}")
-    return SentPrefetch(collected, tuple(missing))
+    return SentPrefetch(collected, tuple(missing), misfilled)
 
 
 async def gather(
@@ -161,15 +195,24 @@ async def gather(
     if not missing and not pages:
         return collected
     needed = [key for key in missing if key in plan.required]
-    what = f"prefetch {', '.join(needed)} is absent or reports an error (OperationOutcome)"
+    what = _unsent_text(needed, sent.misfilled)
+    if sent.misfilled:
+        # (the keys only: what they held came from the client, and may be anything)
+        log.warning(
+            f"prefetch {', '.join(sent.misfilled)}: not what the template asks for, "
+            "taken as absent",
+            extra=dict(log_extra or {}),
+        )
     if not request.fhirServer:
         if needed:
             raise PrefetchUnavailable(
                 f"{what} and the request has no fhirServer to fetch it from", "prefetch"
             )
+        _misfilled_not_read(collected, sent.misfilled, missing)
         return collected
     if not fetch_allowed:
         if not needed:
+            _misfilled_not_read(collected, sent.misfilled, missing)
             return collected
         raise PrefetchUnavailable(
             f"{what}, and the service reads fhirServer only for an authenticated client",
@@ -179,7 +222,9 @@ async def gather(
     base_url = allowed_base_url(request.fhirServer, allowed)
     if base_url is None:
         if not needed:
-            return collected  # only optional data or further pages missing: go on without
+            # only optional data or further pages missing: go on without
+            _misfilled_not_read(collected, sent.misfilled, missing)
+            return collected
         if not allowed:
             raise PrefetchUnavailable(
                 f"{what} and fetching from fhirServer is disabled on this service "
@@ -199,6 +244,7 @@ async def gather(
         # of the prefetch are still fetched.
         why = "context.patientId is not a FHIR id, so the FHIR server was not searched"
         collected.issues.extend(_not_read(key, why) for key in missing if key in TOLERATED)
+        _misfilled_not_read(collected, sent.misfilled, missing)
         missing = []
         if not pages:
             return collected
@@ -259,6 +305,7 @@ async def gather(
         result = results.get(key)
         if isinstance(result, NotRead):
             collected.issues.append(_not_read(key, result.reason))
+            _misfilled_not_read(collected, sent.misfilled, [key])
         elif isinstance(result, OthersDropped):
             collected.issues.append(
                 Issue(
@@ -286,6 +333,27 @@ async def gather(
         },
     )
     return collected
+
+
+def _unsent_text(keys: list[str], misfilled: Mapping[str, str]) -> str:
+    """Why `keys` were not taken from the prefetch, for a 412."""
+    parts = []
+    absent = [key for key in keys if key not in misfilled]
+    if absent:
+        parts.append(
+            f"prefetch {', '.join(absent)} is absent or reports an error (OperationOutcome)"
+        )
+    parts.extend(f"prefetch.{key} holds {misfilled[key]}" for key in keys if key in misfilled)
+    return "; ".join(parts)
+
+
+def _misfilled_not_read(
+    collected: ResourceCollector, misfilled: Mapping[str, str], keys: list[str]
+) -> None:
+    """Of `keys`, not fetched, those that held something else than asked: data issues."""
+    collected.issues.extend(
+        Issue(f"prefetch.{key}", f"{misfilled[key]}; not read") for key in keys if key in misfilled
+    )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cds.engine.facts import CONCEPTS_READ
+from cds.fhir.reading import with_article
 from cds.knowledge import Knowledge
 
 # Keys without which a grade could be understated: absent → fetched from fhirServer, or 412.
@@ -31,11 +32,42 @@ TOLERATED = {
 
 
 @dataclass(frozen=True)
+class Asked:
+    """What a prefetch template asks for: a `resource_type` resource (a read,
+    `Patient/{{context.patientId}}`), or a Bundle of its search results (`search`,
+    `Observation?patient=…`)."""
+
+    resource_type: str
+    search: bool
+
+    def describe(self) -> str:
+        """ "a Bundle of Observation search results", "a Patient resource"."""
+        if self.search:
+            return f"a Bundle of {self.resource_type} search results"
+        return f"{with_article(self.resource_type)} resource"
+
+
+@dataclass(frozen=True)
 class PrefetchPlan:
     """The prefetch templates a service advertises, and the keys it cannot do without."""
 
     templates: dict[str, str]
     required: frozenset[str]
+
+    def asks(self, key: str) -> Asked | None:
+        """What the template of `key` asks for; None for a key the service does not ask
+        for, or a template that is neither a read nor a search of one type (an operation)."""
+        template = self.templates.get(key)
+        if template is None:
+            return None
+        parts = template.split("?", 1)[0].split("/")
+        if not parts[0].isascii() or not parts[0].isalpha() or not parts[0][0].isupper():
+            return None
+        if len(parts) == 1:
+            return Asked(parts[0], search=True)
+        if len(parts) == 2 and parts[1] and parts[1][0] not in "$_":
+            return Asked(parts[0], search=False)
+        return None
 
 
 def observation_code_param(knowledge: Knowledge) -> str:

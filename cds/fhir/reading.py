@@ -3,7 +3,9 @@
 A prefetch value may be a single resource, a Bundle (searchset, collection,
 transaction…), or null. Search entries with `search.mode = outcome` are skipped.
 Anything that is not a resource is reported as an `Issue` with its location and never
-stops the evaluation.
+stops the evaluation. A prefetch value that is not the data its template asks for at
+all (`not_as_asked`: a Patient where Observations were searched) is not read: it is
+fetched again, like a value reporting an error (`reports_failure`; see `gather`).
 
 Values come as parsed JSON (dicts) or already decoded into `structs.Resource` (a request
 body decoded in one pass); both are walked alike, and a resource is kept as it came.
@@ -169,7 +171,7 @@ class ResourceCollector:
             return self._add_decoded(value, location, full_url)
         if not isinstance(value, dict):
             self.issues.append(
-                Issue(location, f"expected a FHIR resource or Bundle, got {_kind(value)}")
+                Issue(location, f"expected a FHIR resource or Bundle, got {_json_kind(value)}")
             )
             return None
         resource_type = value.get("resourceType")
@@ -206,7 +208,10 @@ class ResourceCollector:
             # Locations are written out only where needed: a chart has thousands of entries.
             if not isinstance(entry, dict):
                 self.issues.append(
-                    Issue(f"{location}.entry[{i}]", f"expected a Bundle entry, got {_kind(entry)}")
+                    Issue(
+                        f"{location}.entry[{i}]",
+                        f"expected a Bundle entry, got {_json_kind(entry)}",
+                    )
                 )
                 continue
             search = entry.get("search")
@@ -314,15 +319,134 @@ def reports_failure(value: Any) -> bool:
     )
 
 
+def not_as_asked(value: Any, resource_type: str) -> str | None:
+    """What a prefetch value holds when it is not the data its template asks for, a
+    `resource_type` resource or a Bundle of them (e.g. "a Patient resource" where
+    Observations were searched); None when it is. A Bundle is what was asked for when it
+    holds a `resource_type` (or a Bundle within), or no resource at all (nothing found);
+    a search is answered by a single resource of the type too. (Resources of other types
+    beside those asked for are read as usual: the Medications `_include`d with their
+    administrations.) Called once per value, and the walk stops at the first resource of
+    the type: the first entry, in a chart as sent."""
+    kind: Any
+    if type(value) is Resource:
+        kind = value.resourceType
+        if kind == "Bundle":
+            return _decoded_bundle_not_as_asked(value, resource_type)
+    elif isinstance(value, dict):
+        kind = value.get("resourceType")
+        if not isinstance(kind, str):
+            return "a JSON object without resourceType"
+        if kind == "Bundle":
+            return _bundle_not_as_asked(value, resource_type)
+    else:
+        return _json_kind(value)
+    if kind == resource_type:
+        return None
+    if not kind:
+        return "a JSON object without resourceType"
+    return f"{with_article(_type_name(kind))} resource"
+
+
+def _bundle_not_as_asked(bundle: dict[str, Any], resource_type: str) -> str | None:
+    entries = bundle.get("entry")
+    if entries is None:
+        return None
+    if not isinstance(entries, list):
+        return f"a Bundle whose entry is {_json_kind(entries)}, not an array"
+    kinds: set[str] = set()
+    unreadable = 0
+    for entry in entries:
+        if not isinstance(entry, dict):
+            unreadable += 1
+            continue
+        resource = entry.get("resource")
+        search = entry.get("search")
+        if resource is None or (isinstance(search, dict) and search.get("mode") == "outcome"):
+            continue  # (as the collector skips them)
+        kind = resource.get("resourceType") if isinstance(resource, dict) else None
+        if kind == resource_type or kind == "Bundle":
+            return None
+        if kind == "OperationOutcome":
+            continue  # (one reporting no error: a search's warning)
+        if isinstance(kind, str) and kind:
+            kinds.add(kind)
+        else:
+            unreadable += 1
+    return _bundle_kind(kinds, unreadable)
+
+
+def _decoded_bundle_not_as_asked(bundle: Resource, resource_type: str) -> str | None:
+    kinds: set[str] = set()
+    unreadable = 0
+    for entry in bundle.entry or ():
+        resource = entry.resource
+        search = entry.search
+        if resource is None or (search is not None and search.mode == "outcome"):
+            continue
+        kind = resource.resourceType
+        if kind == resource_type or kind == "Bundle":
+            return None
+        if kind == "OperationOutcome":
+            continue
+        if kind:
+            kinds.add(kind)
+        else:
+            unreadable += 1
+    return _bundle_kind(kinds, unreadable)
+
+
+def _bundle_kind(kinds: set[str], unreadable: int) -> str | None:
+    """ "a Bundle of Patient resources" (None for a Bundle of none: nothing found)."""
+    parts = []
+    if kinds:
+        names = sorted({_type_name(kind) for kind in kinds})
+        if len(names) > 3:
+            names = [*names[:3], f"{len(names) - 3} other"]
+        listed = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+        parts.append(f"{listed} resources")
+    if unreadable:
+        parts.append(
+            "1 entry that is not a resource"
+            if unreadable == 1
+            else f"{unreadable} entries that are not resources"
+        )
+    return f"a Bundle of {' and '.join(parts)}" if parts else None
+
+
+_MAX_TYPE_NAME = 64  # (FHIR's longest is 35 letters)
+
+
+def _type_name(kind: str) -> str:
+    """A resourceType as sent, when it can be one (it is echoed in the response)."""
+    if len(kind) <= _MAX_TYPE_NAME and kind.isascii() and kind.isalpha():
+        return kind
+    return "unrecognised"
+
+
+def with_article(noun: str) -> str:
+    """ "a Patient", "an Observation"."""
+    return f"{'an' if noun and noun[0].lower() in 'aeiou' else 'a'} {noun}"
+
+
+def _json_kind(value: Any) -> str:
+    """A JSON value, named for a message ("a string")."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    return f"a {type(value).__name__}"
+
+
 def _failed(issues: Any) -> bool:
     return isinstance(issues, list | tuple) and any(
         isinstance(i, dict) and i.get("severity") in FAILED_SEVERITIES for i in issues
     )
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, list):
-        return "an array"
-    return type(value).__name__

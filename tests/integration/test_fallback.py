@@ -36,7 +36,7 @@ from cds.protocol import HookRequest
 from cds.runtime import Runtime
 from cds.scenarios import Scenario, get, library
 from cds.services import registry
-from tests.factories import hook_request, scenario_request
+from tests.factories import PATIENT, grade2_resources, hook_request, prefetch, scenario_request
 from tests.fhir_server import start_fhir_server
 from tests.integration.support import (
     GOOD_TOKEN,
@@ -116,18 +116,41 @@ BUNDLE_WITH_ERROR = {
 }
 
 
-@pytest.mark.parametrize("how", ["absent", "operation-outcome", "bundle-with-error-outcome"])
+MISFILLED = ("another-resource-type", "unknown-resource-type", "another-bundle", "not-a-resource")
+
+
+def misfilled(prefetch: dict[str, Any], key: str, how: str) -> Any:
+    """What a client may send in `key` instead of what its template asks for."""
+    if how == "another-resource-type":  # e.g. the Patient where Observations were searched
+        if key == "patient":
+            return prefetch["observations"]["entry"][0]["resource"]
+        return prefetch["patient"]
+    if how == "unknown-resource-type":
+        return {"resourceType": "Banana"}
+    if how == "another-bundle":  # the search results of another key
+        return prefetch["medicationAdministrations" if key == "observations" else "observations"]
+    assert how == "not-a-resource"
+    return "Observation?patient={{context.patientId}}"  # a template left unfilled
+
+
+@pytest.mark.parametrize(
+    "how", ["absent", "operation-outcome", "bundle-with-error-outcome", *MISFILLED]
+)
 @pytest.mark.parametrize("key", KEYS)
 def test_fallback_fetches_the_one_missing_key(
     runtime: Runtime, loaded: str, anchor: datetime, key: str, how: str
 ) -> None:
     # Abecma, grade 4: phenylephrine is a medicationReference, so the administrations
     # fallback must also read the Medication. A key that is absent, or whose value
-    # reports an error in fetching it, is fetched (CDS Hooks 2.0).
+    # reports an error in fetching it, is fetched (CDS Hooks 2.0); so is one that holds
+    # something else than its template asks for, which read as "nothing found" would
+    # understate the grade.
     scenario = get("g4-idecel-two-pressors")
     prefetch: dict[str, Any] = dict(scenario.prefetch(anchor))
     if how == "absent":
         del prefetch[key]
+    elif how in MISFILLED:
+        prefetch[key] = misfilled(prefetch, key, how)
     else:
         prefetch[key] = OPERATION_OUTCOME if how == "operation-outcome" else BUNDLE_WITH_ERROR
     rt = allowing(runtime, loaded)
@@ -273,6 +296,71 @@ def test_no_fhir_server_and_no_prefetch_is_412(runtime: Runtime) -> None:
     )
     assert response.status_code == 412
     assert "no fhirServer" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [
+        ({"resourceType": "Patient", "id": PATIENT}, "a Patient resource"),
+        ({"resourceType": "Banana"}, "a Banana resource"),
+        (fb.searchset([fb.patient(PATIENT)]), "a Bundle of Patient resources"),
+        ("Observation?patient={{context.patientId}}", "a string"),
+    ],
+    ids=["a-patient", "an-unknown-type", "a-bundle-of-patients", "a-string"],
+)
+def test_a_needed_key_holding_something_else_without_fhir_server_is_412(
+    runtime: Runtime, value: Any, found: str
+) -> None:
+    # A grade 2 chart whose observations key holds something else than Observation search
+    # results: taken as absent, as an OperationOutcome is; with no fhirServer to fetch them
+    # from, a 412 naming the key and what it held (never a grade 0 card).
+    sent = prefetch(*grade2_resources())
+    sent["observations"] = value
+    response = post_hook(allowing(runtime), "crs-monitor", hook_request("patient-view", {}, sent))
+    assert response.status_code == 412, response.text
+    assert (
+        f"prefetch.observations holds {found}, where a Bundle of Observation search results "
+        "was expected and the request has no fhirServer"
+    ) in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        (
+            "conditions",
+            {"resourceType": "Patient", "id": PATIENT},
+            "a Patient resource, where a Bundle of Condition search results was expected",
+        ),
+        ("patient", {"resourceType": "Banana"}, "a Banana resource, where a Patient resource"),
+        (
+            "assessments",
+            {
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": fb.patient(PATIENT)}, {"resource": {"id": "no-type"}}],
+            },
+            "a Bundle of Patient resources and 1 entry that is not a resource, where a Bundle "
+            "of QuestionnaireResponse search results",
+        ),
+    ],
+    ids=["conditions-a-patient", "patient-an-unknown-type", "assessments-a-bundle-of-patients"],
+)
+def test_an_optional_key_holding_something_else_not_fetched_is_a_data_issue(
+    runtime: Runtime, key: str, value: Any, problem: str
+) -> None:
+    # A key the call can do without, that cannot be fetched (no fhirServer): the call is
+    # answered from the rest, and the cards say what the key held and that it was not read.
+    sent = prefetch(*grade2_resources())
+    sent[key] = value
+    response = post_hook(allowing(runtime), "crs-monitor", hook_request("patient-view", {}, sent))
+    assert response.status_code == 200, response.text
+    cards = response.json()["cards"]
+    (crs,) = [c["extension"]["crs"] for c in cards if "crs" in c["extension"]]
+    assert crs["grade"] == 2
+    issues = [i for c in cards for i in c["extension"].get("dataIssues", [])]
+    (read,) = [i["problem"] for i in issues if i["location"] == f"prefetch.{key}"]
+    assert read.startswith(problem) and read.endswith("; not read"), read
 
 
 def test_only_optional_data_missing_and_server_not_allowed_is_fine(
