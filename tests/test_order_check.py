@@ -302,6 +302,47 @@ def test_order_select_checks_only_selected(client: TestClient) -> None:
     assert card["extension"]["tocilizumabCheck"]["order"] == "MedicationRequest/b"
 
 
+def _select(client: TestClient, selections: list[str], full_urls: bool = False) -> Any:
+    obs, admins = grade2_resources()
+    orders = draft_bundle(draft_order("a", 640, "mg"), draft_order("b", 900, "mg"))
+    if full_urls:
+        for entry in orders["entry"]:
+            entry["fullUrl"] = f"urn:uuid:order-{entry['resource']['id']}"
+    body = hook_request(
+        "order-select",
+        {"draftOrders": orders, "selections": selections},
+        prefetch(obs, admins),
+    )
+    return client.post("/cds-services/crs-order-select", json=body).json()
+
+
+def _checked(answer: Any) -> list[str]:
+    return sorted(c["extension"]["tocilizumabCheck"]["order"] for c in answer["cards"])
+
+
+def _issue_locations(answer: Any) -> set[str]:
+    holders = [answer, *answer["cards"]]
+    return {i["location"] for h in holders for i in h.get("extension", {}).get("dataIssues", [])}
+
+
+def test_a_selection_naming_no_draft_order_is_reported_and_every_order_checked(
+    client: TestClient,
+) -> None:
+    # (it gave no card and no message: the pharmacist's selected order was not checked)
+    answer = _select(client, ["MedicationRequest/nope"])
+    assert _checked(answer) == ["MedicationRequest/a", "MedicationRequest/b"]
+    assert "context.selections[0]" in _issue_locations(answer)
+    answer = _select(client, ["MedicationRequest/b", "MedicationRequest/nope"])
+    assert _checked(answer) == ["MedicationRequest/b"]
+    assert "context.selections[1]" in _issue_locations(answer)
+
+
+def test_a_selection_may_name_the_entry_by_its_full_url(client: TestClient) -> None:
+    answer = _select(client, ["urn:uuid:order-b"], full_urls=True)
+    assert _checked(answer) == ["MedicationRequest/b"]
+    assert "context.selections[0]" not in _issue_locations(answer)
+
+
 def test_sandbox_style_order_without_intent(client: TestClient) -> None:
     order = draft_order("mr1", 640, "mg", intent=None)
     order["category"] = {"text": "inpatient"}  # an object, as the Sandbox sends it

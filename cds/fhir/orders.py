@@ -166,6 +166,24 @@ class DraftOrders:
     unchecked: tuple[Issue, ...] = ()
 
 
+def _selected(selections: list[str], requests: list[RawResource], issues: list[Issue]) -> set[str]:
+    """The selections that name a MedicationRequest of draftOrders (by `Type/id` or
+    fullUrl); one that names none is reported. When none does, every order is checked:
+    the pharmacist selected an order, and checking none would say nothing about it."""
+    named = {r.reference for r in requests} | {r.full_url for r in requests if r.full_url}
+    found = {s for s in selections if s in named}
+    for i, selection in enumerate(selections):
+        if selection not in named:
+            issues.append(
+                Issue(
+                    f"context.selections[{i}]",
+                    "names no MedicationRequest of context.draftOrders"
+                    + ("" if found else "; every draft order is checked instead"),
+                )
+            )
+    return found
+
+
 def read_draft_orders(
     knowledge: Knowledge,
     normaliser: Normaliser,
@@ -178,12 +196,13 @@ def read_draft_orders(
     collector = ResourceCollector()
     collector.add(draft_orders, "context.draftOrders")
     known = {**medications, **normaliser.medication_index(collector)}
-    selected = set(selections or [])
+    requests = list(collector.of_type("MedicationRequest"))
     orders: list[DraftOrder] = []
     unchecked: list[Issue] = []
     issues = list(collector.issues)
-    for raw in collector.of_type("MedicationRequest"):
-        if selected and raw.reference not in selected:
+    selected = _selected(selections or [], requests, issues)
+    for raw in requests:
+        if selected and raw.reference not in selected and raw.full_url not in selected:
             continue
         try:
             order = models.MedicationRequest.model_validate(raw.json())
