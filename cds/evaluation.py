@@ -97,7 +97,9 @@ def evaluate(
         normalised.issues.append(
             Issue(
                 normaliser.birth_location or "prefetch.patient.birthDate",
-                f"{born.isoformat()} is after the evaluation time: the patient's age is not known",
+                # (the date is not repeated: a birth date identifies a patient, and the
+                # cards' data issues are kept in the audit trail)
+                "after the evaluation time: the patient's age is not known",
             )
         )
     orders = (
