@@ -395,6 +395,23 @@ def test_a_car_t_infusion_whose_time_cannot_be_read_gives_a_card_not_silence(
     )
 
 
+def test_an_unreadable_infusion_after_lymphodepletion_is_not_taken_for_before_it(
+    client: TestClient,
+) -> None:
+    # the usual chart: fludarabine days -5 to -3, the CAR-T 72 h ago. With the infusion's
+    # time unreadable, "after lymphodepletion, before the infusion" (the pre-infusion risk
+    # scores, info, "raise no alert") would be a wrong all-clear (a second review found it)
+    obs, admins = grade2_resources()
+    admins[0]["effectiveDateTime"] = admins[0]["effectiveDateTime"][:19]  # no offset
+    admins += [
+        b.administration(PATIENT, hours_ago(h), text="fludarabine") for h in (120, 96, 72 + 24)
+    ]
+    response = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    (card,) = response.json()["cards"]
+    assert card["indicator"] == "warning"
+    assert "CRS risk not checked" in card["summary"]
+
+
 def test_an_unreadable_administration_of_another_medicine_stays_quiet(
     client: TestClient,
 ) -> None:

@@ -83,14 +83,20 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
     exposure, grading = evaluation.exposure, evaluation.crs
     icans = icans_card(runtime, evaluation, new_id) if evaluation.icans is not None else None
     if exposure is None or grading is None:
-        if icans is not None:
-            return Decision((icans,))
-        if evaluation.risk is not None:  # after lymphodepletion, before the infusion
-            card = cards.pre_infusion_card(runtime.knowledge, evaluation, new_id())
-            return Decision((DecidedCard(card, "risk-scores"),))
+        shown: list[DecidedCard] = []
+        # First whatever may hide a risk window: data missing, or an exposure whose time
+        # could not be read (after lymphodepletion, that infusion is the one expected).
         if not evaluation.data_complete or evaluation.unread_exposures:
             card = cards.incomplete_data_card(runtime.knowledge, evaluation, new_id())
-            return Decision((DecidedCard(card, "data-incomplete"),))
+            shown.append(DecidedCard(card, "data-incomplete"))
+        if icans is not None:
+            shown.append(icans)
+        elif evaluation.risk is not None and not evaluation.unread_exposures:
+            # after lymphodepletion, before the infusion (not if one may have been given)
+            card = cards.pre_infusion_card(runtime.knowledge, evaluation, new_id())
+            shown.append(DecidedCard(card, "risk-scores"))
+        if shown:
+            return Decision(tuple(shown))
         return Decision((), cards.data_only_extension(evaluation))
     plan = plan_tocilizumab(runtime, evaluation, new_id)
     card_id = new_id()
