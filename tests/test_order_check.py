@@ -269,6 +269,24 @@ def test_no_crs_evidence_is_a_warning_not_a_block(client: TestClient) -> None:
     assert (card["indicator"], check["problems"]) == ("warning", ["no-crs-evidence"])
 
 
+def test_entries_not_read_are_said_on_the_order_card(client: TestClient) -> None:
+    # the CRS evidence the check finds missing may be an entry it could not read (an O2
+    # flow of 200 L/min, a unit error): the pharmacist's card says entries were left out
+    obs, admins = grade2_resources()
+    obs = [o for o in obs if o["code"]["coding"][0]["code"] == "29463-7"]
+    obs.append(b.oxygen_flow(PATIENT, hours_ago(1), 200))
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("mr1", 640, "mg"))},
+        prefetch(obs, admins),
+    )
+    card, check = only_check(client.post("/cds-services/crs-order-sign", json=body).json())
+    assert check["problems"] == ["no-crs-evidence"]
+    assert "**Data not read:** 1 of the patient's entries" in card["detail"]
+    _card, _ = only_check(sign(client, [draft_order("mr1", 640, "mg")], crs=False))
+    assert "Data not read" not in _card["detail"]
+
+
 def test_weight_in_pounds(client: TestClient) -> None:
     obs, admins = grade2_resources(weight_kg=None)
     obs.append(b.weight(PATIENT, hours_ago(5), 176.37, "lb"))
@@ -304,7 +322,8 @@ def test_order_select_checks_only_selected(client: TestClient) -> None:
 
 def _select(client: TestClient, selections: list[str], full_urls: bool = False) -> Any:
     obs, admins = grade2_resources()
-    orders = draft_bundle(draft_order("a", 640, "mg"), draft_order("b", 900, "mg"))
+    cbc = {"resourceType": "ServiceRequest", "id": "cbc", "status": "draft", "intent": "order"}
+    orders = draft_bundle(draft_order("a", 640, "mg"), draft_order("b", 900, "mg"), cbc)
     if full_urls:
         for entry in orders["entry"]:
             entry["fullUrl"] = f"urn:uuid:order-{entry['resource']['id']}"
@@ -335,6 +354,15 @@ def test_a_selection_naming_no_draft_order_is_reported_and_every_order_checked(
     answer = _select(client, ["MedicationRequest/b", "MedicationRequest/nope"])
     assert _checked(answer) == ["MedicationRequest/b"]
     assert "context.selections[1]" in _issue_locations(answer)
+
+
+def test_a_selection_of_another_order_type_checks_no_tocilizumab_order(
+    client: TestClient,
+) -> None:
+    # (a lab order selected: no tocilizumab card, and nothing to report)
+    answer = _select(client, ["ServiceRequest/cbc"])
+    assert answer["cards"] == []
+    assert "context.selections[0]" not in _issue_locations(answer)
 
 
 def test_a_selection_may_name_the_entry_by_its_full_url(client: TestClient) -> None:

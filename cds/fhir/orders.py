@@ -166,18 +166,19 @@ class DraftOrders:
     unchecked: tuple[Issue, ...] = ()
 
 
-def _selected(selections: list[str], requests: list[RawResource], issues: list[Issue]) -> set[str]:
-    """The selections that name a MedicationRequest of draftOrders (by `Type/id` or
-    fullUrl); one that names none is reported. When none does, every order is checked:
-    the pharmacist selected an order, and checking none would say nothing about it."""
-    named = {r.reference for r in requests} | {r.full_url for r in requests if r.full_url}
+def _selected(selections: list[str], drafts: list[RawResource], issues: list[Issue]) -> set[str]:
+    """The selections that name a resource of draftOrders (by `Type/id` or fullUrl: a
+    ServiceRequest selected is no tocilizumab order to check); one that names none is
+    reported. When none does, every order is checked: the user selected an order, and
+    checking none would say nothing about it."""
+    named = {r.reference for r in drafts} | {r.full_url for r in drafts if r.full_url}
     found = {s for s in selections if s in named}
     for i, selection in enumerate(selections):
         if selection not in named:
             issues.append(
                 Issue(
                     f"context.selections[{i}]",
-                    "names no MedicationRequest of context.draftOrders"
+                    "names no resource of context.draftOrders"
                     + ("" if found else "; every draft order is checked instead"),
                 )
             )
@@ -200,7 +201,7 @@ def read_draft_orders(
     orders: list[DraftOrder] = []
     unchecked: list[Issue] = []
     issues = list(collector.issues)
-    selected = _selected(selections or [], requests, issues)
+    selected = _selected(selections or [], collector.resources, issues)
     for raw in requests:
         if selected and raw.reference not in selected and raw.full_url not in selected:
             continue

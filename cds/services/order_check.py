@@ -44,6 +44,13 @@ def check_order(
     notes: list[str] = []
     if not evaluation.data_complete:
         notes.append(cards.incomplete_note(evaluation.truncated) or "")
+    if evaluation.issues:
+        # (a rejected O2 flow may be the CRS evidence the check finds missing)
+        notes.append(
+            f"**Data not read:** {len(evaluation.issues)} of the patient's entries could not "
+            "be read and were left out (details in the response's extension, `dataIssues`): "
+            "the CRS evidence and the dose history may be understated."
+        )
     # Only a dose read in mg and found wrong is corrected: an unreadable or invalid dose
     # (what was meant is unknown) is verified by hand, never replaced in one click.
     dose_wrong = {dosing.DOSE_ABOVE_CAP, dosing.DOSE_NOT_WEIGHT_BASED} & set(problems)
