@@ -331,7 +331,7 @@ def _fio2(percent: float) -> dict[str, Any]:
         (b.oxygen_flow(P, T, -3), "oxygen_flow"),
         (b.oxygen_flow(P, T, 150.5), "oxygen_flow"),
         (_fio2(0.4), "inhaled_oxygen_concentration"),  # a fraction charted as %
-        (_fio2(20.9), "inhaled_oxygen_concentration"),
+        (_fio2(19.9), "inhaled_oxygen_concentration"),
         (_fio2(100.5), "inhaled_oxygen_concentration"),
         (b.lab(P, T, "1988-5", "CRP", -1, "mg/L"), "crp"),
         (b.lab(P, T, "1988-5", "CRP", 1e308, "mg/L"), "crp"),
@@ -365,7 +365,8 @@ def test_implausible_vital_signs_and_labs_are_reported_not_used(
         (b.spo2(P, T, 100), "spo2", 100.0),
         (b.oxygen_flow(P, T, 0), "oxygen_flow", 0.0),
         (b.oxygen_flow(P, T, 150), "oxygen_flow", 150.0),
-        (_fio2(21), "inhaled_oxygen_concentration", 21.0),
+        (_fio2(20), "inhaled_oxygen_concentration", 20.0),
+        (_fio2(20.9), "inhaled_oxygen_concentration", 20.9),  # room air, as analysers chart it
         (_fio2(100), "inhaled_oxygen_concentration", 100.0),
         (b.lab(P, T, "1988-5", "CRP", 0, "mg/L"), "crp", 0.0),
         (b.lab(P, T, "718-7", "Hemoglobin", 30, "g/dL"), "hemoglobin", 30.0),
