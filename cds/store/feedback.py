@@ -17,12 +17,12 @@ from cds.auth import ClientIdentity
 from cds.errors import CdsError, InvalidRequest
 from cds.store.tables import acknowledgements, cards, feedback
 
-# How far an outcomeTimestamp may lie after the feedback reached the service: the EHR's
-# clock and this server's may disagree by seconds, a few minutes at worst. An operational
-# tolerance, not a clinical one. Anything later is refused (400): a future acknowledgement
-# would stretch the quiet period, and as the most recent one it would outrank all later
-# feedback, so that the card would never be acknowledged again.
-OUTCOME_CLOCK_SKEW = timedelta(minutes=5)
+# How far an outcomeTimestamp may lie after the feedback reached the service. An outcome
+# ahead of the arrival is taken as acted on at the arrival (the EHR's clock may be ahead of
+# this server's: its feedback is kept, not refused — a refused batch is lost), so it can
+# neither stretch the quiet period nor outrank later feedback. A day ahead or more is no
+# clock skew but a wrong date: refused (400). An operational limit, not a clinical one.
+OUTCOME_FUTURE_LIMIT = timedelta(hours=24)
 
 
 class UnknownCard(CdsError):
@@ -150,15 +150,15 @@ def apply(
 
 
 def _refuse_future_outcomes(request: FeedbackRequest, received_at: datetime) -> None:
-    """InvalidRequest for an outcome dated later than its arrival plus OUTCOME_CLOCK_SKEW."""
-    latest = received_at + OUTCOME_CLOCK_SKEW
+    """InvalidRequest for an outcome dated later than its arrival plus OUTCOME_FUTURE_LIMIT."""
+    latest = received_at + OUTCOME_FUTURE_LIMIT
     for i, item in enumerate(request.feedback):
         if item.outcomeTimestamp > latest:
             raise InvalidRequest(
                 f"outcomeTimestamp {item.outcomeTimestamp.isoformat()} is in the future: the "
                 f"feedback was received at {received_at.isoformat()} (server time), and an "
-                f"outcome may be dated at most {OUTCOME_CLOCK_SKEW.total_seconds() / 60:g} "
-                "minutes later (clock skew between client and server)",
+                f"outcome may be dated at most {OUTCOME_FUTURE_LIMIT.total_seconds() / 3600:g} "
+                "hours later (clock skew between client and server)",
                 f"feedback[{i}].outcomeTimestamp",
             )
 
@@ -194,9 +194,10 @@ def _acknowledge(
     card the clinician has since seen at a lower grade). Feedback arriving out of order
     (older than the one stored) changes nothing."""
     # Acted on when the feedback arrived, at the latest: an outcomeTimestamp ahead of this
-    # server's clock (within OUTCOME_CLOCK_SKEW) would otherwise not quiet the chart opened
-    # right after it, as a card is quiet only from `acted_at` on. The feedback row keeps
-    # the time as sent.
+    # server's clock (within OUTCOME_FUTURE_LIMIT) would otherwise not quiet the chart opened
+    # right after it, as a card is quiet only from `acted_at` on; nor may it stretch the
+    # quiet period, or outrank the feedback that follows. The feedback row keeps the time
+    # as sent.
     acted_at = min(item.outcomeTimestamp, received_at)
     key = (card["patient"], card["exposure"])
     current = connection.execute(

@@ -14,7 +14,7 @@ import pytest
 from cds import fhirbuild as b
 from cds.runtime import Runtime
 from cds.store import decisions
-from cds.store.feedback import OUTCOME_CLOCK_SKEW
+from cds.store.feedback import OUTCOME_FUTURE_LIMIT
 from tests.factories import (
     draft_bundle,
     draft_order,
@@ -131,7 +131,7 @@ def test_feedback_dated_ahead_within_the_clock_skew_quiets_the_next_chart_open(
     pid = "supp-skew"
     card = _open(service, pid, 2)
     service.now = datetime.now(UTC)  # feedback and the next chart open at this instant
-    _act(service, card, "overridden", service.now + OUTCOME_CLOCK_SKEW - timedelta(seconds=1))
+    _act(service, card, "overridden", service.now + OUTCOME_FUTURE_LIMIT - timedelta(seconds=1))
     again = _open(service, pid, 2)
     assert again["indicator"] == "info"
     # acted on when the feedback arrived, at the latest
