@@ -17,10 +17,11 @@ import psycopg
 from bench.payloads import Payload
 from bench.stats import Summary
 from cds.clock import utc_now
+from cds.evaluation import risk_data_since
 from cds.fhir.client import http_client
 from cds.fhir.gather import FhirAccess, gather
 from cds.ids import new_uuid
-from cds.pipeline import body_digest, evaluate_context, parse, risk_data_since
+from cds.pipeline import body_digest, evaluate_context, parse
 from cds.runtime import Runtime
 from cds.services import registry
 from cds.settings import Settings

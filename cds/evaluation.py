@@ -11,7 +11,7 @@ after this step reads FHIR again.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from cds.engine.dosing import DoseHistory, dose_history, latest_weight
@@ -77,6 +77,15 @@ class Evaluation:
         return self.facts.age_at(self.at)
 
 
+def risk_data_since(runtime: Runtime, at: datetime) -> datetime:
+    """How far back data can matter at `at` (and the FHIR fallback fetches): the longest
+    risk window, plus one CRS episode gap (a window that closed during ongoing CRS stays
+    open) and the look-back."""
+    longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
+    grading = runtime.rules.grading
+    return at - timedelta(hours=longest) - grading.episode_gap - grading.lookback
+
+
 def evaluate(
     runtime: Runtime,
     collected: ResourceCollector,
@@ -118,7 +127,13 @@ def evaluate(
         issues=tuple(normalised.issues),
         truncated=tuple(collected.truncated),
         orders=orders,
-        unread_exposures=normalised.unread_exposures,
+        # (one given too long ago to open a window now, by the date it could be read to,
+        # is a data issue only: migrated charts keep old entries without offsets)
+        unread_exposures=tuple(
+            u
+            for u in normalised.unread_exposures
+            if u.not_after is None or u.not_after >= risk_data_since(runtime, at)
+        ),
     )
 
 

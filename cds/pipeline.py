@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol, TypeVar
 
 import orjson
@@ -24,7 +24,7 @@ from cds.auth import ClientIdentity
 from cds.clock import Clock
 from cds.decision import Decision
 from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService
-from cds.evaluation import Evaluation, evaluate
+from cds.evaluation import Evaluation, evaluate, risk_data_since
 from cds.fhir.gather import FhirAccess, SentPrefetch, collect_prefetch, gather
 from cds.fhir.reading import ResourceCollector, validation_message
 from cds.fhir.structs import decode_body
@@ -145,14 +145,6 @@ def _validated(data: dict[str, Any]) -> HookRequest:
         return HookRequest.model_validate(data)
     except ValidationError as exc:
         raise InvalidRequest(validation_message("request", exc), "request") from exc
-
-
-def risk_data_since(runtime: Runtime, at: datetime) -> datetime:
-    """How far back the FHIR fallback fetches: the longest risk window, plus one CRS
-    episode gap (a window that closed during ongoing CRS stays open) and the look-back."""
-    longest = max((w.window_hours for w in runtime.rules.windows.values()), default=0.0)
-    grading = runtime.rules.grading
-    return at - timedelta(hours=longest) - grading.episode_gap - grading.lookback
 
 
 def evaluate_context(

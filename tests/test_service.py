@@ -412,6 +412,21 @@ def test_an_unreadable_infusion_after_lymphodepletion_is_not_taken_for_before_it
     assert "CRS risk not checked" in card["summary"]
 
 
+def test_an_infusion_without_offset_too_old_to_matter_is_a_data_issue_only(
+    client: TestClient,
+) -> None:
+    # a CAR-T charted without an offset a year ago (migrated data) opens no window now,
+    # whatever its zone: no card at every chart opening, the issue only
+    obs, admins = grade2_resources()
+    admins[0]["effectiveDateTime"] = hours_ago(24 * 365).strftime("%Y-%m-%dT%H:%M:%S")
+    response = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    assert response.json()["cards"] == []
+    assert any(
+        i["location"].startswith("prefetch.medicationAdministrations.entry[0]")
+        for i in _data_issues(response)
+    )
+
+
 def test_an_unreadable_administration_of_another_medicine_stays_quiet(
     client: TestClient,
 ) -> None:

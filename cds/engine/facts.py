@@ -90,6 +90,8 @@ class UnreadExposure(Struct, frozen=True, gc=False):
 
     display: str
     location: str  # where in the request (e.g. prefetch.medicationAdministrations.entry[2])
+    # the latest it can have been given, when its date could be read (None: any time)
+    not_after: datetime | None = None
 
 
 class Administration(Struct, frozen=True, gc=False):

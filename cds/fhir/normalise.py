@@ -21,7 +21,7 @@ import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -883,7 +883,11 @@ class Normaliser:
         administration = self._administered(raw, ma, match)
         if administration is None and match.medication_class in EXPOSURE_CLASSES:
             # (the reason is among the issues) a risk window may be open: say so on a card
-            self._unread_exposures.append(UnreadExposure(match.display, raw.location))
+            period = ma.effectivePeriod
+            text = ma.effectiveDateTime or (period.start if period is not None else None)
+            self._unread_exposures.append(
+                UnreadExposure(match.display, raw.location, _latest_instant(text))
+            )
         return administration
 
     def _administered(
@@ -998,6 +1002,20 @@ class Normaliser:
                 )
             )
         return same
+
+
+def _latest_instant(text: object) -> datetime | None:
+    """The latest instant a FHIR dateTime that could not be read may mean, when its date
+    can be (a time without offset: the end of its day in the westernmost zone, UTC-12,
+    is the latest); None when not even a date can be read."""
+    match = _BIRTH_DATE.match(text) if isinstance(text, str) else None
+    if match is None:
+        return None
+    try:
+        day = date(int(match[1]), int(match[2]), int(match[3]))
+    except ValueError:
+        return None
+    return datetime.combine(day, time.max, UTC) + timedelta(hours=12)
 
 
 def _full_date(text: object) -> date | None:

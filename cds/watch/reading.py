@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 
 from cds.engine.exposure import EXPOSURE_CLASSES
+from cds.evaluation import risk_data_since
 from cds.fhir.client import (
     FhirQuery,
     FhirQueryFailed,
@@ -40,7 +41,6 @@ from cds.fhir.prefetch import PrefetchPlan, text_param
 from cds.fhir.reading import ResourceCollector
 from cds.fhir.references import patient_of
 from cds.fhir.timing import TimeFormatError, parse_fhir_datetime
-from cds.pipeline import risk_data_since
 from cds.protocol import FhirAuthorization, HookRequest
 from cds.runtime import Runtime
 from cds.watch.config import CURSOR_OVERLAP, WatchConfig

@@ -22,12 +22,12 @@ import httpx
 
 from cds.app import create_app
 from cds.clock import utc_now
+from cds.evaluation import risk_data_since
 from cds.fhir.client import close_http_clients, http_client
 from cds.fhir.gather import FhirAccess, gather
 from cds.fhir.prefetch import PrefetchPlan
 from cds.fhir.reading import ResourceCollector
 from cds.ids import new_uuid
-from cds.pipeline import risk_data_since
 from cds.protocol import HookRequest
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
