@@ -215,6 +215,25 @@ def test_which_dose_problems_are_critical_is_the_alerting_policy(
     assert (unreadable["indicator"], over["indicator"]) == ("critical", "warning")
 
 
+@pytest.mark.parametrize(
+    ("code", "unit", "problems"),
+    [
+        ("258684004", "mg", ["dose-above-cap"]),  # a SNOMED CT unit code: its unit is read
+        ("258684004", "mL", ["dose-unreadable"]),
+        ("mL", "mg", ["dose-unreadable"]),  # a code the service reads wins over the text
+        ("258684004", "tablets", ["dose-unreadable"]),
+    ],
+)
+def test_a_dose_unit_code_the_service_does_not_read_falls_back_to_its_unit(
+    client: TestClient, code: str, unit: str, problems: list[str]
+) -> None:
+    order = draft_order("mr1", 960, unit)
+    quantity = order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]
+    quantity.update(system="http://snomed.info/sct", code=code)
+    _card, check = only_check(sign(client, [order], weight_kg=120))
+    assert check["problems"] == problems
+
+
 @settings(deadline=None)
 @given(mg=st.integers(min_value=1, max_value=10_000_000))
 def test_whole_mg_read_in_g_and_ug_is_exact(mg: int) -> None:

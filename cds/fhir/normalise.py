@@ -519,9 +519,9 @@ class Normaliser:
 
     def _age(self, at: datetime) -> int | None:
         born = self._birth
-        if born is None:
-            return None
         day = at.date()
+        if born is None or born > day:
+            return None  # (a birth after `at`: no age, as `Facts.age_at`)
         return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
     def _too_old_for_capd(self, at: datetime) -> bool:

@@ -108,7 +108,7 @@ def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) ->
     )
     if quantity is None:
         return OrderedDose(None, "no dose", DoseProblem.NO_DOSE)
-    unit = (quantity.code or quantity.unit or "").strip()
+    unit = _dose_unit(quantity.code, quantity.unit)
     value = quantity.value
     if value is None:
         return OrderedDose(None, f"no value {unit}".strip(), DoseProblem.NO_VALUE, unit)
@@ -134,6 +134,21 @@ def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) ->
         return OrderedDose(None, written, DoseProblem.NOT_FINITE, unit)
     rounded = round(mg, 6)  # to the ng: no float noise in what the card shows
     return OrderedDose(rounded if rounded > 0 else mg, written, unit=unit)
+
+
+def _dose_unit(code: str | None, unit: str | None) -> str:
+    """The unit a dose is read in: its code, unless the code is not one the service reads
+    and the human-readable unit is (a SNOMED CT or dm+d unit code, 258684004, with unit
+    "mg"); else the code, or the unit, as written."""
+    code, unit = (code or "").strip(), (unit or "").strip()
+    if code and unit and not _readable_unit(code) and _readable_unit(unit):
+        return unit
+    return code or unit
+
+
+def _readable_unit(unit: str) -> bool:
+    u = unit.lower()
+    return u in MG_PER_MASS_UNIT or u in MG_PER_KG_UNITS or u in VOLUME_UNITS
 
 
 def _finite_float(exact: Fraction) -> float | None:
