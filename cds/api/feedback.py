@@ -1,9 +1,9 @@
 """POST /cds-services/{id}/feedback: what the clinician did with a card (CDS Hooks 2.0).
 
 200 with an empty body once stored; 400 for a malformed body, a suggestion the card did
-not offer or an outcome dated after the feedback arrived (beyond the clock skew
-tolerated); 404 for an unknown service or card; 503 when it cannot be stored (it is never
-acknowledged unless it was)."""
+not offer or an outcome dated a day or more after the feedback arrived (one dated ahead
+by less is acted on at its arrival); 404 for an unknown service or card; 503 when it
+cannot be stored (it is never acknowledged unless it was)."""
 
 from __future__ import annotations
 

@@ -107,7 +107,7 @@ FEEDBACK = {
         "200": {"description": "stored (an empty body)"},
         "400": _error(
             "malformed feedback, a suggestion the card did not offer, or an outcome dated "
-            "after the feedback arrived"
+            "a day or more after the feedback arrived"
         ),
         "401": UNAUTHENTICATED,
         "404": _error("no such service, or a card it did not issue"),
