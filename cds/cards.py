@@ -433,11 +433,11 @@ def incomplete_data_card(knowledge: Knowledge, evaluation: Evaluation, card_id: 
     unread = evaluation.unread_exposures
     if unread:
         names = ", ".join(dict.fromkeys(u.display for u in unread))
-        summary = f"{names[:1].upper()}{names[1:]}: time not readable, CRS risk not checked"
+        summary = f"{names[:1].upper()}{names[1:]} given, not readable: CRS risk not checked"
         where = "; ".join(u.location for u in unread)
         sections = [
-            f"**Not read:** an administration of {names} ({where}): its time could not be "
-            "read (details in the card's extension, `dataIssues`). The CRS risk window "
+            f"**Not read:** an administration of {names} ({where}): it, or its time, could "
+            "not be read (details in the card's extension, `dataIssues`). The CRS risk window "
             "starts at the infusion or dose, so whether the patient is inside it could not "
             "be checked, and the patient was not graded. Correct the entry in the medication "
             "record, or check the patient for CRS by hand.",

@@ -387,7 +387,7 @@ def test_a_car_t_infusion_whose_time_cannot_be_read_gives_a_card_not_silence(
     response = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
     (card,) = response.json()["cards"]
     assert card["indicator"] == "warning"
-    assert card["summary"].startswith("Axicabtagene ciloleucel: time not readable")
+    assert card["summary"] == "Axicabtagene ciloleucel given, not readable: CRS risk not checked"
     assert "prefetch.medicationAdministrations.entry[0]" in card["detail"]
     assert any(
         i["location"].startswith("prefetch.medicationAdministrations.entry[0]")
@@ -410,6 +410,38 @@ def test_an_unreadable_infusion_after_lymphodepletion_is_not_taken_for_before_it
     (card,) = response.json()["cards"]
     assert card["indicator"] == "warning"
     assert "CRS risk not checked" in card["summary"]
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda ma: ma.update(effectiveDateTime=20261128),  # a number: not readable FHIR
+        lambda ma: ma.pop("status"),  # status is required
+        lambda ma: ma.update(medicationCodeableConcept="YESCARTA"),  # a string, not a concept
+    ],
+)
+def test_an_administration_not_readable_that_names_a_car_t_gives_the_card(
+    client: TestClient, spoil: Any
+) -> None:
+    obs, admins = grade2_resources()
+    spoil(admins[0])
+    response = monitor(client, hook_request("patient-view", {}, prefetch(obs, admins)))
+    (card,) = response.json()["cards"]
+    assert card["summary"] == "Axicabtagene ciloleucel given, not readable: CRS risk not checked"
+
+
+def test_an_administration_not_readable_and_not_given_stays_a_data_issue(
+    client: TestClient,
+) -> None:
+    obs, admins = grade2_resources()
+    admins[0].update(effectiveDateTime=20261128, status="entered-in-error")
+    acetaminophen = b.administration(PATIENT, hours_ago(3), rxnorm="161", text="acetaminophen")
+    acetaminophen["effectiveDateTime"] = 20261128
+    response = monitor(
+        client, hook_request("patient-view", {}, prefetch(obs, [*admins, acetaminophen]))
+    )
+    assert response.json()["cards"] == []
+    assert _data_issues(response)
 
 
 def test_an_infusion_without_offset_too_old_to_matter_is_a_data_issue_only(

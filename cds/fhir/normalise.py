@@ -40,7 +40,14 @@ from cds.engine.facts import (
     UnreadExposure,
 )
 from cds.fhir import models
-from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
+from cds.fhir.reading import (
+    MENTION_SCAN_LIMIT,
+    Issue,
+    RawResource,
+    ResourceCollector,
+    json_strings,
+    validation_issues,
+)
 from cds.fhir.structs import (
     CodeableConcept,
     Coding,
@@ -184,6 +191,7 @@ class Normaliser:
         self.issues: list[Issue] = []
         self._birth: date | None = None
         self._unread_exposures: list[UnreadExposure] = []
+        self._scan_budget = MENTION_SCAN_LIMIT  # values unreadable administrations may cost
         self.birth_location: str | None = None  # where the birth date used was read
         self._neuro: list[NeuroFinding] = []
         self._reset_memos()
@@ -219,6 +227,7 @@ class Normaliser:
         administrations: list[Administration] = []
         self.birth_location = None
         self._unread_exposures = []
+        self._scan_budget = MENTION_SCAN_LIMIT
         self._birth = birth_date = self._birth_date(collected)
         self._neuro = []
         for raw in collected.resources:
@@ -857,6 +866,11 @@ class Normaliser:
     ) -> Administration | None:
         ma = self._read(raw, models.MedicationAdministration)
         if ma is None:
+            product = self._exposure_named(raw)
+            if product is not None:
+                # not readable FHIR, but naming a CAR-T or an engager: a risk window may be
+                # open (the issues say what is wrong with it)
+                self._unread_exposures.append(UnreadExposure(product, raw.location))
             return None
         if ma.status in IGNORED_ADMINISTRATION_STATUSES:
             return None
@@ -889,6 +903,25 @@ class Normaliser:
                 UnreadExposure(match.display, raw.location, _latest_instant(text))
             )
         return administration
+
+    def _exposure_named(self, raw: RawResource) -> str | None:
+        """The CAR-T, TCR-T or T-cell-engager product an administration that is not
+        readable FHIR names (a code of one as a value, or its name in a text), unless its
+        status says it was not given. Bounded: safe on any size or nesting."""
+        data = raw.json()
+        if data.get("status") in IGNORED_ADMINISTRATION_STATUSES:
+            return None
+        k = self.k
+        codes = {code: concept for (_, code), concept in k.medication_by_code.items()}
+        for text in json_strings(data, self._scan_budget):
+            # (one budget for all of a chart's unreadable administrations: a hostile chart
+            # of thousands costs no more than one)
+            self._scan_budget -= 1
+            concept = codes.get(text) or k.medication_names.match(text)
+            medication = k.medications.get(concept) if concept else None
+            if medication is not None and medication.medication_class in EXPOSURE_CLASSES:
+                return medication.display
+        return None
 
     def _administered(
         self, raw: RawResource, ma: Resource, match: MedicationMatch

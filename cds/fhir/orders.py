@@ -8,7 +8,7 @@ be tocilizumab it is listed as not checked, so that the pharmacist is told.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 from fractions import Fraction
@@ -19,7 +19,14 @@ from pydantic import ValidationError
 from cds.engine.facts import Measurement
 from cds.fhir import models
 from cds.fhir.normalise import Normaliser
-from cds.fhir.reading import Issue, RawResource, ResourceCollector, validation_issues
+from cds.fhir.reading import (
+    MENTION_SCAN_LIMIT,
+    Issue,
+    RawResource,
+    ResourceCollector,
+    json_strings,
+    validation_issues,
+)
 from cds.fhir.structs import Resource
 from cds.knowledge import Knowledge
 
@@ -44,9 +51,6 @@ MG_PER_KG_UNITS = frozenset({"mg/kg", "mg/kg/dose", "mg/kg{dose}"})
 # Volumes (UCUM `L` with its prefixes): named as such on the card, since the mg they hold
 # depend on a concentration the order does not carry.
 VOLUME_UNITS = frozenset({"l", "dl", "cl", "ml", "ul", "\u00b5l", "\u03bcl", "cc"})
-# An unreadable order is searched for tocilizumab's names and codes: at most this many
-# JSON values (a hostile order may be huge or nested thousands deep).
-MENTION_SCAN_LIMIT = 20_000
 
 
 class DoseProblem(Enum):
@@ -254,28 +258,11 @@ def mentions_tocilizumab(knowledge: Knowledge, data: Any) -> bool:
     toci = knowledge.medications["tocilizumab"]
     names = [name.lower() for name in [toci.display, *toci.names]]
     codes = {code.code for code in toci.codes}
-    for text in _strings(data, MENTION_SCAN_LIMIT):
+    for text in json_strings(data, MENTION_SCAN_LIMIT):
         lowered = text.lower()
         if text in codes or any(name in lowered for name in names):
             return True
     return False
-
-
-def _strings(value: Any, limit: int) -> Iterator[str]:
-    """The strings (keys and values) of a JSON value, depth-first, at most `limit` values."""
-    stack = [value]
-    seen = 0
-    while stack and seen < limit:
-        item = stack.pop()
-        seen += 1
-        if isinstance(item, str):
-            yield item
-        elif isinstance(item, dict):
-            for key, inner in item.items():
-                yield str(key)
-                stack.append(inner)
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def _unresolvable(order: models.MedicationRequest, medications: Mapping[str, Any]) -> bool:

@@ -111,6 +111,29 @@ class RawResource(Struct, gc=False):
         return self.full_url or self.location
 
 
+# An unreadable resource (a draft order, an administration) is searched for the names
+# and codes of what it may be: at most this many JSON values (a hostile one may be huge
+# or nested thousands deep).
+MENTION_SCAN_LIMIT = 20_000
+
+
+def json_strings(value: Any, limit: int) -> Iterator[str]:
+    """The strings (keys and values) of a JSON value, depth-first, at most `limit` values."""
+    stack = [value]
+    seen = 0
+    while stack and seen < limit:
+        item = stack.pop()
+        seen += 1
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            for key, inner in item.items():
+                yield str(key)
+                stack.append(inner)
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def validation_issues(location: str, exc: ValidationError) -> list[Issue]:
     """One Issue per pydantic error, located by FHIR path under `location` (or, with "",
     from the root of what was validated: `feedback[0].outcome`)."""
