@@ -55,6 +55,14 @@ def test_ice_outside_0_10_is_reported_and_not_used(runtime: Runtime) -> None:
     assert issue.location.endswith(".valueInteger") and "0-10" in issue.problem
 
 
+def test_an_ice_score_too_large_for_a_float_is_reported_not_a_crash(runtime: Runtime) -> None:
+    # JSON integers have no size limit (hypothesis found 10^400 raising OverflowError)
+    n = both(runtime, [b.ice_score(P, T, 10**400)])
+    assert ice_values(n) == []
+    (issue,) = n.issues
+    assert "a number of that size is outside" in issue.problem
+
+
 def test_item_sum_disagreeing_with_total_is_reported(runtime: Runtime) -> None:
     n = both(runtime, [b.ice_score(P, T, 9, (4, 2, 1, 0, 0))])  # items add up to 7
     assert ice_values(n) == []

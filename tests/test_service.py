@@ -417,6 +417,7 @@ def test_an_unreadable_infusion_after_lymphodepletion_is_not_taken_for_before_it
     [
         lambda ma: ma.update(effectiveDateTime=20261128),  # a number: not readable FHIR
         lambda ma: ma.pop("status"),  # status is required
+        lambda ma: ma.update(status=["completed"]),  # a list: found by hypothesis
         lambda ma: ma.update(medicationCodeableConcept="YESCARTA"),  # a string, not a concept
     ],
 )

@@ -468,26 +468,30 @@ class Normaliser:
     ) -> Measurement | None:
         """A score as valueInteger or valueQuantity (at `path` in `raw`), or None."""
         if integer is not None:
-            return self._integer(concept, float(integer), at, source, raw, f"{path}.valueInteger")
+            return self._integer(concept, integer, at, source, raw, f"{path}.valueInteger")
         if quantity is None:
             return None
         return self._measurement(concept, quantity, at, source, raw, f"{path}.valueQuantity")
 
     def _integer(
-        self, concept: str, value: float, at: datetime, source: str, raw: RawResource, path: str
+        self, concept: str, value: int, at: datetime, source: str, raw: RawResource, path: str
     ) -> Measurement | None:
-        """A unitless score within its scale's range, or None (and an issue)."""
+        """A unitless score within its scale's range, or None (and an issue). Compared as
+        the integer sent: JSON integers have no size limit, floats do."""
         bounds = self.k.plausible.get(concept)
-        if bounds is not None and not bounds.min <= value <= bounds.max:
+        low, high = (bounds.min, bounds.max) if bounds is not None else (-_FINITE, _FINITE)
+        if not low <= value <= high:
+            shown = str(value) if abs(value) < 10**12 else "a number of that size"
             self.issues.append(
                 Issue(
                     f"{raw.location}{path}",
-                    f"{value:g} is outside the {self.k.observations[concept].display} range "
-                    f"{bounds.min:g}-{bounds.max:g}; not used",
+                    f"{shown} is outside the {self.k.observations[concept].display} range "
+                    f"{low:g}-{high:g}; not used",
                 )
             )
             return None
-        return Measurement(concept, value, self.k.observations[concept].canonical_unit, at, source)
+        canonical = self.k.observations[concept].canonical_unit
+        return Measurement(concept, float(value), canonical, at, source)
 
     def _checked_scores(
         self, scores: list[tuple[Measurement, str]], raw: RawResource
@@ -635,7 +639,7 @@ class Normaliser:
                 continue
             answer_path = f"{path}.answer[0].valueInteger"
             if concept is not None and concept in ICANS_CONCEPTS:
-                m = self._integer(concept, float(value), at, source, raw, answer_path)
+                m = self._integer(concept, value, at, source, raw, answer_path)
                 if m is not None:
                     scores.append((m, answer_path))
             elif CAPD_ITEM.fullmatch(item.linkId) and 0 <= value <= 4:
@@ -909,7 +913,8 @@ class Normaliser:
         readable FHIR names (a code of one as a value, or its name in a text), unless its
         status says it was not given. Bounded: safe on any size or nesting."""
         data = raw.json()
-        if data.get("status") in IGNORED_ADMINISTRATION_STATUSES:
+        status = data.get("status")
+        if isinstance(status, str) and status in IGNORED_ADMINISTRATION_STATUSES:
             return None
         k = self.k
         codes = {code: concept for (_, code), concept in k.medication_by_code.items()}
