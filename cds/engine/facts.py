@@ -84,6 +84,15 @@ class NeuroFinding(Struct, frozen=True, gc=False):
     source: str
 
 
+def age_on(born: date | None, at: datetime) -> int | None:
+    """Whole years of age at `at` of someone born on `born`; None when the birth date is
+    unknown, or after `at` (an error in the data: no age)."""
+    today = at.date()
+    if born is None or born > today:
+        return None
+    return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+
+
 class UnreadExposure(Struct, frozen=True, gc=False):
     """A CAR-T, TCR-T or T-cell-engager administration recognised but not read (its time
     could not be): a risk window may be open that the rules cannot place."""
@@ -149,11 +158,7 @@ class Facts:
 
     def age_at(self, at: datetime) -> int | None:
         """Whole years of age at `at`, when the birth date is known."""
-        born = self.birth_date
-        today = at.date()
-        if born is None or born > today:
-            return None  # (a birth date after `at` is an error in the data: no age)
-        return today.year - born.year - ((today.month, today.day) < (born.month, born.day))
+        return age_on(self.birth_date, at)
 
     def of(self, concept: str) -> tuple[Measurement, ...]:
         """Measurements of one concept, oldest first."""

@@ -38,6 +38,7 @@ from cds.engine.facts import (
     NeuroFinding,
     OxygenSupport,
     UnreadExposure,
+    age_on,
 )
 from cds.fhir import models
 from cds.fhir.reading import (
@@ -519,8 +520,9 @@ class Normaliser:
             self.issues.append(
                 Issue(
                     f"{raw.location}{path}",
-                    f"CAPD score for a patient aged {self._age(capd.at)}: ASTCT grades ICANS by "
-                    f"the CAPD only below age {self._capd_age()} (use the ICE score); not used",
+                    f"CAPD score for a patient aged {age_on(self._birth, capd.at)}: ASTCT "
+                    f"grades ICANS by the CAPD only below age {self._capd_age()} (use the ICE "
+                    "score); not used",
                 )
             )
             return [m for m, _ in scores if m is not capd]
@@ -530,15 +532,8 @@ class Normaliser:
         icans = self.k.icans
         return icans.capd.below_age_years if icans is not None else 12
 
-    def _age(self, at: datetime) -> int | None:
-        born = self._birth
-        day = at.date()
-        if born is None or born > day:
-            return None  # (a birth after `at`: no age, as `Facts.age_at`)
-        return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
-
     def _too_old_for_capd(self, at: datetime) -> bool:
-        age = self._age(at)
+        age = age_on(self._birth, at)
         return age is not None and age >= self._capd_age()
 
     def _neuro_value(self, value: CodeableConcept) -> tuple[str, str] | None:
@@ -1046,12 +1041,8 @@ def _latest_instant(text: object) -> datetime | None:
     """The latest instant a FHIR dateTime that could not be read may mean, when its date
     can be (a time without offset: the end of its day in the westernmost zone, UTC-12,
     is the latest); None when not even a date can be read."""
-    match = _BIRTH_DATE.match(text) if isinstance(text, str) else None
-    if match is None:
-        return None
-    try:
-        day = date(int(match[1]), int(match[2]), int(match[3]))
-    except ValueError:
+    day = _full_date(text[:10]) if isinstance(text, str) else None
+    if day is None:
         return None
     return datetime.combine(day, time.max, UTC) + timedelta(hours=12)
 
