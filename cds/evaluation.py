@@ -111,6 +111,12 @@ def evaluate(
                 "after the evaluation time: the patient's age is not known",
             )
         )
+    unread = normalised.unread_exposures
+    if unread:
+        # (one given too long ago to open a window now, by the date it could be read to,
+        # is a data issue only: migrated charts keep old entries without offsets)
+        since = risk_data_since(runtime, at)
+        unread = tuple(u for u in unread if u.not_after is None or u.not_after >= since)
     orders = (
         read_draft_orders(
             runtime.knowledge, normaliser, draft_orders, selections, normalised.medications
@@ -127,13 +133,7 @@ def evaluate(
         issues=tuple(normalised.issues),
         truncated=tuple(collected.truncated),
         orders=orders,
-        # (one given too long ago to open a window now, by the date it could be read to,
-        # is a data issue only: migrated charts keep old entries without offsets)
-        unread_exposures=tuple(
-            u
-            for u in normalised.unread_exposures
-            if u.not_after is None or u.not_after >= risk_data_since(runtime, at)
-        ),
+        unread_exposures=unread,
     )
 
 

@@ -79,7 +79,6 @@ __all__ = [
     "SentPrefetch",
     "collect_prefetch",
     "gather",
-    "missing_prefetch",
 ]
 
 ROOT = "fhirServer"
@@ -102,18 +101,13 @@ class FhirAccess:
     max_request_bytes: int = MAX_REQUEST_BYTES
 
 
-def missing_prefetch(plan: PrefetchPlan, request: HookRequest) -> list[str]:
+def _unsent(plan: PrefetchPlan, request: HookRequest) -> tuple[list[str], dict[str, str]]:
     """Prefetch keys the service asked for that must be fetched (CDS Hooks 2.0): a key
     that is **absent** (the client did not fetch it), or whose value reports an error in
     fetching (an OperationOutcome), or holds something else than its template asks for
-    (the client's error as much: see `SentPrefetch.misfilled`). A key whose value is
-    `null` was fetched and holds no data: nothing to fetch."""
-    return _unsent(plan, request)[0]
-
-
-def _unsent(plan: PrefetchPlan, request: HookRequest) -> tuple[list[str], dict[str, str]]:
-    """`missing_prefetch`, and of those keys the ones that hold something else than asked,
-    each with what it holds and what was asked."""
+    (the client's error as much). A key whose value is `null` was fetched and holds no
+    data: nothing to fetch. And of those keys, the ones that hold something else than
+    asked, each with what it holds and what was asked."""
     prefetch = request.prefetch or {}
     unsent: list[str] = []
     misfilled: dict[str, str] = {}

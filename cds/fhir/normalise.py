@@ -907,6 +907,8 @@ class Normaliser:
         """The CAR-T, TCR-T or T-cell-engager product an administration that is not
         readable FHIR names (a code of one as a value, or its name in a text), unless its
         status says it was not given. Bounded: safe on any size or nesting."""
+        if self._scan_budget <= 0:
+            return None
         data = raw.json()
         status = data.get("status")
         if isinstance(status, str) and status in IGNORED_ADMINISTRATION_STATUSES:
