@@ -48,7 +48,9 @@ def _patient(pid: str, grade: int, product: str = "Yescarta", dose_hours: float 
     return obs, admins
 
 
-def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | None = None) -> None:
+def _feedback(
+    service: Service, card: dict[str, Any], outcome: str, at: datetime | None = None
+) -> Any:
     item: dict[str, Any] = {
         "card": card["uuid"],
         "outcome": outcome,
@@ -56,7 +58,11 @@ def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | No
     }
     if outcome == "accepted":
         item["acceptedSuggestions"] = []
-    response = service.client.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+    return service.client.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+
+
+def _act(service: Service, card: dict[str, Any], outcome: str, at: datetime | None = None) -> None:
+    response = _feedback(service, card, outcome, at)
     assert response.status_code == 200, response.text
 
 
@@ -114,18 +120,13 @@ def test_feedback_dated_far_ahead_is_refused_and_the_acknowledgement_stays(
     pid = "supp-far-ahead"
     card = _open(service, pid, 2)
     _act(service, card, "overridden")
-    item = {
-        "card": card["uuid"],
-        "outcome": "overridden",
-        "outcomeTimestamp": "2099-01-01T00:00:00Z",
-    }
-    response = service.client.post("/cds-services/crs-monitor/feedback", json={"feedback": [item]})
+    response = _feedback(service, card, "overridden", datetime(2099, 1, 1, tzinfo=UTC))
     assert response.status_code == 400
     assert response.json()["location"] == "feedback[0].outcomeTimestamp"
     assert _open(service, pid, 2)["indicator"] == "info"
 
 
-def test_feedback_dated_ahead_within_the_clock_skew_quiets_the_next_chart_open(
+def test_feedback_dated_ahead_within_the_limit_quiets_the_next_chart_open(
     service: Service,
 ) -> None:
     pid = "supp-skew"
