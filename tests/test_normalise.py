@@ -380,6 +380,35 @@ def test_plausible_bounds_are_inclusive(
     assert n.issues == []
 
 
+def _at_bound(runtime: Runtime, concept: str, value: float) -> dict[str, Any]:
+    """An Observation of `concept` by its first code, in its canonical unit."""
+    mapping = runtime.knowledge.observations[concept]
+    code = mapping.codes[0]
+    return b.observation(P, T, code.code, code.display, value, mapping.canonical_unit)
+
+
+@pytest.mark.parametrize(
+    "concept",
+    [
+        "temperature", "systolic_bp", "mean_arterial_pressure", "spo2", "oxygen_flow",
+        "inhaled_oxygen_concentration", "body_weight", "crp", "ferritin", "il6", "ldh",
+        "creatinine", "platelets", "hemoglobin", "anc",
+    ],
+)  # fmt: skip
+def test_every_bound_is_inclusive_and_exact(runtime: Runtime, concept: str) -> None:
+    # each data-quality bound of fhir_mappings/observations.yaml, at its exact value and
+    # just past it (a thousandth of the bound's scale), read in the canonical unit
+    bounds = runtime.knowledge.plausible[concept]
+    step = max(abs(bounds.max), 1.0) / 1000
+    for value in (bounds.min, bounds.max):
+        n = read(runtime, _at_bound(runtime, concept, value))
+        assert (values(n, concept), n.issues) == ([value], []), value
+    for value in (bounds.min - step, bounds.max + step):
+        n = read(runtime, _at_bound(runtime, concept, value))
+        assert values(n, concept) == [], value
+        assert f"not a plausible {concept}" in n.issues[0].problem
+
+
 def test_core_and_tympanic_temperatures_are_mapped(runtime: Runtime) -> None:
     core = b.observation(P, T, "8329-5", "Body temperature - Core", 38.4, "Cel")
     tympanic = b.observation(P, T, "8333-7", "Tympanic membrane temperature", 38.1, "Cel")
