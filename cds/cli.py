@@ -288,7 +288,7 @@ def db_drain_spool() -> None:
     from cds.store.decisions import DecisionStore
 
     store = DecisionStore.open(_load_runtime(), new_uuid, utc_now)
-    moved = store.spool.drain(lambda batch: store.write(batch, skip_existing=True))
+    moved = store.move_spooled()
     typer.echo(f"{moved} spooled records moved into the database")
 
 

@@ -28,13 +28,18 @@ class FhirAuthorization(BaseModel):
     patient: str | None = None
 
 
+# A hookInstance is a UUID (36 characters) in CDS Hooks 2.0; longer ones are accepted up
+# to this many characters, the length the audit trail keeps (`audit_records.hook_instance`).
+HOOK_INSTANCE_MAX_LENGTH = 256
+
+
 class HookRequest(BaseModel):
     """The body of POST /cds-services/{id}."""
 
     model_config = ConfigDict(extra="allow")
 
     hook: str = Field(min_length=1)
-    hookInstance: str = Field(min_length=1)
+    hookInstance: str = Field(min_length=1, max_length=HOOK_INSTANCE_MAX_LENGTH)
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
     context: dict[str, Any]

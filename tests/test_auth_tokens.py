@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from cds.auth import ClientIdentity
+from cds.auth import JTI_MAX_LENGTH, ClientIdentity
 from cds.auth.replay import MemoryReplayGuard
 from cds.errors import PrefetchUnavailable
 from cds.logs import JsonLogFormatter
@@ -112,6 +112,10 @@ BAD_TOKENS: dict[str, tuple[Headers, str]] = {
         "jku-not-allowed",
     ),
     "missing jti": (lambda now: bearer(token(now, jti=REMOVE)), "missing-jti"),
+    "jti one character longer than the store keeps": (
+        lambda now: bearer(token(now, jti="j" * (JTI_MAX_LENGTH + 1))),
+        "jti-too-long",
+    ),
 }
 
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+# The longest token id remembered (`seen_tokens.jti`); a longer one is refused.
+JTI_MAX_LENGTH = 256
+
 
 @dataclass(frozen=True)
 class ClientIdentity:

@@ -29,7 +29,7 @@ import orjson
 from jwt import PyJWS
 from jwt.exceptions import InvalidSignatureError, PyJWTError
 
-from cds.auth import ClientIdentity, ReplayGuard
+from cds.auth import JTI_MAX_LENGTH, ClientIdentity, ReplayGuard
 from cds.auth.keys import (
     Jwk,
     KeySetError,
@@ -66,6 +66,7 @@ class Refusal(StrEnum):
     NOT_YET_VALID = "not-yet-valid"
     LIFETIME_TOO_LONG = "lifetime-too-long"
     MISSING_JTI = "missing-jti"
+    JTI_TOO_LONG = "jti-too-long"
     REPLAYED = "replayed"
 
 
@@ -89,6 +90,7 @@ MESSAGES = {
     Refusal.NOT_YET_VALID: "the token is not valid yet (nbf)",
     Refusal.LIFETIME_TOO_LONG: "the token's lifetime (exp - iat) is above the maximum accepted",
     Refusal.MISSING_JTI: "the token has no jti",
+    Refusal.JTI_TOO_LONG: f"the token's jti is longer than {JTI_MAX_LENGTH} characters",
     Refusal.REPLAYED: "the token's jti was already used (replay)",
 }
 
@@ -202,6 +204,8 @@ class TokenVerifier:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise refused(Refusal.MISSING_JTI)
+        if len(jti) > JTI_MAX_LENGTH:
+            raise refused(Refusal.JTI_TOO_LONG)
         # Remembered as long as the token could pass the exp check (exp plus the skew).
         remember_until = datetime.fromtimestamp(exp + skew, UTC)
         if not await self.replay.first_use(issuer, jti, remember_until):

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 import anyio
 from sqlalchemy import Connection, Dialect, Engine, Table, delete, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 
 from cds import cards
 from cds.clock import Clock
@@ -36,8 +36,21 @@ from cds.store.tables import cards as cards_table
 log = logging.getLogger("cds.store")
 
 
+def refuses(exc: Exception) -> bool:
+    """The database refused the values themselves (too long, a duplicate key…): trying
+    again later will not help, unlike a lost connection or a database that is away."""
+    return isinstance(exc, DataError | IntegrityError)
+
+
 class RecordUnavailable(CdsError):
     """Neither the database nor the spool can take the record: no answer without one."""
+
+    status = 503
+
+
+class ReplayCheckUnavailable(CdsError):
+    """The database that remembers token ids cannot be reached: a token is not accepted
+    unchecked (a replay would pass), nor refused as the client's fault."""
 
     status = 503
 
@@ -181,7 +194,14 @@ class DecisionStore:
                     _insert(connection, [record])
             return answered
         except SQLAlchemyError as exc:
-            log.warning("database unavailable: record spooled", extra={"error": type(exc).__name__})
+            if refuses(exc):  # not an outage: kept all the same, and said louder
+                log.error(
+                    "database refused the record: spooled", extra={"error": type(exc).__name__}
+                )
+            else:
+                log.warning(
+                    "database unavailable: record spooled", extra={"error": type(exc).__name__}
+                )
             RECORDS_SPOOLED.inc()
             record = self._record(call, evaluation, decision, patient, input_digest, started)
             try:
@@ -242,11 +262,14 @@ class DecisionStore:
                     return
             _insert(connection, batch)
 
+    def move_spooled(self) -> int:
+        """Move spooled records into the database (when it is back); those it refuses
+        are kept aside (see `Spool.drain`). Returns how many were moved."""
+        return self.spool.drain(lambda batch: self.write(batch, skip_existing=True), refuses)
+
     async def drain_spool(self) -> int:
-        """Move spooled records into the database (when it is back)."""
-        return await anyio.to_thread.run_sync(
-            self.spool.drain, lambda batch: self.write(batch, skip_existing=True)
-        )
+        """`move_spooled`, in a worker thread."""
+        return await anyio.to_thread.run_sync(self.move_spooled)
 
     # --- suppression (the pipeline's Suppressor) ------------------------------------
 
@@ -313,7 +336,14 @@ class DecisionStore:
                 )
                 return renewed.rowcount == 1
 
-        return await anyio.to_thread.run_sync(work)
+        try:
+            return await anyio.to_thread.run_sync(work)
+        except SQLAlchemyError as exc:
+            log.warning("token ids cannot be checked", extra={"error": type(exc).__name__})
+            raise ReplayCheckUnavailable(
+                "the token could not be checked against replay (the service's database is "
+                "unavailable); try again"
+            ) from exc
 
     def forget_expired_tokens(self, now: datetime) -> int:
         with self.engine.begin() as connection:

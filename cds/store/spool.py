@@ -4,7 +4,9 @@ Each process appends to a file of its own (`spool-<pid>-<token>.jsonl`, one reco
 line, written and fsynced before the answer is sent). A drain claims a file by renaming
 it, moves its records into the database (records already there are skipped, so a drain
 interrupted half-way is simply repeated), and deletes it. A line cut short by a crash is
-kept aside in a `.corrupt` file, never silently dropped.
+kept aside in a `.corrupt` file, a record the database refuses (not an outage: a value it
+will never take) in a `.rejected` one — never silently dropped, never holding back the
+records after it.
 """
 
 from __future__ import annotations
@@ -62,10 +64,17 @@ class Spool:
                 os.close(self._fd)
                 self._fd, self._path = None, None
 
-    def drain(self, write: Callable[[list[AuditRecord]], None]) -> int:
+    def drain(
+        self,
+        write: Callable[[list[AuditRecord]], None],
+        refused: Callable[[Exception], bool] = lambda _: False,
+    ) -> int:
         """Move every spooled record into the database with `write` (which must skip
         records already there); returns how many were moved. A file whose write fails
-        stays for the next drain."""
+        stays for the next drain — unless the database `refused` the records (a value it
+        will never take, not an outage): then they are written one at a time, and those it
+        refuses are kept aside in a `.rejected` file, so that one record cannot hold back
+        the others for ever."""
         self._rotate()
         self._recover_abandoned()
         moved = 0
@@ -77,20 +86,18 @@ class Spool:
                 continue  # another process claimed it
             records, corrupt = _read(claimed)
             try:
-                if records:
-                    write(records)
+                rejected = _write_all(records, write, refused)
             except Exception:
                 claimed.rename(path)  # try again next time
                 raise
-            if corrupt:
-                aside = path.with_suffix(".corrupt")
-                aside.write_bytes(b"".join(corrupt))
-                log.error(
-                    "spool lines that cannot be read were kept aside",
-                    extra={"cards": len(corrupt), "query": aside.name},
-                )
+            _keep_aside(path.with_suffix(".corrupt"), corrupt, "cannot be read")
+            _keep_aside(
+                path.with_suffix(".rejected"),
+                [_ENCODER.encode(r) + b"\n" for r in rejected],
+                "were refused by the database",
+            )
             claimed.unlink()
-            moved += len(records)
+            moved += len(records) - len(rejected)
         return moved
 
     def _recover_abandoned(self) -> None:
@@ -101,6 +108,47 @@ class Spool:
             pid = int(claimed.name.rsplit("-", 1)[1])
             if not _alive(pid):
                 claimed.rename(claimed.with_name(claimed.name.split(".draining-")[0]))
+
+
+def _write_all(
+    records: list[AuditRecord],
+    write: Callable[[list[AuditRecord]], None],
+    refused: Callable[[Exception], bool],
+) -> list[AuditRecord]:
+    """Write the records, together or (when the database refuses the batch) one at a
+    time; returns those it refused. Any other failure is raised."""
+    if not records:
+        return []
+    try:
+        write(records)
+        return []
+    except Exception as exc:
+        if not refused(exc):
+            raise
+    rejected = []
+    for record in records:
+        try:
+            write([record])
+        except Exception as exc:
+            if not refused(exc):
+                raise
+            rejected.append(record)
+    return rejected
+
+
+def _keep_aside(aside: Path, lines: list[bytes], why: str) -> None:
+    """Keep lines the database will not take, appended to `aside`, and say so (how many
+    and where; never what they hold)."""
+    if not lines:
+        return
+    with aside.open("ab") as out:
+        out.write(b"".join(lines))
+        out.flush()
+        os.fsync(out.fileno())
+    log.error(
+        f"spooled records that {why} were kept aside",
+        extra={"cards": len(lines), "query": aside.name},
+    )
 
 
 def _read(path: Path) -> tuple[list[AuditRecord], list[bytes]]:

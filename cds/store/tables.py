@@ -23,6 +23,9 @@ from sqlalchemy import (
     TypeDecorator,
 )
 
+from cds.auth import JTI_MAX_LENGTH
+from cds.protocol import HOOK_INSTANCE_MAX_LENGTH
+
 metadata = MetaData()
 
 
@@ -53,7 +56,7 @@ audit_records = Table(
     Column("recorded_at", UtcDateTime(), nullable=False),
     Column("service", String(64), nullable=False),
     Column("hook", String(64), nullable=False),
-    Column("hook_instance", String(256), nullable=False),
+    Column("hook_instance", String(HOOK_INSTANCE_MAX_LENGTH), nullable=False),
     Column("client_iss", Text),
     Column("client_sub", Text),
     Column("tenant", Text),
@@ -134,7 +137,7 @@ seen_tokens = Table(
     "seen_tokens",
     metadata,
     Column("issuer", String(512), primary_key=True),
-    Column("jti", String(256), primary_key=True),
+    Column("jti", String(JTI_MAX_LENGTH), primary_key=True),
     Column("expires_at", UtcDateTime(), nullable=False),
     Index("ix_seen_tokens_expires_at", "expires_at"),
 )
