@@ -373,6 +373,12 @@ def test_a_birth_date_after_the_evaluation_gives_no_age(client: TestClient) -> N
     [
         lambda ma: ma.update(effectiveDateTime=ma["effectiveDateTime"][:19]),  # no offset
         lambda ma: ma.update(effectiveDateTime="yesterday"),
+        # the latest instant it may mean is past the calendar's end (was a 500, fuzzed):
+        lambda ma: ma.update(effectiveDateTime="9999-12-31T10:00:00"),
+        lambda ma: (
+            ma.pop("effectiveDateTime")
+            and ma.update(effectivePeriod={"start": "9999-12-31T00:00:00Z", "end": "2026-11-30"})
+        ),
         lambda ma: ma.pop("effectiveDateTime"),  # no effective time
         # not readable FHIR at all, but naming the product:
         lambda ma: ma.update(effectiveDateTime=20261128),  # a number

@@ -1039,6 +1039,9 @@ class Normaliser:
         return same
 
 
+_LATEST = datetime.max.replace(tzinfo=UTC)
+
+
 def _latest_instant(text: object) -> datetime | None:
     """The latest instant a FHIR dateTime that could not be read may mean, when its date
     can be (a time without offset: the end of its day in the westernmost zone, UTC-12,
@@ -1046,7 +1049,10 @@ def _latest_instant(text: object) -> datetime | None:
     day = _full_date(text[:10]) if isinstance(text, str) else None
     if day is None:
         return None
-    return datetime.combine(day, time.max, UTC) + timedelta(hours=12)
+    end_of_day = datetime.combine(day, time.max, UTC)
+    if end_of_day > _LATEST - timedelta(hours=12):
+        return _LATEST  # 9999-12-31: the latest instant there is
+    return end_of_day + timedelta(hours=12)
 
 
 def _full_date(text: object) -> date | None:
