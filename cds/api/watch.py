@@ -4,9 +4,10 @@ the watch is configured, makes patient-view calls enrol their patients and (with
 CRS_WATCH_IN_SERVE) runs one watch worker inside the service process.
 
 - `POST /watch/notifications`: a notification Bundle of a Subscription the watch created
-  (`crs-cds watch subscribe`), authenticated by its channel header. 200 once stored;
-  400 malformed (what and where), 401 no or unknown channel header, 403 another
-  subscription's header — and then nothing is stored. With the watch off every route
+  (`crs-cds watch subscribe`), authenticated by its channel header before its body is
+  read. 200 once stored; 400 malformed (what and where), 401 no or unknown channel
+  header, 403 another subscription's header, 413 larger than CRS_MAX_REQUEST_BYTES —
+  and then nothing is stored. With the watch off every route
   answers 404 saying so.
 - `POST /watch/patients` `{"patientId": "…"}`: enrol a patient (202, its pseudonym).
 - `GET /watch/patients/{pseudonym}`: the patient's state, history and notifications.
@@ -29,11 +30,12 @@ import orjson
 from fastapi import APIRouter, FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cds.api.body import read_body
 from cds.api.deps import ClientDep
 from cds.api.openapi import ENROLMENT, NOTIFICATION, WATCHED_PATIENT
 from cds.api.responses import JsonResponse
 from cds.errors import CdsError, InvalidRequest
-from cds.fhir.gather import FHIR_ID
+from cds.fhir.client import is_fhir_id
 from cds.fhir.reading import validation_message
 from cds.pipeline import Hooks
 from cds.watch.enrolment import EnrollingMemory
@@ -58,6 +60,10 @@ class UnknownPatient(CdsError):
     status = 404
 
 
+# An enrolment is one patient id: its body is small.
+ENROLMENT_MAX_BYTES = 64 * 1024
+
+
 class Enrolment(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -76,7 +82,10 @@ async def notification(request: Request) -> JsonResponse:
     """A FHIR Subscription notification (R5 Backport IG, R4): stored, then processed."""
     watch = _watch(request)
     secret = bearer_secret(request.headers.get("Authorization"))
-    note = read_notification(await request.body())
+    await anyio.to_thread.run_sync(
+        lambda: watch.subscriptions.authenticate(secret, watch.config.server)
+    )
+    note = read_notification(await read_body(request, watch.runtime.settings))
     accepted = await anyio.to_thread.run_sync(
         lambda: watch.subscriptions.accept(secret, note, watch.config.server, watch.clock())
     )
@@ -94,16 +103,17 @@ async def notification(request: Request) -> JsonResponse:
 async def enrol(request: Request, _client: ClientDep) -> JsonResponse:
     """Enrol a patient (by FHIR id on CRS_WATCH_FHIR_SERVER); answers its pseudonym."""
     watch = _watch(request)
-    body = await request.body()
+    body = await read_body(request, watch.runtime.settings, ENROLMENT_MAX_BYTES)
     try:
         parsed = Enrolment.model_validate(orjson.loads(body) if body else None)
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
     except ValidationError as exc:
         raise InvalidRequest(validation_message("enrolment", exc), "enrolment") from exc
-    if not FHIR_ID.fullmatch(parsed.patientId):
+    if not is_fhir_id(parsed.patientId):
         raise InvalidRequest(
-            "patientId is not a FHIR id ([A-Za-z0-9-.], at most 64 characters)",
+            "patientId is not a FHIR id ([A-Za-z0-9-.], at most 64 characters, not . or ..: "
+            "the watch reads Patient/<id>)",
             "enrolment.patientId",
         )
     pseudonym = await anyio.to_thread.run_sync(

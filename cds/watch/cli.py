@@ -14,8 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from cds.fhir.client import FHIR_JSON
-from cds.fhir.gather import FHIR_ID
+from cds.fhir.client import FHIR_JSON, is_fhir_id
 from cds.runtime import Runtime
 from cds.watch.config import WatchConfigError
 from cds.watch.service import Watch
@@ -207,8 +206,10 @@ def enrol(
     patient_id: Annotated[str, typer.Argument(help="The patient's id on CRS_WATCH_FHIR_SERVER.")],
 ) -> None:
     """Put a patient in the census now (it leaves when its window closes with no CRS)."""
-    if not FHIR_ID.fullmatch(patient_id):
-        typer.echo("error: not a FHIR id ([A-Za-z0-9-.], at most 64 characters)", err=True)
+    if not is_fhir_id(patient_id):
+        typer.echo(
+            "error: not a FHIR id ([A-Za-z0-9-.], at most 64 characters, not . or ..)", err=True
+        )
         raise typer.Exit(2)
     watch = _open_watch(_runtime())
     pseudonym = watch.census.enrol(patient_id, "cli", watch.clock())

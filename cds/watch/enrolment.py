@@ -18,7 +18,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from cds.decision import Decision
 from cds.evaluation import Evaluation
-from cds.fhir.client import normalise_base_url
+from cds.fhir.client import is_fhir_id, normalise_base_url
 from cds.pipeline import HookCall, Memory
 from cds.watch.changes import exposure_key
 from cds.watch.service import Watch
@@ -54,6 +54,7 @@ class EnrollingMemory:
         if (
             evaluation.exposure is not None
             and call.request.hook == "patient-view"
+            and is_fhir_id(call.context.patientId)  # the watch reads Patient/<id>
             and (server is None or normalise_base_url(server) == self.watch.config.server)
         ):
             self.enrol_later(call.context.patientId, exposure_key(evaluation.exposure))

@@ -144,14 +144,34 @@ def _value(parameter: dict[str, Any]) -> Any:
     return next((v for k, v in parameter.items() if k.startswith("value")), None)
 
 
+# Event numbers are kept in a 64-bit column (`watch_subscriptions.last_event`).
+EVENT_NUMBER_MAX = 2**63 - 1
+
+
 def _number(value: object, location: str) -> int:
+    text = str(value)
+    if len(text) > len(str(EVENT_NUMBER_MAX)):
+        raise MalformedNotification(
+            f"not an event number: more than {len(str(EVENT_NUMBER_MAX))} characters", location
+        )
     try:
-        number = int(str(value))
+        number = int(text)
     except ValueError:
         raise MalformedNotification(f"not a number: {value!r}", location) from None
     if number < 0:
         raise MalformedNotification(f"a negative number: {number}", location)
+    if number > EVENT_NUMBER_MAX:
+        raise MalformedNotification(f"an event number above {EVENT_NUMBER_MAX}", location)
     return number
+
+
+def _list(value: object, location: str) -> list[Any]:
+    """An optional array: absent is empty, anything but an array is malformed."""
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise MalformedNotification("expected an array", location)
+    return value
 
 
 def _reference(value: object) -> str | None:
@@ -180,7 +200,7 @@ def _patient_ref(reference: str) -> str | None:
 
 
 def _kind(value: object, location: str) -> str:
-    if value not in KINDS:
+    if not isinstance(value, str) or value not in KINDS:
         raise MalformedNotification(
             f"notification type {value!r} is not one of {', '.join(sorted(KINDS))}", location
         )
@@ -268,11 +288,13 @@ def _from_subscription_status(
         else None
     )
     events = []
-    for i, e in enumerate(status.get("notificationEvent") or []):
+    notified = _list(status.get("notificationEvent"), f"{where}.notificationEvent")
+    for i, e in enumerate(notified):
         at = f"{where}.notificationEvent[{i}]"
         if not isinstance(e, dict) or e.get("eventNumber") is None:
             raise MalformedNotification("a notificationEvent needs its eventNumber", at)
-        context = [r for c in e.get("additionalContext") or [] if (r := _reference(c))]
+        more = _list(e.get("additionalContext"), f"{at}.additionalContext")
+        context = [r for c in more if (r := _reference(c))]
         events.append(
             _event(
                 _reference(e.get("focus")),
@@ -362,6 +384,18 @@ class Subscriptions:
             connection.execute(
                 watch_subscriptions.delete().where(watch_subscriptions.c.id == local_id)
             )
+
+    def authenticate(self, secret: str, server: str) -> None:
+        """ChannelUnauthenticated unless `secret` is the channel header of one of this
+        watch's subscriptions (checked before a notification's body is read; `accept`
+        checks again, in its transaction)."""
+        s = watch_subscriptions.c
+        with self.engine.connect() as connection:
+            known = connection.scalar(
+                select(s.id).where(s.secret_digest == secret_digest(secret), s.server == server)
+            )
+        if known is None:
+            raise ChannelUnauthenticated("the channel header matches no subscription of this watch")
 
     def accept(self, secret: str, note: StatusNotification, server: str, now: datetime) -> Accepted:
         """Authenticate and store a notification (one transaction); ChannelUnauthenticated

@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+from cds.api.watch import ENROLMENT_MAX_BYTES
 from cds.app import create_app
 from cds.cli import app as cli
 from cds.clock import utc_now
@@ -87,6 +88,27 @@ def test_patient_view_calls_that_are_not_about_a_watched_window_enrol_nobody(
     assert _known(watch, PATIENT, timeout=0.5) is None, why
 
 
+def test_a_patient_view_call_for_an_id_the_watch_cannot_read_enrols_nobody(
+    service: tuple[TestClient, Watch, DecisionStore],
+) -> None:
+    client, watch, _ = service
+    observations, admins = grade2_resources(pid="..")
+    body = hook_request(
+        "patient-view", {}, prefetch(observations, admins), patient_id="..", fhirServer=FHIR
+    )
+    response = client.post("/cds-services/crs-monitor", json=body)
+    assert response.status_code == 200 and response.json()["cards"]
+    assert _known(watch, "..", timeout=0.5) is None
+
+
+def test_an_enrolment_larger_than_an_enrolment_is_refused_before_it_is_read(
+    service: tuple[TestClient, Watch, DecisionStore],
+) -> None:
+    client, _, _ = service
+    response = client.post("/watch/patients", content=b" " * (ENROLMENT_MAX_BYTES + 1))
+    assert response.status_code == 413
+
+
 def test_the_api_enrols_a_patient_and_shows_its_state(
     service: tuple[TestClient, Watch, DecisionStore],
 ) -> None:
@@ -105,6 +127,10 @@ def test_the_api_enrols_a_patient_and_shows_its_state(
     ("body", "location"),
     [
         ({"patientId": "has a space"}, "enrolment.patientId"),
+        # ids the FHIR pattern lets through but Patient/<id> cannot use (fuzzed: enrolled,
+        # then every watch cycle failed on them for ever)
+        ({"patientId": "."}, "enrolment.patientId"),
+        ({"patientId": ".."}, "enrolment.patientId"),
         ({"patient": "x"}, "enrolment"),
     ],
 )

@@ -116,6 +116,61 @@ def _without_event_number() -> dict[str, Any]:
     return bundle
 
 
+def _r4b(**status: Any) -> bytes:
+    """An R4B notification whose SubscriptionStatus holds `status` (and its subscription)."""
+    resource = {
+        "resourceType": "SubscriptionStatus",
+        "type": "event-notification",
+        "subscription": {"reference": "http://x/Subscription/s"},
+        **status,
+    }
+    return orjson.dumps(
+        {"resourceType": "Bundle", "type": "history", "entry": [{"resource": resource}]}
+    )
+
+
+WHERE = "Bundle.entry[0].resource"
+
+
+# what fuzzing found answered 500 (a TypeError, or an OverflowError writing the number)
+@pytest.mark.parametrize(
+    ("body", "location", "words"),
+    [
+        (_r4b(type=[]), f"{WHERE}.type", "not one of"),
+        (_r4b(type={}), f"{WHERE}.type", "not one of"),
+        (_r4b(notificationEvent=True), f"{WHERE}.notificationEvent", "expected an array"),
+        (_r4b(notificationEvent=5), f"{WHERE}.notificationEvent", "expected an array"),
+        (
+            _r4b(notificationEvent=[{"eventNumber": "1", "additionalContext": 7}]),
+            f"{WHERE}.notificationEvent[0].additionalContext",
+            "expected an array",
+        ),
+        (
+            _r4b(notificationEvent=[{"eventNumber": str(2**63)}]),
+            f"{WHERE}.notificationEvent[0].eventNumber",
+            "above",
+        ),
+        (
+            _r4b(eventsSinceSubscriptionStart="9" * 400),
+            f"{WHERE}.eventsSinceSubscriptionStart",
+            "more than 19 characters",
+        ),
+    ],
+)
+def test_a_notification_of_the_wrong_shape_is_malformed_not_an_error(
+    body: bytes, location: str, words: str
+) -> None:
+    with pytest.raises(MalformedNotification) as caught:
+        read_notification(body)
+    assert words in caught.value.message
+    assert caught.value.location == location
+
+
+def test_the_largest_event_number_a_64_bit_column_keeps_is_read() -> None:
+    note = read_notification(_r4b(notificationEvent=[{"eventNumber": str(2**63 - 1)}]))
+    assert [e.number for e in note.events] == [2**63 - 1]
+
+
 @pytest.mark.parametrize(
     ("body", "location", "words"),
     [
@@ -263,6 +318,31 @@ def test_an_unauthenticated_notification_is_refused_and_changes_nothing(
     assert words in response.json()["error"]
     assert service.inbox() == before
     assert service.subscription().last_event is None
+
+
+def test_the_channel_header_is_checked_before_the_body_is_read(service: Service) -> None:
+    # a body that is not a notification at all, from a caller without the secret: 401
+    # (it was parsed first: malformed shapes answered 400 or 500 to anyone)
+    response = service.client.post(
+        "/watch/notifications",
+        content=_r4b(type=[]),
+        headers={"Authorization": "Bearer anything"},
+    )
+    assert response.status_code == 401
+    assert "matches no subscription" in response.json()["error"]
+
+
+def test_a_notification_larger_than_a_hook_call_is_refused_before_it_is_read(
+    service: Service,
+) -> None:
+    limit = service.runtime.settings.max_request_bytes
+    response = service.client.post(
+        "/watch/notifications",
+        content=b" " * (limit + 1),
+        headers={"Authorization": f"Bearer {SECRET}"},
+    )
+    assert response.status_code == 413
+    assert service.inbox() == 0
 
 
 def test_a_malformed_notification_is_refused_with_where_and_changes_nothing(
