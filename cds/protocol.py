@@ -7,11 +7,11 @@ once, by `render`, at the edge.
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Struct
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from cds.errors import InvalidRequest
 from cds.fhir.reading import validation_message
@@ -29,8 +29,15 @@ class FhirAuthorization(BaseModel):
 
 
 # A hookInstance is a UUID (36 characters) in CDS Hooks 2.0; longer ones are accepted up
-# to this many characters, the length the audit trail keeps (`audit_records.hook_instance`).
+# to this many characters, the length the audit trail keeps (`audit_records.hook_instance`),
+# and without control characters (PostgreSQL cannot keep a NUL).
 HOOK_INSTANCE_MAX_LENGTH = 256
+
+
+def _no_control_characters(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("must not contain control characters (a NUL, a line break…)")
+    return value
 
 
 class HookRequest(BaseModel):
@@ -39,7 +46,11 @@ class HookRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     hook: str = Field(min_length=1)
-    hookInstance: str = Field(min_length=1, max_length=HOOK_INSTANCE_MAX_LENGTH)
+    hookInstance: Annotated[
+        str,
+        Field(min_length=1, max_length=HOOK_INSTANCE_MAX_LENGTH),
+        AfterValidator(_no_control_characters),
+    ]
     fhirServer: str | None = None
     fhirAuthorization: FhirAuthorization | None = None
     context: dict[str, Any]

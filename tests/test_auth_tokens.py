@@ -112,6 +112,10 @@ BAD_TOKENS: dict[str, tuple[Headers, str]] = {
         "jku-not-allowed",
     ),
     "missing jti": (lambda now: bearer(token(now, jti=REMOVE)), "missing-jti"),
+    "a sub with a NUL (the audit trail keeps it; PostgreSQL cannot)": (
+        lambda now: bearer(token(now, sub="doctor\u0000x")),
+        "malformed-token",
+    ),
     "jti one character longer than the store keeps": (
         lambda now: bearer(token(now, jti="j" * (JTI_MAX_LENGTH + 1))),
         "jti-too-long",

@@ -245,4 +245,10 @@ def _number(value: Any) -> float | None:
 
 
 def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
+    """A claim kept in the audit trail (`sub`, `tenant`): text, never a NUL (which no
+    identifier holds, and PostgreSQL cannot keep)."""
+    if not isinstance(value, str) or not value:
+        return None
+    if "\x00" in value:
+        raise refused(Refusal.MALFORMED_TOKEN)
+    return value

@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any, Literal
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    model_validator,
+)
 from sqlalchemy import Connection, Engine, insert, select, update
 
 from cds.auth import ClientIdentity
@@ -31,31 +40,58 @@ class UnknownCard(CdsError):
     status = 404
 
 
+# An outcomeTimestamp as CDS Hooks and FHIR write an instant: date, time and offset.
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})")
+
+
+def _instant(value: object) -> object:
+    """An RFC 3339 date-time with its offset (not a number, not a date alone), left for
+    the datetime type to read."""
+    if not isinstance(value, str) or not _INSTANT.fullmatch(value):
+        raise ValueError("must be a date-time with an offset, e.g. 2026-11-30T10:02:11Z")
+    try:
+        datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+    except (ValueError, OverflowError):  # 24:00; before year 1 in UTC
+        raise ValueError(f"{value!r} is not a valid date-time, or out of range") from None
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain a NUL character (\\u0000)")
+    return value
+
+
+# Text that is stored (PostgreSQL text never holds a NUL).
+Text = Annotated[str, AfterValidator(_no_nul)]
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant)]
+
+
 class _In(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
 class ReasonCoding(_In):
-    system: str | None = None
-    code: str = Field(min_length=1, max_length=256)
-    display: str | None = None  # the CDS Hooks Sandbox sends none
+    system: Text | None = None
+    code: Text = Field(min_length=1, max_length=256)
+    display: Text | None = None  # the CDS Hooks Sandbox sends none
 
 
 class OverrideReason(_In):
     reason: ReasonCoding | None = None
-    userComment: str | None = Field(default=None, max_length=4_000)
+    userComment: Text | None = Field(default=None, max_length=4_000)
 
 
 class AcceptedSuggestion(_In):
-    id: str = Field(min_length=1, max_length=128)
+    id: Text = Field(min_length=1, max_length=128)
 
 
 class FeedbackItem(_In):
-    card: str = Field(min_length=1, max_length=128)
+    card: Text = Field(min_length=1, max_length=128)
     outcome: Literal["accepted", "overridden"]
     acceptedSuggestions: list[AcceptedSuggestion] | None = Field(default=None, max_length=20)
     overrideReason: OverrideReason | None = None
-    outcomeTimestamp: AwareDatetime
+    outcomeTimestamp: Instant
 
     @model_validator(mode="after")
     def _accepted_names_its_suggestions(self) -> FeedbackItem:

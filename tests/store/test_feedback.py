@@ -153,15 +153,56 @@ def test_malformed_feedback_is_400_saying_where(service: Service) -> None:
             "feedback[0]",
             "acceptedSuggestions is required",
         ),
-        (
-            [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": "today"}],
-            "feedback[0].outcomeTimestamp",
-            "datetime",
+        *(
+            (
+                [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": when}],
+                "feedback[0].outcomeTimestamp",
+                "date-time with an offset",
+            )
+            # no offset; not text (read as Unix times, they were stored); a year alone
+            for when in ("today", "2026-11-30T10:00:00", 0, 1764496800, "2026")
         ),
         (
-            [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": "2026-11-30T10:00:00"}],
+            # before the first instant there is, in UTC (was a 503 "send it again", for ever)
+            [
+                {
+                    "card": uuid,
+                    "outcome": "overridden",
+                    "outcomeTimestamp": "0001-01-01T00:00:00+14:00",
+                }
+            ],
             "feedback[0].outcomeTimestamp",
-            "timezone",
+            "out of range",
+        ),
+        (
+            [{"card": uuid, "outcome": "overridden", "outcomeTimestamp": "2026-11-30T24:00:00Z"}],
+            "feedback[0].outcomeTimestamp",
+            "not a valid date-time",
+        ),
+        # a NUL, which PostgreSQL cannot store (was a 503 "send it again" there, for ever)
+        (
+            [
+                {
+                    "card": uuid,
+                    "outcome": "overridden",
+                    "overrideReason": {"userComment": "a\u0000b"},
+                    "outcomeTimestamp": _now(),
+                }
+            ],
+            "feedback[0].overrideReason.userComment",
+            "NUL",
+        ),
+        (
+            [
+                {
+                    "card": uuid,
+                    "outcome": "overridden",
+                    "overrideReason": {"reason": {"code": "x\u0000"}},
+                    "outcomeTimestamp": _now(),
+                }
+            ],
+            "feedback[0].overrideReason.reason.code",
+            "NUL",
         ),
     ]
     for items, location, problem in cases:
