@@ -57,6 +57,29 @@ def test_unknown_unit_is_reported_not_guessed(runtime: Runtime) -> None:
     assert "'K' not recognised for temperature" in n.issues[0].problem
 
 
+@pytest.mark.parametrize("comparator", ["<", "<=", ">=", ">", "ad"])
+def test_a_value_with_a_comparator_is_a_bound_reported_not_graded(
+    runtime: Runtime, comparator: str
+) -> None:
+    # "<39.5 Cel" counted as a fever (found by fuzzing: the comparator was dropped)
+    obs = b.temperature(P, T, 39.5)
+    obs["valueQuantity"]["comparator"] = comparator
+    n = read(runtime, obs)
+    assert values(n, "temperature") == []
+    (issue,) = n.issues
+    assert issue.location == "prefetch.k0.valueQuantity.comparator"
+    assert f"{comparator!r} 39.5: a bound, not a measured value; not used" == issue.problem
+
+
+def test_a_component_with_a_comparator_is_not_read(runtime: Runtime) -> None:
+    panels = [b.blood_pressure(P, T, 85, 50), b.blood_pressure(P, T + timedelta(hours=1), 84, 50)]
+    panels[0]["component"][0]["valueQuantity"]["comparator"] = "<"
+    n = read(runtime, *panels)
+    assert values(n, "systolic_bp") == [84.0]
+    (issue,) = n.issues
+    assert issue.location == "prefetch.k0.component[0].valueQuantity.comparator"
+
+
 def test_bp_panel_components_are_read(runtime: Runtime) -> None:
     n = read(runtime, b.blood_pressure(P, T, 88, 52))
     assert values(n, "systolic_bp") == [88]

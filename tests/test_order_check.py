@@ -142,6 +142,12 @@ def _without(order: dict[str, Any], *keys: str) -> dict[str, Any]:
     return order
 
 
+def _bounded(order: dict[str, Any], comparator: str) -> dict[str, Any]:
+    """The order's dose as a bound (checked as exactly its value: found by fuzzing)."""
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["comparator"] = comparator
+    return order
+
+
 @pytest.mark.parametrize(
     ("order", "found"),
     [
@@ -151,8 +157,10 @@ def _without(order: dict[str, Any], *keys: str) -> dict[str, Any]:
         (draft_order("mr1", 640, "mg/m2"), "'mg/m2' is not a mass unit"),
         (draft_order("mr1", 2, "{vial}"), "'{vial}' is not a mass unit"),
         (_without(draft_order("mr1", 640, "mg"), "value"), "has no value"),
+        (_bounded(draft_order("mr1", 560, "mg"), "<"), "is a bound, not a dose"),
+        (_bounded(draft_order("mr1", 560, "mg"), ">="), "is a bound, not a dose"),
     ],
-    ids=["5 mL", "50 mL", "no unit", "mg/m2", "vials", "no value"],
+    ids=["5 mL", "50 mL", "no unit", "mg/m2", "vials", "no value", "<560 mg", ">=560 mg"],
 )
 def test_dose_not_readable_as_a_mass_is_its_own_problem(
     client: TestClient, order: dict[str, Any], found: str

@@ -35,6 +35,7 @@ class CodeableConcept(Lean):
 
 class Quantity(Lean):
     value: float | None = None
+    comparator: str | None = None  # <, <=, >=, >, ad: the value is a bound, not a measurement
     unit: str | None = None
     code: str | None = None  # (the UCUM code; `system` is not read)
 

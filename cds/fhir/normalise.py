@@ -715,6 +715,16 @@ class Normaliser:
         value = q.value
         if value is None:
             return None  # a dataAbsentReason, or nothing measured
+        if q.comparator is not None:
+            # "<39.5 Cel", ">5000 pg/mL": a bound, not the value; graded or scored as the
+            # value it would be a guess (a fever that may not be one, a score off by how much)
+            self.issues.append(
+                Issue(
+                    f"{raw.location}{path}.comparator",
+                    f"{q.comparator!r} {value:g}: a bound, not a measured value; not used",
+                )
+            )
+            return None
         code, unit_text = q.code, q.unit
         plan = self._unit_plans.get((concept, code, unit_text))
         if plan is None:

@@ -58,6 +58,7 @@ class DoseProblem(Enum):
 
     NO_DOSE = "the order has no dose (doseAndRate.doseQuantity)"
     NO_VALUE = "the dose (doseAndRate.doseQuantity) has no value"
+    BOUND = "the dose has a comparator: it is a bound, not a dose"
     NOT_FINITE = "the dose is not a finite number (of mg)"
     NOT_POSITIVE = "the dose is zero or negative"
     NO_UNIT = "the dose has no unit: it cannot be read as a mass"
@@ -117,6 +118,9 @@ def ordered_dose(order: models.MedicationRequest, weight: Measurement | None) ->
     if value is None:
         return OrderedDose(None, f"no value {unit}".strip(), DoseProblem.NO_VALUE, unit)
     written = f"{value:g} {unit}".strip()
+    if quantity.comparator is not None:
+        written = f"{quantity.comparator}{written}"
+        return OrderedDose(None, written, DoseProblem.BOUND, unit)
     if not math.isfinite(value):
         return OrderedDose(None, written, DoseProblem.NOT_FINITE, unit)
     if value <= 0:

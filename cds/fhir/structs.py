@@ -56,6 +56,7 @@ class CodeableConcept(_Frozen, frozen=True, gc=False, omit_defaults=True):
 
 class Quantity(_Frozen, frozen=True, gc=False, omit_defaults=True):
     value: float | None = None
+    comparator: str | None = None
     unit: str | None = None
     code: str | None = None
 
