@@ -64,3 +64,14 @@ class RequestTimeout(CdsError):
     """The client did not send its request in time (408); the connection is closed."""
 
     status = 408
+
+
+def not_json(what: str, body: bytes, exc: Exception) -> str:
+    """Why `body`, which the JSON parser refused with `exc`, is not JSON: where its UTF-8
+    breaks (orjson says "surrogates not allowed" at column 1 for any bad byte), else the
+    parser's message."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"{what} is not valid UTF-8: byte {bad.start} (0x{body[bad.start]:02x}) {bad.reason}"
+    return f"{what} is not valid JSON: {exc}"

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from cds.auth import ClientIdentity
 from cds.clock import Clock
 from cds.decision import Decision
-from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService
+from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService, not_json
 from cds.evaluation import Evaluation, evaluate, risk_data_since
 from cds.fhir.gather import FhirAccess, SentPrefetch, collect_prefetch, gather
 from cds.fhir.reading import ResourceCollector, validation_message
@@ -134,7 +134,7 @@ def _request(body: bytes) -> HookRequest:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+        raise InvalidRequest(not_json("request body", body, exc)) from exc
     if not isinstance(data, dict):
         raise InvalidRequest("request body must be a JSON object")
     return _validated(data)

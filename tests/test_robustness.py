@@ -111,3 +111,44 @@ def test_mutated_valid_order_never_500(client: TestClient) -> None:
             )
             r = client.post("/cds-services/crs-order-sign", json=body)
             assert r.status_code in (200, 400), (key, junk, r.text)
+
+
+@pytest.mark.parametrize(
+    ("body", "byte", "why"),
+    [
+        (b'{"hook": "patient-view\xff"}', 22, "(0xff) invalid start byte"),
+        (b'{"hook": "\xed\xa0\x80"}', 10, "(0xed) invalid continuation byte"),
+    ],
+)
+def test_a_body_that_is_not_utf8_says_where_it_breaks(
+    client: TestClient, body: bytes, byte: int, why: str
+) -> None:
+    # (orjson's own message said "surrogates not allowed" at line 1 column 1 for any bad byte)
+    response = client.post("/cds-services/crs-monitor", content=body)
+    assert response.status_code == 400
+    assert response.json()["error"] == f"request body is not valid UTF-8: byte {byte} {why}"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "error"),
+    [
+        ("GET", "/", 404, "no such endpoint: GET / (GET /cds-services lists the CDS services)"),
+        ("GET", "/cds-services/..%2f..", 404, "no such endpoint: GET /cds-services/../.."),
+        (
+            "PUT",
+            "/cds-services/crs-monitor",
+            405,
+            "method not allowed: PUT /cds-services/crs-monitor (allowed: POST)",
+        ),
+        ("DELETE", "/healthz", 405, "method not allowed: DELETE /healthz (allowed: GET)"),
+    ],
+)
+def test_the_routers_own_answers_say_what_was_asked_in_the_error_shape(
+    client: TestClient, method: str, path: str, status: int, error: str
+) -> None:
+    # (they were FastAPI's {"detail": "Not Found"}: no `error`, unlike every other 4xx)
+    response = client.request(method, path)
+    assert response.status_code == status
+    assert response.json()["error"].startswith(error)
+    if status == 405:
+        assert response.headers["Allow"]

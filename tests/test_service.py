@@ -174,7 +174,7 @@ def test_a_malformed_route_keeps_the_administration(client: TestClient, route: A
     ("body", "status", "message"),
     [
         (b"{not json", 400, "not valid JSON"),
-        (b'{"hook":"\xff"}', 400, "not valid JSON"),  # invalid UTF-8 in a member read
+        (b'{"hook":"\xff"}', 400, "not valid UTF-8: byte 9"),  # in a member read
         (
             b'{"hook":"patient-view","hookInstance":"h","context":{"patientId":"p","x":'
             + b"[" * 1100

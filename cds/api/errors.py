@@ -9,6 +9,7 @@ import traceback
 from pathlib import PurePath
 
 from fastapi import FastAPI, Request
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds.api.responses import JsonResponse, error
 from cds.errors import (
@@ -52,6 +53,23 @@ def install(app: FastAPI) -> None:
         response.headers["WWW-Authenticate"] = (
             f'Bearer error="invalid_token", error_description="{exc.reason}"'
         )
+        return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing(request: Request, exc: StarletteHTTPException) -> JsonResponse:
+        # the router's own answers (no such path, a method the path does not take) in the
+        # service's error shape, saying what was asked
+        path = request.url.path
+        asked = f"{request.method} {path[:200]}{'…' if len(path) > 200 else ''}"
+        if exc.status_code == 404:
+            message = f"no such endpoint: {asked} (GET /cds-services lists the CDS services)"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("Allow", "")
+            message = f"method not allowed: {asked}" + (f" (allowed: {allowed})" if allowed else "")
+        else:
+            message = str(exc.detail)
+        response = error(exc.status_code, message)
+        response.headers.update(exc.headers or {})
         return response
 
     @app.exception_handler(Exception)

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds.api.body import FEEDBACK_MAX_BYTES, read_body
 from cds.api.deps import ClientDep, HooksDep, StoreDep
 from cds.api.openapi import FEEDBACK
-from cds.errors import CdsError, InvalidRequest, UnknownService
+from cds.errors import CdsError, InvalidRequest, UnknownService, not_json
 from cds.fhir.reading import validation_issues, validation_message
 from cds.store.feedback import FeedbackRequest, apply
 
@@ -50,7 +50,7 @@ async def feedback(
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"feedback body is not valid JSON: {exc}") from exc
+        raise InvalidRequest(not_json("feedback body", body, exc)) from exc
     if not isinstance(data, dict):
         raise InvalidRequest('feedback body must be a JSON object {"feedback": [...]}')
     try:

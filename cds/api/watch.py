@@ -34,7 +34,7 @@ from cds.api.body import read_body
 from cds.api.deps import ClientDep
 from cds.api.openapi import ENROLMENT, NOTIFICATION, WATCHED_PATIENT
 from cds.api.responses import JsonResponse
-from cds.errors import CdsError, InvalidRequest
+from cds.errors import CdsError, InvalidRequest, not_json
 from cds.fhir.client import is_fhir_id
 from cds.fhir.reading import validation_message
 from cds.pipeline import Hooks
@@ -107,7 +107,7 @@ async def enrol(request: Request, _client: ClientDep) -> JsonResponse:
     try:
         parsed = Enrolment.model_validate(orjson.loads(body) if body else None)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+        raise InvalidRequest(not_json("body", body, exc)) from exc
     except ValidationError as exc:
         raise InvalidRequest(validation_message("enrolment", exc), "enrolment") from exc
     if not is_fhir_id(parsed.patientId):

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, insert, select, update
 
-from cds.errors import CdsError
+from cds.errors import CdsError, not_json
 from cds.fhir.references import patient_of
 from cds.store.tables import watch_inbox, watch_subscriptions
 from cds.watch.ids import PatientIds
@@ -94,7 +94,7 @@ def read_notification(body: bytes) -> StatusNotification:
     try:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError as exc:
-        raise MalformedNotification(f"the notification is not valid JSON: {exc}") from exc
+        raise MalformedNotification(not_json("the notification", body, exc)) from exc
     if not isinstance(data, dict) or data.get("resourceType") != "Bundle":
         raise MalformedNotification(
             "expected a FHIR Bundle (a subscription notification)", "Bundle.resourceType"
