@@ -48,6 +48,38 @@ def test_pounds_are_converted_to_kg(runtime: Runtime) -> None:
     assert values(n, "body_weight")[0] == pytest.approx(80.0, abs=0.01)
 
 
+# Every conversion factor pinned by a value it must give exactly (a mutant factor of each
+# survived the suite: 0.4536 for lb flipped a 29.999 kg child to 30 kg and 8 mg/kg)
+def test_pounds_are_converted_exactly(runtime: Runtime) -> None:
+    n = read(runtime, b.weight(P, T, 66.1387, "lb"))
+    assert values(n, "body_weight") == [round(66.1387 * 0.45359237, 6)]  # 29.999 kg: < 30
+
+
+@pytest.mark.parametrize(
+    ("observation", "concept", "expected"),
+    [
+        (b.weight(P, T, 15000, "g"), "body_weight", 15.0),
+        (b.lab(P, T, "2160-0", "Creatinine", 10, "mg/L"), "creatinine", 1.0),
+        (b.lab(P, T, "3151-8", "Inhaled oxygen flow rate", 8000, "mL/min"), "oxygen_flow", 8.0),
+        (b.lab(P, T, "718-7", "Hemoglobin", 85, "g/L"), "hemoglobin", 8.5),
+        (b.lab(P, T, "777-3", "Platelets", 150000, "/uL"), "platelets", 150.0),
+        (b.lab(P, T, "2532-0", "LDH", 5, "ukat/L"), "ldh", 300.0),
+        (b.lab(P, T, "1988-5", "CRP", 2.5, "mg/dL"), "crp", 25.0),
+    ],
+    ids=["g", "creatinine mg/L", "O2 mL/min", "Hb g/L", "platelets /uL", "LDH ukat/L", "CRP mg/dL"],
+)
+def test_each_unit_is_converted_by_its_factor(
+    runtime: Runtime, observation: dict[str, Any], concept: str, expected: float
+) -> None:
+    assert values(read(runtime, observation), concept) == [expected]
+
+
+def test_the_ucum_code_wins_over_the_unit_text(runtime: Runtime) -> None:
+    obs = b.weight(P, T, 80, "kg")
+    obs["valueQuantity"]["unit"] = "lbs"
+    assert values(read(runtime, obs), "body_weight") == [80.0]
+
+
 def test_unknown_unit_is_reported_not_guessed(runtime: Runtime) -> None:
     obs = b.temperature(P, T, 311.15)
     obs["valueQuantity"] = {"value": 311.15, "unit": "K", "code": "K"}
