@@ -244,7 +244,10 @@ def test_nothing_private_is_logged_by_the_served_service(
     tmp_path: Path, fhir_with_patient: str
 ) -> None:
     env = {"CRS_LOG_LEVEL": "DEBUG", "CRS_FHIR_ALLOWED_SERVERS": fhir_with_patient}
-    with serve_process(tmp_path, env) as served, httpx.Client(base_url=served.url) as client:
+    with (
+        serve_process(tmp_path, env) as served,
+        httpx.Client(base_url=served.url, timeout=60) as client,
+    ):  # (httpx: 5 s by default; a loaded machine is slower)
         answer = client.post(MONITOR, json=body())
         assert answer.status_code == 200
         (card,) = answer.json()["cards"]
