@@ -41,19 +41,20 @@ class UnknownCard(CdsError):
 
 
 # An outcomeTimestamp as CDS Hooks and FHIR write an instant: date, time and offset.
-_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:\d{2})")
+_INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:\d{2})")
 
 
 def _instant(value: object) -> object:
     """An RFC 3339 date-time with its offset (not a number, not a date alone), left for
     the datetime type to read."""
-    if not isinstance(value, str) or not _INSTANT.fullmatch(value):
+    text = value.upper() if isinstance(value, str) else None  # RFC 3339 allows t and z
+    if text is None or not _INSTANT.fullmatch(text):
         raise ValueError("must be a date-time with an offset, e.g. 2026-11-30T10:02:11Z")
     try:
-        datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        datetime.fromisoformat(text.replace("Z", "+00:00")).astimezone(UTC)
     except (ValueError, OverflowError):  # 24:00; before year 1 in UTC
         raise ValueError(f"{value!r} is not a valid date-time, or out of range") from None
-    return value
+    return text
 
 
 def _no_nul(value: str) -> str:

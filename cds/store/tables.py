@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -277,7 +278,7 @@ watch_subscriptions = Table(
     Column("secret_digest", String(64), nullable=False, unique=True),
     Column("status", String(16), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
-    Column("last_event", Integer),  # the highest event number received
+    Column("last_event", BigInteger),  # the highest event number received (integer64)
     Column("last_received_at", UtcDateTime()),
     Column("catch_up_since", UtcDateTime()),  # a gap was found: query what changed since
 )
@@ -296,8 +297,8 @@ watch_inbox = Table(
     ),
     Column("received_at", UtcDateTime(), nullable=False),
     Column("kind", String(24), nullable=False),  # event-notification | heartbeat | handshake …
-    Column("first_event", Integer),
-    Column("last_event", Integer),
+    Column("first_event", BigInteger),
+    Column("last_event", BigInteger),
     Column("events", LargeBinary, nullable=False),  # sealed JSON
     Column("lease_owner", String(64)),
     Column("lease_until", UtcDateTime()),

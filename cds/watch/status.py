@@ -138,6 +138,8 @@ def status(
 
 def patient_status(engine: Engine, pseudonym: str, history: int = 50) -> dict[str, Any] | None:
     """One census patient: state, history (newest first) and notifications; None if unknown."""
+    if "\x00" in pseudonym:
+        return None  # (no pseudonym holds a NUL, and PostgreSQL refuses to compare one)
     p, h = watch_patients.c, watch_history.c
     with engine.connect() as connection:
         row = connection.execute(select(watch_patients).where(p.patient == pseudonym)).first()

@@ -46,6 +46,8 @@ def by_record(
     engine: Engine, record_id: str, card_uuid: str | None = None
 ) -> StoredEvaluation | None:
     """The stored evaluation of a record id, or None."""
+    if "\x00" in record_id:
+        return None  # (no stored id holds a NUL, and PostgreSQL refuses to compare one)
     with engine.connect() as connection:
         row = connection.execute(select(*_COLUMNS).where(audit_records.c.id == record_id)).first()
     if row is None:
@@ -63,6 +65,8 @@ def by_record(
 
 def by_card(engine: Engine, card_uuid: str) -> StoredEvaluation | None:
     """The stored evaluation whose call showed this card, or None."""
+    if "\x00" in card_uuid:
+        return None
     with engine.connect() as connection:
         record_id = connection.scalar(select(cards.c.record_id).where(cards.c.uuid == card_uuid))
     if record_id is None:

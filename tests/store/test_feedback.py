@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from cds.runtime import Runtime
@@ -47,6 +48,26 @@ def test_accepted_feedback_is_stored_and_answered_with_an_empty_200(service: Ser
     with service.engine.connect() as connection:
         (row,) = connection.execute(select(feedback).where(feedback.c.card_uuid == card["uuid"]))
     assert (row.outcome, row.accepted_suggestions) == ("accepted", [suggestion])
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        "%Y-%m-%dT%H:%M:%SZ",
+        "%Y-%m-%dt%H:%M:%Sz",  # RFC 3339 allows lower case (was refused, fuzzed)
+        "%Y-%m-%dT%H:%M:%S.%f123456+00:00",  # twelve digits of a second
+        "%Y-%m-%dT%H:%MZ",  # ISO 8601 without seconds
+    ],
+)
+def test_outcome_timestamps_in_every_date_time_shape_are_read(service: Service, shape: str) -> None:
+    card = _card(service)
+    when = datetime.now(UTC) - timedelta(minutes=5)
+    item = {"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": when.strftime(shape)}
+    response = _post(service, [item])
+    assert response.status_code == 200, response.text
+    with service.engine.connect() as connection:
+        (row,) = connection.execute(select(feedback).where(feedback.c.card_uuid == card["uuid"]))
+    assert abs(row.outcome_at - when) < timedelta(minutes=1)
 
 
 def test_repeated_identical_feedback_is_stored_once(service: Service) -> None:

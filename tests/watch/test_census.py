@@ -4,6 +4,7 @@ only under the lease, and one notification per change key however often it is fo
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -12,13 +13,21 @@ import pytest
 from sqlalchemy import func, select, text
 
 from cds.runtime import Runtime
-from cds.store.tables import watch_deliveries, watch_notifications, watch_patients
+from cds.store.tables import (
+    watch_deliveries,
+    watch_notifications,
+    watch_patients,
+    watch_subscriptions,
+)
 from cds.watch.census import CycleResult, NewNotification
 from cds.watch.changes import ExposureRef, Notified, State, Thresholds, detect
 from cds.watch.delivery import payload
 from cds.watch.ids import PatientIds, SealedIdUnreadable
 from cds.watch.service import Watch
+from cds.watch.status import patient_status
+from cds.watch.subscriptions import EVENT_NUMBER_MAX, NotificationEvent, StatusNotification
 from cds.watch.worker import next_poll
+from cds.web.evaluations import by_card, by_record
 from tests.factories import AT
 from tests.watch.support import now, open_watch, watch_runtime
 
@@ -134,3 +143,30 @@ def test_a_patient_who_left_comes_back_with_a_fresh_look(watch: Watch) -> None:
     census.enrol("p1", "census-search", now())
     (again,) = census.claim("w", now(), LEASE, 1)
     assert again.cursor is None and again.source == "census-search"
+
+
+def test_event_numbers_up_to_2_63_are_kept(watch: Watch) -> None:
+    # FHIR R5's eventNumber is an integer64; the columns were PostgreSQL integers, and
+    # 2,147,483,648 answered 500 there (fuzzed)
+    secret = f"secret-{uuid.uuid4()}"
+    local = str(uuid.uuid4())
+    watch.subscriptions.register(local, FHIR, "http://t/topic", "id-only", secret, now())
+    for number in (2**31, EVENT_NUMBER_MAX):
+        note = StatusNotification(
+            "event-notification", None, None, None, (NotificationEvent(number, None, None),)
+        )
+        watch.subscriptions.accept(secret, note, FHIR, now())
+        with watch.census.engine.connect() as connection:
+            kept = connection.scalar(
+                select(watch_subscriptions.c.last_event).where(watch_subscriptions.c.id == local)
+            )
+        assert kept == number
+
+
+def test_a_lookup_by_an_id_holding_a_nul_finds_nothing(watch: Watch) -> None:
+    # (PostgreSQL refuses to compare a NUL: GET /watch/patients/%00 and a timeline of
+    # /crs/records/%00 answered 500 there, fuzzed)
+    engine = watch.census.engine
+    assert patient_status(engine, "a\x00b") is None
+    assert by_record(engine, "\x00") is None
+    assert by_card(engine, "\x00") is None
