@@ -49,7 +49,7 @@ def test_postgresql_must_be_migrated_first(empty_postgres: str, tmp_path: Path) 
         DecisionStore.open(runtime, new_uuid, utc_now)
     result = CliRunner().invoke(cli, ["db", "upgrade"], env={"CRS_DATABASE_URL": empty_postgres})
     assert result.exit_code == 0, result.output
-    assert "revision 0003" in result.output  # the head: pictures (issue #13)
+    assert "revision 0004" in result.output  # the head: event numbers in 64 bits
     DecisionStore.open(runtime, new_uuid, utc_now).close()
 
 
