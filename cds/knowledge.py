@@ -13,6 +13,7 @@ import re
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -835,6 +836,12 @@ class Knowledge:
         "Body weight change", "Lidocaine with epinephrine")."""
         index = self.exclusions.get(concept)
         return index is not None and index.match(text) is not None
+
+    @cached_property
+    def medication_by_bare_code(self) -> dict[str, str]:
+        """What a medication code means whatever its system: for a text found in a resource
+        that is not readable FHIR, where no system is known."""
+        return {code: concept for (_, code), concept in self.medication_by_code.items()}
 
     @property
     def version(self) -> str:

@@ -924,7 +924,7 @@ class Normaliser:
         if isinstance(status, str) and status in IGNORED_ADMINISTRATION_STATUSES:
             return None
         k = self.k
-        codes = {code: concept for (_, code), concept in k.medication_by_code.items()}
+        codes = k.medication_by_bare_code
         for text in json_strings(data, self._scan_budget):
             # (one budget for all of a chart's unreadable administrations: a hostile chart
             # of thousands costs no more than one)

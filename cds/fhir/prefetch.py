@@ -11,6 +11,7 @@ the risk window in one page.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from cds.engine.facts import CONCEPTS_READ
 from cds.fhir.reading import with_article
@@ -57,17 +58,23 @@ class PrefetchPlan:
     def asks(self, key: str) -> Asked | None:
         """What the template of `key` asks for; None for a key the service does not ask
         for, or a template that is neither a read nor a search of one type (an operation)."""
-        template = self.templates.get(key)
-        if template is None:
-            return None
-        parts = template.split("?", 1)[0].split("/")
-        if not parts[0].isascii() or not parts[0].isalpha() or not parts[0][0].isupper():
-            return None
-        if len(parts) == 1:
-            return Asked(parts[0], search=True)
-        if len(parts) == 2 and parts[1] and parts[1][0] not in "$_":
-            return Asked(parts[0], search=False)
+        return self._asked.get(key)
+
+    @cached_property
+    def _asked(self) -> dict[str, Asked | None]:
+        """What each template asks for, read once (every call checks its prefetch)."""
+        return {key: _asked(template) for key, template in self.templates.items()}
+
+
+def _asked(template: str) -> Asked | None:
+    parts = template.split("?", 1)[0].split("/")
+    if not parts[0].isascii() or not parts[0].isalpha() or not parts[0][0].isupper():
         return None
+    if len(parts) == 1:
+        return Asked(parts[0], search=True)
+    if len(parts) == 2 and parts[1] and parts[1][0] not in "$_":
+        return Asked(parts[0], search=False)
+    return None
 
 
 def observation_code_param(knowledge: Knowledge) -> str:
