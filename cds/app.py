@@ -26,6 +26,7 @@ from cds.api import (
     questionnaires,
     watch,
 )
+from cds.api.head import HeadAsGet
 from cds.auth import ReplayGuard
 from cds.auth.authentication import authentication_from_settings
 from cds.clock import Clock, utc_now
@@ -149,6 +150,7 @@ def create_app(
         max_age=600,
     )
     app.add_middleware(MetricsMiddleware, services=frozenset(app.state.hooks.services))
+    app.add_middleware(HeadAsGet)  # outermost: every route that answers GET answers HEAD
     errors.install(app)
     tracing.configure(app, store.engine)  # only when the OTEL_* variables ask for it
     for router in (

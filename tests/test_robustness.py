@@ -152,3 +152,22 @@ def test_the_routers_own_answers_say_what_was_asked_in_the_error_shape(
     assert response.json()["error"].startswith(error)
     if status == 405:
         assert response.headers["Allow"]
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/cds-services", "/metrics"])
+def test_head_answers_as_get_without_the_body(client: TestClient, path: str) -> None:
+    # load balancers, uptime monitors and `curl -I` probe with HEAD (it was a 405)
+    got = client.get(path)
+    head = client.head(path)
+    assert head.status_code == got.status_code
+    assert head.content == b""
+    assert head.headers["content-type"] == got.headers["content-type"]
+    if path != "/metrics":  # (the figures move between the two calls)
+        assert head.headers["content-length"] == got.headers["content-length"]
+
+
+def test_head_of_a_path_that_takes_no_get_is_405_with_its_methods(client: TestClient) -> None:
+    response = client.head("/cds-services/crs-monitor")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.content == b""

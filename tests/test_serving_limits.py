@@ -62,6 +62,26 @@ def _answer(sock: socket.socket) -> bytes:
     return data
 
 
+def test_head_is_answered_by_the_real_server_and_the_connection_goes_on(served: Served) -> None:
+    # uvicorn sends no body to a HEAD: the Content-Length is the GET's, and the next
+    # request on the same connection is answered (a stray body would be read as its head)
+    with _connect(served) as sock:
+        sock.sendall(
+            b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        sock.settimeout(10)
+        data = b""
+        while data.count(b"HTTP/1.1 200") < 2 or not data.endswith(b"}"):
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    head, get = data.split(b"HTTP/1.1 200")[1:]
+    length = int(get.split(b"content-length: ")[1].split(b"\r\n")[0])
+    assert head.endswith(b"\r\n\r\n")  # headers only
+    assert f"content-length: {length}".encode() in head
+    assert len(get.split(b"\r\n\r\n", 1)[1]) == length
+
+
 def test_a_connection_that_sends_nothing_is_closed(served: Served) -> None:
     with _connect(served) as sock:
         assert TIMEOUT * 0.8 < _closed_after(sock) < LATE
