@@ -265,10 +265,10 @@ def fire(
         if response.status_code != 200:
             raise typer.Exit(1)
         return
-    sent = ", ".join(k for k, v in body.get("prefetch", {}).items() if v is not None)
     console.print(
         f"[bold]{service}[/] ({hook}) · patient {patient_id} · prefetch: "
-        f"{sent or 'none (service reads fhirServer)'} · HTTP {response.status_code} · {ms:.0f} ms",
+        f"{_prefetch_sent(templates, body.get('prefetch'))} · HTTP {response.status_code} · "
+        f"{ms:.0f} ms",
         highlight=False,
     )
     if chosen is not None:
@@ -277,6 +277,18 @@ def fire(
         console.print(Panel(response.text, title="error", border_style="red"))
         raise typer.Exit(1)
     render_response(response.json())
+
+
+def _prefetch_sent(templates: dict[str, str], prefetch: dict[str, Any] | None) -> str:
+    """ "observations, patient; none found: conditions; not sent: medicationAdministrations
+    (the service reads fhirServer)" for the status line."""
+    sent = prefetch or {}
+    parts = [", ".join(k for k, v in sent.items() if v is not None) or "none"]
+    if empty := [k for k, v in sent.items() if v is None]:
+        parts.append("none found: " + ", ".join(empty))
+    if missing := [k for k in templates if k not in sent]:
+        parts.append("not sent: " + ", ".join(missing) + " (the service reads fhirServer)")
+    return "; ".join(parts)
 
 
 def _client_auth(key: Path | None, kid: str | None, iss: str | None) -> ClientTokenAuth | None:
@@ -324,7 +336,11 @@ async def _resolve_prefetch(
 ) -> dict[str, Any]:
     """Each template resolved and read from the FHIR server, following next links.
 
-    A key that cannot be resolved or read is sent as null (as an EHR does), with a warning.
+    As CDS Hooks 2.0 has a client send what it could not fetch: a read of a resource the
+    server does not have (404, 410) is null (fetched, no data); any other failure leaves the
+    key out (not fetched: the service queries fhirServer itself, or answers 412), with a
+    warning. (Sent as null, a failed query read as "no data": no temperature, no infusion,
+    no cards.)
     """
     results: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=30.0) as http:
@@ -333,8 +349,13 @@ async def _resolve_prefetch(
         async def one(key: str, template: str) -> None:
             try:
                 relative = resolve_template(template, context)
-                path, params = split_query(relative)
-                if "?" in relative:
+            except TemplateError as exc:
+                _not_sent(key, exc)
+                return
+            path, params = split_query(relative)
+            searched = "?" in relative
+            try:
+                if searched:
                     query = FhirQuery(f"prefetch {key} ({path} search)", path, tuple(params))
                     entries = await reader.search(query)
                     results[key] = {"resourceType": "Bundle", "type": "searchset", "entry": entries}
@@ -343,12 +364,25 @@ async def _resolve_prefetch(
                         f"prefetch {key} ({path.split('/')[0]} read)", path, search=False
                     )
                     results[key] = await reader.read(query)
-            except (TemplateError, FhirQueryFailed) as exc:
-                err_console.print(f"[yellow]warning:[/] prefetch {key}: {exc}; sent as null")
-                results[key] = None
+            except FhirQueryFailed as exc:
+                if not searched and exc.status in NOT_FOUND:
+                    err_console.print(f"[yellow]note:[/] prefetch {key}: {exc}; sent as null")
+                    results[key] = None
+                else:
+                    _not_sent(key, exc)
 
         await asyncio.gather(*(one(k, t) for k, t in templates.items()))
-    return {k: results[k] for k in templates}
+    return {k: results[k] for k in templates if k in results}
+
+
+NOT_FOUND = frozenset({404, 410})
+
+
+def _not_sent(key: str, problem: Exception) -> None:
+    err_console.print(
+        f"[yellow]warning:[/] prefetch {key}: {problem}; not sent (the service queries "
+        "fhirServer for it, or answers 412)"
+    )
 
 
 # --- rendering -------------------------------------------------------------------------

@@ -138,3 +138,36 @@ def test_fire_with_prefetch_gives_the_scenario_outcome(
     assert result.exit_code == 0, result.output
     (card,) = json.loads(result.output)["cards"]
     assert card["extension"]["crs"]["grade"] == scenario.expect["grade"]
+
+
+def test_fire_leaves_out_what_the_fhir_server_failed_to_give(
+    cli: typer.Typer, loaded: str, service_url: str
+) -> None:
+    # A query that fails is "not fetched", not "no data": left out, the service queries
+    # fhirServer itself or answers 412. (Sent as null it was read as no data: a grade-3
+    # patient's call answered 200, "No cards", exit 0.)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"  # nothing listens there
+    scenario = get("g3-lisocel-norepinephrine")
+    args = ["fire", "crs-monitor", "--fhir-server", dead, "--scenario", scenario.id]
+    result = runner.invoke(
+        cli, [*args, "--prefetch", "--service-url", service_url], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 1, result.output
+    assert "No cards" not in result.output
+    assert "not sent (the service queries fhirServer for it, or answers 412)" in result.output
+    assert "prefetch: none; not sent: patient, observations" in result.output
+    assert "HTTP 412" in result.output
+
+
+def test_fire_sends_null_for_a_patient_the_fhir_server_does_not_have(
+    cli: typer.Typer, loaded: str, service_url: str
+) -> None:
+    args = ["fire", "crs-monitor", "--fhir-server", loaded, "--patient", "no-such-patient"]
+    result = runner.invoke(
+        cli, [*args, "--prefetch", "--service-url", service_url], env={"COLUMNS": "400"}
+    )
+    assert result.exit_code == 0, result.output
+    assert "none found: patient" in result.output
+    assert "not sent" not in result.output
