@@ -14,7 +14,7 @@ from datetime import datetime
 from cds.engine.dosing import Dose, DoseHistory, Indication
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Measurement
-from cds.engine.grading import Evidence, Grading
+from cds.engine.grading import Evidence, Grading, hours_since
 from cds.engine.icans import IcansGrading
 from cds.engine.risk_scores import RiskAssessment, RiskScore
 from cds.evaluation import Evaluation
@@ -132,7 +132,7 @@ def exposure_line(exposure: Exposure, at: datetime) -> str:
     )
 
 
-def _why(g: Grading, rules: EngineRules) -> str:
+def _why(g: Grading, rules: EngineRules, at: datetime) -> str:
     fever = f"fever ≥ {rules.grading.fever_min_celsius:.1f} °C"
     if g.grade == 0:
         if g.fever_masked_since is not None:
@@ -140,6 +140,13 @@ def _why(g: Grading, rules: EngineRules) -> str:
                 "No hypotension or hypoxia in the look-back window. Fever is no longer "
                 "required for grading (masked by treatment since "
                 f"{when(g.fever_masked_since)})."
+            )
+        if g.last_temperature_at is None or at - g.last_temperature_at > rules.grading.lookback:
+            # no temperature is not "no fever": the grade rests on missing data
+            return (
+                "No temperature recorded in the look-back window: fever, which ASTCT "
+                "requires, cannot be assessed — grade 0 on the data available, not an "
+                "all-clear."
             )
         return f"No {fever} in the look-back window: CRS criteria not met now."
     parts = [fever] if g.fever_in_window else ["fever no longer required (masked by treatment)"]
@@ -192,10 +199,11 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
 
 def crs_indicator(knowledge: Knowledge, grading: Grading, complete: bool) -> Indicator:
     """The indicator of the grade, or of the possible grade when it is higher; never
-    `info` when data are missing (an incomplete chart must not look like an all-clear)."""
+    `info` when data are missing (an incomplete chart, or no temperature charted for
+    longer than the data-gap limit, must not look like an all-clear)."""
     by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
     indicator: Indicator = by_grade[max(grading.grade, grading.possible_grade or 0)]
-    if indicator == "info" and not complete:
+    if indicator == "info" and (not complete or grading.temperature_gap):
         return "warning"
     return indicator
 
@@ -312,6 +320,9 @@ def crs_card(
         head = f"CRS watch: day {day} after {exposure.display}"
         if grading.max_grade > 0:
             head += f" (max grade {grading.max_grade} since exposure)"
+        if grading.temperature_gap:
+            since = grading.last_temperature_at or exposure.risk_period_start
+            head = f"NO TEMPERATURE for {hours_since(since, at)} h — {head}"
     else:
         head = f"CRS grade {grading.grade} ({GRADING_SYSTEM}): day {day} after {exposure.display}"
         if grading.max_grade > grading.grade:
@@ -331,7 +342,7 @@ def crs_card(
     possible = _possible_section(knowledge, grading)
     if possible:
         sections.append(possible)
-    sections.extend([_why(grading, rules), evidence_table(grading.evidence)])
+    sections.extend([_why(grading, rules, at), evidence_table(grading.evidence)])
     sections.extend(f"**Warning:** {w}" for w in grading.warnings)
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
     sections.extend(tocilizumab_sections(knowledge, rules, plan))

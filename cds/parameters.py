@@ -77,6 +77,13 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
     )
     assert systolic is not None and lookback is not None and spo2 is not None
     assert episode_gap is not None
+    watch = knowledge.alerting.watch
+    temperature_gap = pick(
+        "temperature data-gap limit",
+        watch.temperature_gap_hours if watch is not None else None,
+        settings.watch_temperature_gap_hours,
+        "h",
+    )
 
     default_premedication = pick(
         "premedication interval before a dose",
@@ -131,6 +138,7 @@ def engine_rules(knowledge: Knowledge, settings: Settings) -> EngineRules:
         premedication_hours={p: w.premedication_hours for p, w in windows.items()},
         adult_from_age_years=a.hypotension.adult_from_age_years,
         adult_citation=a.hypotension.adult_citation,
+        temperature_gap=timedelta(hours=temperature_gap) if temperature_gap else None,
     )
     t = knowledge.tocilizumab
     dosing = DosingRules(

@@ -83,7 +83,11 @@ def test_a_pressor_after_premedication_is_a_possible_grade_3_critical(
 
 
 def test_premedication_outside_its_interval_gives_no_possible_grade(client: TestClient) -> None:
-    obs = [b.blood_pressure(PATIENT, hours_ago(1), 84, 50)]
+    # (afebrile, charted: no temperature data gap either)
+    obs = [
+        b.blood_pressure(PATIENT, hours_ago(1), 84, 50),
+        b.temperature(PATIENT, hours_ago(1), 37),
+    ]
     card = _card(client, obs, _teclistamab_with_dexamethasone(24))
     crs = card["extension"]["crs"]
     assert crs["grade"] == 0

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from cds.engine.activity import ActivityRules, activity_spans, crs_episodes
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Administration, Facts, Measurement
-from cds.formatting import fmt_value
+from cds.formatting import fmt_value, hours
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,9 @@ class GradingParameters:
     # the hypotension definition is an adult one: below this age the card says so
     adult_from_age_years: int | None = None
     adult_citation: str = ""
+    # no temperature charted for longer than this inside a risk window is a data gap
+    # (rules/alerting.yaml `watch.temperature_gap_hours`; None: not checked)
+    temperature_gap: timedelta | None = None
 
     def activity(self) -> ActivityRules:
         """What counts as CRS activity, for episodes and window continuation."""
@@ -114,6 +117,10 @@ class Grading:
     # give, and the drug that may mask the fever. The ASTCT grade itself stays 0.
     possible_grade: int | None = None
     fever_possibly_masked_by: Administration | None = None
+    # the latest temperature charted by `at` in the risk period (None: none), and whether
+    # none was charted for longer than the data-gap limit
+    last_temperature_at: datetime | None = None
+    temperature_gap: bool = False
 
     @property
     def fever_duration(self) -> timedelta | None:
@@ -384,6 +391,10 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
             f"{params.episode_gap.total_seconds() / 3600:g} h passed without CRS findings, so this "
             "is graded as a new episode in which fever is required. Assess clinically."
         )
+    last_temperature_at = temps[-1].at if temps else None
+    gap = _temperature_gap(last_temperature_at, exposure.risk_period_start, at, params)
+    if gap is not None:
+        warnings.append(gap)
     age = facts.age_at(at)
     if age is not None and params.adult_from_age_years and age < params.adult_from_age_years:
         warnings.append(
@@ -405,7 +416,37 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         drivers=drivers if current >= 2 or possible_grade is not None else [],
         possible_grade=possible_grade,
         fever_possibly_masked_by=premedication,
+        last_temperature_at=last_temperature_at,
+        temperature_gap=gap is not None,
     )
+
+
+def _temperature_gap(
+    last: datetime | None, period_start: datetime, at: datetime, params: GradingParameters
+) -> str | None:
+    """The warning when no temperature was charted for longer than the data-gap limit,
+    counted from the latest temperature of the risk period, or from its start when none
+    was charted in it (as the watch counts its data gaps)."""
+    limit = params.temperature_gap
+    since = last if last is not None else period_start
+    if limit is None or at - since <= limit:
+        return None
+    charted = (
+        f"the latest at {last.isoformat()}"
+        if last is not None
+        else f"none since the risk period began, {period_start.isoformat()}"
+    )
+    return (
+        f"No temperature charted for {hours_since(since, at)} h ({charted}), longer than "
+        f"the {hours(limit.total_seconds())} h data-gap limit: fever, which ASTCT grading "
+        "requires, cannot be judged on current data. Check the patient and chart a "
+        "temperature."
+    )
+
+
+def hours_since(since: datetime, at: datetime) -> str:
+    """The hours from `since` to `at`, to a tenth: "12.3"."""
+    return hours(round((at - since).total_seconds() / 360) * 360)
 
 
 def _is_premedication(

@@ -149,7 +149,8 @@ def test_the_card_section_and_extension(runtime: Runtime) -> None:
         b.administration(P, h(LD_H), text="cyclophosphamide 500 mg/m2"),
     ]
     collected = ResourceCollector()
-    collected.add_prefetch({"observations": b.searchset(labs_si(LD_H + 48) + meds)})
+    afebrile = [b.temperature(P, h(1), 37.0)]  # charted: no data gap to warn of
+    collected.add_prefetch({"observations": b.searchset(labs_si(LD_H + 48) + meds + afebrile)})
     (card,) = monitor_json(runtime, collected, P, AT)["cards"]
     assert "Pre-infusion risk scores" in card["detail"] and "never a grade" in card["detail"]
     assert card["indicator"] == "info"  # never an alarm
