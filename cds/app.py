@@ -113,6 +113,9 @@ def create_app(
         title="CRS CDS Hooks service",
         version=runtime.rules.version,
         lifespan=_lifespan,
+        # a trailing slash is a 404 that says so, not a 307 to a URL built from the Host
+        # header (a POST redirected loses its signed `aud`, and many clients do not follow)
+        redirect_slashes=False,
     )
     app.state.runtime = runtime
     app.state.store = store

@@ -141,6 +141,15 @@ def test_a_body_that_is_not_utf8_says_where_it_breaks(
             "method not allowed: PUT /cds-services/crs-monitor (allowed: POST)",
         ),
         ("DELETE", "/healthz", 405, "method not allowed: DELETE /healthz (allowed: GET)"),
+        # (a 307 to a URL built from the Host header: a redirected POST loses its signed aud)
+        (
+            "POST",
+            "/cds-services/crs-monitor/",
+            404,
+            "no such endpoint: POST /cds-services/crs-monitor/ (GET /cds-services lists the "
+            "CDS services); paths take no trailing slash",
+        ),
+        ("GET", "/cds-services/", 404, "no such endpoint: GET /cds-services/ ("),
     ],
 )
 def test_the_routers_own_answers_say_what_was_asked_in_the_error_shape(

@@ -63,6 +63,8 @@ def install(app: FastAPI) -> None:
         asked = f"{request.method} {path[:200]}{'…' if len(path) > 200 else ''}"
         if exc.status_code == 404:
             message = f"no such endpoint: {asked} (GET /cds-services lists the CDS services)"
+            if len(path) > 1 and path.endswith("/"):
+                message += "; paths take no trailing slash"
         elif exc.status_code == 405:
             allowed = (exc.headers or {}).get("Allow", "")
             message = f"method not allowed: {asked}" + (f" (allowed: {allowed})" if allowed else "")
