@@ -8,6 +8,7 @@ checked against the FHIR R4B models (the FHIR server in tests/integration checks
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -177,3 +178,15 @@ def test_pharmacist_case_gives_its_problems(
     response = orjson.loads(render(decision.response()))
     checks = [c["extension"]["tocilizumabCheck"] for c in response["cards"]]
     assert [c["problems"] for c in checks] == [scenario.expect["problems"]]
+
+
+@pytest.mark.parametrize("scenario", MONITOR, ids=lambda s: s.id)
+def test_the_day_a_description_names_is_the_cards_day(runtime: Runtime, scenario: Scenario) -> None:
+    # (g1 said "Yescarta day 3" for an infusion 70 h before: the card, counting whole days
+    # since the infusion as day 0 does, says day 2)
+    named = re.search(r"day (\d+)", scenario.description)
+    response = monitor_json(runtime, collected_for(scenario, ANCHOR), scenario.patient_id, ANCHOR)
+    crs = [c for c in response["cards"] if "crs" in c["extension"]]
+    if named is None or not crs:
+        return
+    assert f"day {named[1]} after" in crs[0]["summary"].lower(), crs[0]["summary"]
