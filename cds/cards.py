@@ -136,10 +136,14 @@ def _why(g: Grading, rules: EngineRules, at: datetime) -> str:
     fever = f"fever ≥ {rules.grading.fever_min_celsius:.1f} °C"
     if g.grade == 0:
         if g.fever_masked_since is not None:
+            found = (
+                "No blood pressure recorded (hypotension cannot be assessed) and no hypoxia"
+                if g.blood_pressure_unknown
+                else "No hypotension or hypoxia"
+            )
             return (
-                "No hypotension or hypoxia in the look-back window. Fever is no longer "
-                "required for grading (masked by treatment since "
-                f"{when(g.fever_masked_since)})."
+                f"{found} in the look-back window. Fever is no longer required for grading "
+                f"(masked by treatment since {when(g.fever_masked_since)})."
             )
         if g.last_temperature_at is None or at - g.last_temperature_at > rules.grading.lookback:
             # no temperature is not "no fever": the grade rests on missing data
@@ -199,11 +203,14 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
 
 def crs_indicator(knowledge: Knowledge, grading: Grading, complete: bool) -> Indicator:
     """The indicator of the grade, or of the possible grade when it is higher; never
-    `info` when data are missing (an incomplete chart, or no temperature charted for
-    longer than the data-gap limit, must not look like an all-clear)."""
+    `info` when data are missing (an incomplete chart, no temperature charted for longer
+    than the data-gap limit, or no blood pressure where hypotension would raise the grade,
+    must not look like an all-clear)."""
     by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
     indicator: Indicator = by_grade[max(grading.grade, grading.possible_grade or 0)]
-    if indicator == "info" and (not complete or grading.temperature_gap):
+    if indicator == "info" and (
+        not complete or grading.temperature_gap or grading.blood_pressure_unknown
+    ):
         return "warning"
     return indicator
 

@@ -121,6 +121,9 @@ class Grading:
     # none was charted for longer than the data-gap limit
     last_temperature_at: datetime | None = None
     temperature_gap: bool = False
+    # a grade hypotension could raise, with no blood pressure (nor vasopressor) recorded
+    # in the look-back window
+    blood_pressure_unknown: bool = False
 
     @property
     def fever_duration(self) -> timedelta | None:
@@ -395,6 +398,20 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     gap = _temperature_gap(last_temperature_at, exposure.risk_period_start, at, params)
     if gap is not None:
         warnings.append(gap)
+    # A grade that hypotension could raise (a fever, or fever masked), and no blood pressure
+    # nor vasopressor in the look-back window: no hypotension recorded is not none present.
+    blood_pressure_unknown = (
+        (current > 0 or masked_since is not None)
+        and not _in(facts.of("systolic_bp"), lookback_start, at)
+        and not _in(facts.of("mean_arterial_pressure"), lookback_start, at)
+        and not any(a.end_or(at) >= lookback_start for a in pressors)
+    )
+    if blood_pressure_unknown:
+        warnings.append(
+            "No blood pressure recorded in the look-back window: hypotension cannot be "
+            "assessed, so the grade may be understated. Check the patient and chart the "
+            "blood pressure."
+        )
     age = facts.age_at(at)
     if age is not None and params.adult_from_age_years and age < params.adult_from_age_years:
         warnings.append(
@@ -418,6 +435,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         fever_possibly_masked_by=premedication,
         last_temperature_at=last_temperature_at,
         temperature_gap=gap is not None,
+        blood_pressure_unknown=blood_pressure_unknown,
     )
 
 

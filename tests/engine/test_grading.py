@@ -262,7 +262,7 @@ def test_low_spo2_without_support_is_a_warning(runtime: Runtime) -> None:
 
 
 def test_low_spo2_with_oxygen_is_not_a_warning(runtime: Runtime) -> None:
-    case = Case("SpO2 88 on 2 L", temps=[(1, 38.3)], spo2=[(1, 88)], flow=[(1, 2)])
+    case = Case("SpO2 88 on 2 L", temps=[(1, 38.3)], sbp=[(1, 118)], spo2=[(1, 88)], flow=[(1, 2)])
     result = grade(facts_of(case), EXPOSURE, AT, runtime.rules.grading)
     assert result.grade == 2
     assert result.warnings == []
@@ -270,7 +270,7 @@ def test_low_spo2_with_oxygen_is_not_a_warning(runtime: Runtime) -> None:
 
 def test_spo2_at_threshold_is_not_low(runtime: Runtime) -> None:
     threshold = runtime.rules.grading.spo2_warning_below
-    case = Case("SpO2 at threshold", temps=[(1, 38.3)], spo2=[(1, threshold)])
+    case = Case("SpO2 at threshold", temps=[(1, 38.3)], sbp=[(1, 118)], spo2=[(1, threshold)])
     assert grade(facts_of(case), EXPOSURE, AT, runtime.rules.grading).warnings == []
 
 
@@ -309,7 +309,7 @@ def test_fever_duration_is_the_unbroken_febrile_run(runtime: Runtime) -> None:
 
 
 def test_fio2_above_room_air_documents_support(runtime: Runtime) -> None:
-    case = Case("SpO2 88 on FiO2 60", temps=[(1, 38.3)], spo2=[(1, 88)])
+    case = Case("SpO2 88 on FiO2 60", temps=[(1, 38.3)], sbp=[(1, 118)], spo2=[(1, 88)])
     facts = facts_of(case)
     fio2 = Measurement("inhaled_oxygen_concentration", 60, "%", h(1), "Observation/fio2")
     facts = Facts.build(

@@ -1,10 +1,13 @@
-"""No temperature is not "no fever": a patient in a risk window with no temperature
-charted for longer than the data-gap limit (rules/alerting.yaml
-`watch.temperature_gap_hours`, 8 h; CRS_WATCH_TEMPERATURE_GAP_HOURS) gets a warning on
-the grade and a CRS card that is never `info`; with no temperature in the look-back
-window the card says fever cannot be assessed instead of "No fever". (A new user's
-check found a patient on norepinephrine with no temperature on record shown as "No
-fever ≥ 38.0 °C: CRS criteria not met now", `info`.)"""
+"""Nothing recorded is not nothing present. No temperature is not "no fever": a patient
+in a risk window with no temperature charted for longer than the data-gap limit
+(rules/alerting.yaml `watch.temperature_gap_hours`, 8 h; CRS_WATCH_TEMPERATURE_GAP_HOURS)
+gets a warning on the grade and a CRS card that is never `info`; with no temperature in
+the look-back window the card says fever cannot be assessed instead of "No fever". (A
+new user's check found a patient on norepinephrine with no temperature on record shown
+as "No fever ≥ 38.0 °C: CRS criteria not met now", `info`.) No blood pressure is not "no
+hypotension": where hypotension would raise the grade (a fever, or fever masked), no
+blood pressure nor vasopressor in the look-back window is a warning that the grade may
+be understated."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from cds.engine.facts import Facts
 from cds.engine.grading import Grading, grade
 from cds.fhir.reading import ResourceCollector
 from cds.runtime import Runtime
+from tests.engine.test_grading import EXPOSURE, Case, facts_of
 from tests.engine.test_grading_boundaries import exposure_from
 from tests.factories import AT, h, monitor_json, settings, temperature
 
@@ -120,3 +124,72 @@ def test_a_temperature_charted_in_time_keeps_the_card_quiet(runtime: Runtime) ->
     assert c["summary"].startswith("CRS watch: day 1")
     assert GAP_WARNING not in c["detail"]
     assert c["extension"]["crs"]["warnings"] == []
+
+
+# --- blood pressure ----------------------------------------------------------------
+
+BP_WARNING = "No blood pressure recorded in the look-back window"
+
+
+def bp_graded(runtime: Runtime, case: Case) -> Grading:
+    return grade(facts_of(case), EXPOSURE, AT, runtime.rules.grading)
+
+
+def bp_warned(g: Grading) -> bool:
+    return any(w.startswith(BP_WARNING) for w in g.warnings)
+
+
+def test_a_fever_without_any_blood_pressure_may_understate_the_grade(runtime: Runtime) -> None:
+    g = bp_graded(runtime, Case("febrile, no BP", temps=[(1, 38.6)]))
+    assert g.grade == 1 and g.blood_pressure_unknown and bp_warned(g)
+    assert "the grade may be understated" in g.warnings[0]
+
+
+def test_a_blood_pressure_at_the_start_of_the_look_back_counts(runtime: Runtime) -> None:
+    lookback = runtime.rules.grading.lookback / timedelta(hours=1)
+    at_start = Case("BP at the edge", temps=[(1, 38.6)], sbp=[(lookback, 120)])
+    assert not bp_graded(runtime, at_start).blood_pressure_unknown
+    before = Case("BP just before", temps=[(1, 38.6)], sbp=[(lookback + SECOND, 120)])
+    assert bp_graded(runtime, before).blood_pressure_unknown
+
+
+def test_a_map_or_a_running_vasopressor_is_enough(runtime: Runtime) -> None:
+    assert not bp_graded(
+        runtime, Case("MAP", temps=[(1, 38.6)], maps=[(2, 70)])
+    ).blood_pressure_unknown
+    pressor = Case("pressor", temps=[(1, 38.6)], pressors=[("norepinephrine", 30, None)])
+    g = bp_graded(runtime, pressor)
+    assert g.grade == 3 and not g.blood_pressure_unknown
+
+
+def test_without_fever_a_missing_blood_pressure_cannot_change_the_grade(runtime: Runtime) -> None:
+    g = bp_graded(runtime, Case("afebrile, no BP", temps=[(1, 37.0)]))
+    assert g.grade == 0 and not g.blood_pressure_unknown and not bp_warned(g)
+
+
+def test_fever_masked_without_blood_pressure_is_a_warning_card(runtime: Runtime) -> None:
+    masked = Case(
+        "masked, no BP",
+        temps=[(30, 38.9), (2, 37.0)],  # the fever before the 24 h look-back
+        meds=[("tocilizumab", "tocilizumab", 28)],
+    )
+    g = bp_graded(runtime, masked)
+    assert g.grade == 0 and g.fever_masked_since is not None and g.blood_pressure_unknown
+    infusion = b.administration(P, h(48), text="Yescarta (axicabtagene ciloleucel)")
+    toci = b.administration(P, h(28), text="tocilizumab", dose=(560, "mg"))
+    temps = [b.temperature(P, h(30), 38.9), b.temperature(P, h(2), 37.0)]
+    collected = ResourceCollector()
+    collected.add_prefetch({"observations": b.searchset([*temps, infusion, toci])})
+    (c,) = monitor_json(runtime, collected, P, AT)["cards"]
+    assert c["extension"]["crs"]["grade"] == 0
+    assert c["indicator"] == "warning"
+    assert (
+        "No blood pressure recorded (hypotension cannot be assessed) and no hypoxia" in c["detail"]
+    )
+    with_bp = ResourceCollector()
+    with_bp.add_prefetch(
+        {"observations": b.searchset([*temps, b.systolic(P, h(2), 118), infusion, toci])}
+    )
+    (quiet,) = monitor_json(runtime, with_bp, P, AT)["cards"]
+    assert quiet["indicator"] == "info"
+    assert "No hypotension or hypoxia in the look-back window" in quiet["detail"]
