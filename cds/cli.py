@@ -374,7 +374,8 @@ def audit_feedback(
     since: Annotated[str | None, typer.Option(help="Cards shown from this time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
-    """Per service and grade: cards shown, accepted, overridden, and the override reasons."""
+    """Per service, kind of card and grade: cards shown, accepted, overridden, and the
+    override reasons."""
     from cds.store.audit import feedback_figures
 
     settings = load_settings()
@@ -384,12 +385,13 @@ def audit_feedback(
             typer.echo(orjson.dumps(f.as_json()).decode())
         return
     typer.echo(
-        f"{'service':<18}{'grade':>6}{'shown':>8}{'accepted':>10}{'overridden':>12}  reasons"
+        f"{'service':<18}{'kind':<18}{'grade':>6}{'shown':>8}{'accepted':>10}{'overridden':>12}"
+        "  reasons"
     )
     for f in figures:
         reasons = ", ".join(f"{code} {n}" for code, n in sorted(f.reasons.items()))
         typer.echo(
-            f"{f.service:<18}{'-' if f.grade is None else f.grade:>6}{f.shown:>8}"
+            f"{f.service:<18}{f.kind:<18}{'-' if f.grade is None else f.grade:>6}{f.shown:>8}"
             f"{f.accepted:>10}{f.overridden:>12}  {reasons}"
         )
 

@@ -29,9 +29,10 @@ class DecidedCard:
 
     @property
     def alert_grade(self) -> int | None:
-        """The grade the card alerts at: the grade, or the possible grade if higher."""
+        """The grade the card alerts at: the CRS grade, or the possible grade if higher; of
+        an ICANS card its ICANS grade; None for a card without a grade (an order check)."""
         if self.grade is None:
-            return None
+            return self.icans_grade
         return max(self.grade, self.possible_grade or 0)
 
 

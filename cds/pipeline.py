@@ -263,15 +263,7 @@ class Hooks:
         evaluation, decision = judged
         rendered = render(decision.response())
         observe_cards(
-            call.service.id,
-            (
-                (
-                    c.kind,
-                    c.card.indicator,
-                    c.alert_grade if c.alert_grade is not None else c.icans_grade,
-                )
-                for c in decision.cards
-            ),
+            call.service.id, ((c.kind, c.card.indicator, c.alert_grade) for c in decision.cards)
         )
         log.info(
             "evaluated",

@@ -173,9 +173,11 @@ def _order(snapshot: Any) -> DraftOrder:
 
 @dataclass(frozen=True)
 class FeedbackFigures:
-    """Per service and grade: cards shown, accepted, overridden, and why overridden."""
+    """Per service, kind of card (crs, icans, order check…) and the grade it alerted at:
+    cards shown, accepted, overridden, and why overridden."""
 
     service: str
+    kind: str
     grade: int | None
     shown: int
     accepted: int
@@ -185,6 +187,7 @@ class FeedbackFigures:
     def as_json(self) -> dict[str, Any]:
         return {
             "service": self.service,
+            "kind": self.kind,
             "grade": self.grade,
             "shown": self.shown,
             "accepted": self.accepted,
@@ -195,11 +198,12 @@ class FeedbackFigures:
 
 def feedback_figures(engine: Engine, since: datetime | None = None) -> list[FeedbackFigures]:
     """The alert-burden figures: every card shown since `since`, and what was done."""
-    shown_query = select(cards.c.service, cards.c.alert_grade, func.count()).group_by(
-        cards.c.service, cards.c.alert_grade
+    shown_query = select(cards.c.service, cards.c.kind, cards.c.alert_grade, func.count()).group_by(
+        cards.c.service, cards.c.kind, cards.c.alert_grade
     )
     acted_query = select(
         cards.c.service,
+        cards.c.kind,
         cards.c.alert_grade,
         feedback.c.outcome,
         feedback.c.override_code,
@@ -207,27 +211,26 @@ def feedback_figures(engine: Engine, since: datetime | None = None) -> list[Feed
     if since is not None:
         shown_query = shown_query.where(cards.c.shown_at >= since)
         acted_query = acted_query.where(cards.c.shown_at >= since)
-    Key = tuple[str, int | None]
+    Key = tuple[str, str, int | None]
     with engine.connect() as connection:
         shown_rows: list[Any] = list(connection.execute(shown_query))
-        shown: dict[Key, int] = {(s, g): n for s, g, n in shown_rows}
+        shown: dict[Key, int] = {(s, k, g): n for s, k, g, n in shown_rows}
         outcomes: dict[Key, Counter[str]] = defaultdict(Counter)
         reasons: dict[Key, Counter[str]] = defaultdict(Counter)
         acted_rows: list[Any] = list(connection.execute(acted_query))
-        for service, grade_, outcome, code in acted_rows:
-            outcomes[(service, grade_)][outcome] += 1
+        for service, kind, grade_, outcome, code in acted_rows:
+            outcomes[(service, kind, grade_)][outcome] += 1
             if outcome == "overridden":
-                reasons[(service, grade_)][code or "(none given)"] += 1
+                reasons[(service, kind, grade_)][code or "(none given)"] += 1
     return [
         FeedbackFigures(
-            service,
-            grade_,
+            *key,
             n,
-            outcomes[(service, grade_)]["accepted"],
-            outcomes[(service, grade_)]["overridden"],
-            dict(reasons[(service, grade_)]),
+            outcomes[key]["accepted"],
+            outcomes[key]["overridden"],
+            dict(reasons[key]),
         )
-        for (service, grade_), n in sorted(shown.items(), key=lambda kv: (kv[0][0], kv[0][1] or -1))
+        for key, n in sorted(shown.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or -1))
     ]
 
 

@@ -286,7 +286,25 @@ def test_feedback_reaches_a_card_shown_by_another_replica(
 def test_feedback_figures_per_service_and_grade(service: Service) -> None:
     card = _card(service)
     _post(service, [{"card": card["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}])
-    figures = {(f.service, f.grade): f for f in feedback_figures(service.engine)}
-    crs = figures[("crs-monitor", 2)]
+    figures = {(f.service, f.kind, f.grade): f for f in feedback_figures(service.engine)}
+    crs = figures[("crs-monitor", "crs", 2)]
     assert crs.shown >= 1 and crs.overridden >= 1
     assert crs.reasons.get("(none given)", 0) >= 1
+
+
+def test_feedback_figures_count_icans_cards_by_their_grade(service: Service) -> None:
+    # (an ICANS card had no grade in the figures: listed under "-" with the order checks)
+    from cds.scenarios import get
+    from tests.factories import scenario_request
+
+    scenario = get("icans-g2-axicel-ice5")
+    anchor = datetime.now(UTC)
+    body = scenario_request(scenario, anchor, None, prefetch=scenario.prefetch(anchor))
+    cards = service.client.post("/cds-services/crs-monitor", json=body).json()["cards"]
+    (icans,) = [c for c in cards if "icans" in c["extension"]]
+    assert icans["extension"]["icans"]["grade"] == 2
+    item = {"card": icans["uuid"], "outcome": "overridden", "outcomeTimestamp": _now()}
+    assert _post(service, [item]).status_code == 200
+    figures = {(f.service, f.kind, f.grade): f for f in feedback_figures(service.engine)}
+    assert figures[("crs-monitor", "icans", 2)].overridden >= 1
+    assert ("crs-monitor", "icans", None) not in figures
