@@ -307,9 +307,11 @@ def audit(
 
     settings = load_settings()
     engine = _open_engine(settings)
+    found = 0
     for record in export(
         engine, _time_option(since, "--since"), _time_option(until, "--until"), service
     ):
+        found += 1
         if as_json:
             typer.echo(orjson.dumps(record).decode())
             continue
@@ -322,6 +324,8 @@ def audit(
             f"patient {record['patient'][:12]}…  {len(record['cards'])} card(s) [{shown}]  "
             f"{record['latency_ms']:.1f} ms  rules {record['rule_set_version']}"
         )
+    if not found:  # (on stderr: the output stays an empty export)
+        typer.echo("no records match" + (f" (service {service!r})" if service else ""), err=True)
 
 
 @audit_app.command("replay")

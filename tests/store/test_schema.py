@@ -87,6 +87,9 @@ def test_the_audit_commands(service: Service, database_url: str, tmp_path: Path)
     listed = runner.invoke(cli, ["audit", "--json", "--service", "crs-monitor"], env=env)
     assert listed.exit_code == 0, listed.output
     assert body["hookInstance"] in listed.output
+    nothing = runner.invoke(cli, ["audit", "--service", "nope"], env=env)
+    assert nothing.exit_code == 0 and nothing.stdout == ""  # (an empty export)
+    assert "no records match (service 'nope')" in nothing.stderr  # (it said nothing)
     replayed = runner.invoke(cli, ["audit", "replay", body["hookInstance"]], env=env)
     assert replayed.exit_code == 0, replayed.output
     assert "SAME cards" in replayed.output
