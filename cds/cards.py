@@ -152,6 +152,11 @@ def _why(g: Grading, rules: EngineRules, at: datetime) -> str:
                 "requires, cannot be assessed — grade 0 on the data available, not an "
                 "all-clear."
             )
+        if g.temperature_gap:
+            return (
+                f"No {fever} in the look-back window, but the latest temperature is "
+                f"{hours_since(g.last_temperature_at, at)} h old: CRS cannot be excluded now."
+            )
         return f"No {fever} in the look-back window: CRS criteria not met now."
     parts = [fever] if g.fever_in_window else ["fever no longer required (masked by treatment)"]
     parts.extend(g.drivers)
@@ -202,15 +207,14 @@ def rules_lines(knowledge: Knowledge, rules: EngineRules) -> list[str]:
 
 
 def crs_indicator(knowledge: Knowledge, grading: Grading, complete: bool) -> Indicator:
-    """The indicator of the grade, or of the possible grade when it is higher; never
-    `info` when data are missing (an incomplete chart, no temperature charted for longer
-    than the data-gap limit, or no blood pressure where hypotension would raise the grade,
-    must not look like an all-clear)."""
+    """The indicator of the grade, or of the possible grade (fever possibly masked) or the
+    grade if febrile (fever not assessed) when higher; never `info` when data are missing
+    (an incomplete chart, or a grade resting on data not charted — `Grading.data_missing`
+    — must not look like an all-clear)."""
     by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
-    indicator: Indicator = by_grade[max(grading.grade, grading.possible_grade or 0)]
-    if indicator == "info" and (
-        not complete or grading.temperature_gap or grading.blood_pressure_unknown
-    ):
+    alerting = max(grading.grade, grading.possible_grade or 0, grading.unassessed_grade or 0)
+    indicator: Indicator = by_grade[alerting]
+    if indicator == "info" and (not complete or grading.data_missing):
         return "warning"
     return indicator
 
@@ -318,7 +322,13 @@ def crs_card(
     exposure, grading, at = evaluation.exposure, evaluation.crs, evaluation.at
     assert exposure is not None and grading is not None
     day = exposure.day(at)
-    if grading.possible_grade is not None:
+    untaken = hours_since(grading.last_temperature_at or exposure.risk_period_start, at)
+    if grading.unassessed_grade is not None:
+        head = (
+            f"CRS grade {grading.unassessed_grade} if febrile — no temperature for {untaken} "
+            f"h: day {day} after {exposure.display}"
+        )
+    elif grading.possible_grade is not None:
         head = (
             f"Possible CRS grade {grading.possible_grade} (fever may be masked by "
             f"premedication): day {day} after {exposure.display}"
@@ -327,13 +337,12 @@ def crs_card(
         head = f"CRS watch: day {day} after {exposure.display}"
         if grading.max_grade > 0:
             head += f" (max grade {grading.max_grade} since exposure)"
-        if grading.temperature_gap:
-            since = grading.last_temperature_at or exposure.risk_period_start
-            head = f"NO TEMPERATURE for {hours_since(since, at)} h — {head}"
     else:
         head = f"CRS grade {grading.grade} ({GRADING_SYSTEM}): day {day} after {exposure.display}"
         if grading.max_grade > grading.grade:
             head += f"; max grade {grading.max_grade}"
+    if grading.temperature_gap and grading.grade == 0 and grading.unassessed_grade is None:
+        head = f"NO TEMPERATURE for {untaken} h — {head}"
     if not evaluation.data_complete:
         head = f"{_incomplete_summary(evaluation.truncated)} — {head}"
     sections = [
@@ -862,7 +871,8 @@ def icans_card(
     day = exposure.day(at)
     system = icans_rules.grading_system
     if grading.grade == 0:
-        head = f"ICANS: no ICANS finding now: day {day} after {exposure.display}"
+        state = "no ICANS finding now" if grading.assessed_now else "not assessed in the look-back"
+        head = f"ICANS: {state}: day {day} after {exposure.display}"
         if grading.max_grade > 0:
             head += f" (max grade {grading.max_grade} since exposure)"
     else:
@@ -876,6 +886,8 @@ def icans_card(
         "sets the grade)."
         if grading.grade > 0
         else "No ICANS finding in the look-back window."
+        if grading.assessed_now
+        else "No ICANS assessment charted in the look-back window: ICANS cannot be judged now."
     )
     sections = [
         f"**{system} ICANS grade {grading.grade}** (highest since exposure: {grading.max_grade}"
@@ -926,8 +938,10 @@ def icans_card(
     )
     by_grade = knowledge.alerting.crs_indicator_by_grade.by_grade
     indicator: Indicator = by_grade[grading.grade]
-    if indicator == "info" and not evaluation.data_complete:
-        indicator = "warning"
+    if indicator == "info" and (
+        not evaluation.data_complete or (not grading.assessed_now and grading.max_grade > 0)
+    ):
+        indicator = "warning"  # (ICANS seen before and not assessed since is no all-clear)
     return Card(
         uuid=card_id,
         summary=summary_text(head),

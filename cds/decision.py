@@ -26,6 +26,9 @@ class DecidedCard:
     exposure: str | None = None  # "product@instant": the exposure a CRS card is about
     acknowledged: bool = False  # shown quietly after a clinician acted on it
     icans_grade: int | None = None  # the ASTCT ICANS grade (ICANS cards)
+    # the grade rests on data not charted: never quieted by an acknowledgement (it alerts
+    # until they are charted)
+    data_missing: bool = False
 
     @property
     def alert_grade(self) -> int | None:

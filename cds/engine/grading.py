@@ -124,6 +124,20 @@ class Grading:
     # a grade hypotension could raise, with no blood pressure (nor vasopressor) recorded
     # in the look-back window
     blood_pressure_unknown: bool = False
+    # hypotension, hypoxia or a vasopressor without any temperature in the look-back
+    # window: the grade they give if the patient is febrile (fever not assessed)
+    unassessed_grade: int | None = None
+
+    @property
+    def data_missing(self) -> bool:
+        """Whether the grade rests on data not charted (a temperature overdue, none in
+        the look-back window with CRS findings, no blood pressure where it would count):
+        the card is never `info` and never quieted by an acknowledgement."""
+        return (
+            self.temperature_gap
+            or self.blood_pressure_unknown
+            or (self.unassessed_grade is not None)
+        )
 
     @property
     def fever_duration(self) -> timedelta | None:
@@ -398,12 +412,45 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
     gap = _temperature_gap(last_temperature_at, exposure.risk_period_start, at, params)
     if gap is not None:
         warnings.append(gap)
-    # A grade that hypotension could raise (a fever, or fever masked), and no blood pressure
-    # nor vasopressor in the look-back window: no hypotension recorded is not none present.
+    # Hypotension, hypoxia or a vasopressor, fever required, and no current temperature
+    # (none in the look-back window, or the latest past the data-gap limit): not
+    # "afebrile" but unknown; if febrile, the findings' grade.
+    none_in_lookback = last_temperature_at is None or last_temperature_at < lookback_start
+    unassessed_grade = None
+    if (
+        severity > 0
+        and current == 0
+        and masked_since is None
+        and possible_grade is None
+        and (none_in_lookback or gap is not None)
+    ):
+        unassessed_grade = max(params.grades.fever, severity)
+        found = ", ".join(dict.fromkeys(f.label for f in current_findings if f.grade == severity))
+        latest = (
+            "none recorded in the look-back window"
+            if none_in_lookback or last_temperature_at is None
+            else f"the latest {hours_since(last_temperature_at, at)} h ago"
+        )
+        warnings.append(
+            f"No current temperature ({latest}), with {found}: fever, which ASTCT requires, "
+            f"cannot be assessed — if the patient is febrile this is CRS grade "
+            f"{unassessed_grade}. Check the patient's temperature now."
+        )
+    # A grade that hypotension could raise (below the hypotension grade: a fever, fever
+    # masked, or fever possibly masked by premedication), and no blood pressure in use nor
+    # vasopressor in the look-back window: no hypotension recorded is not none present.
     blood_pressure_unknown = (
-        (current > 0 or masked_since is not None)
+        current < params.grades.hypotension
+        and (
+            current > 0
+            or masked_since is not None
+            or _premedicated(facts, exposure, fever_times, at, params)
+        )
         and not _in(facts.of("systolic_bp"), lookback_start, at)
-        and not _in(facts.of("mean_arterial_pressure"), lookback_start, at)
+        and not (
+            params.map_below_mmhg is not None
+            and _in(facts.of("mean_arterial_pressure"), lookback_start, at)
+        )
         and not any(a.end_or(at) >= lookback_start for a in pressors)
     )
     if blood_pressure_unknown:
@@ -436,6 +483,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         last_temperature_at=last_temperature_at,
         temperature_gap=gap is not None,
         blood_pressure_unknown=blood_pressure_unknown,
+        unassessed_grade=unassessed_grade,
     )
 
 
@@ -455,9 +503,9 @@ def _temperature_gap(
         else f"none since the risk period began, {period_start.isoformat()}"
     )
     return (
-        f"No temperature charted for {hours_since(since, at)} h ({charted}), longer than "
-        f"the {hours(limit.total_seconds())} h data-gap limit: fever, which ASTCT grading "
-        "requires, cannot be judged on current data. Check the patient and chart a "
+        f"No temperature charted for more than the {hours(limit.total_seconds())} h "
+        f"data-gap limit ({charted}, {hours_since(since, at)} h ago): fever, which ASTCT "
+        "grading requires, cannot be judged on current data. Check the patient and chart a "
         "temperature."
     )
 
@@ -481,6 +529,27 @@ def _is_premedication(
             return True
     return admin.start >= exposure.risk_period_start and not (
         fever_times and fever_times[0] <= admin.start
+    )
+
+
+def _premedicated(
+    facts: Facts,
+    exposure: Exposure,
+    fever_times: list[datetime],
+    at: datetime,
+    params: GradingParameters,
+) -> bool:
+    """Whether a masking drug given by `at` counts as premedication (see `_possible_grade`):
+    the fever ASTCT requires may be masked."""
+    earliest = exposure.risk_period_start - timedelta(
+        hours=max(params.premedication_hours.values(), default=0.0)
+    )
+    return any(
+        admin.start <= at
+        and admin.start >= earliest
+        and admin.medication_class in params.masking_classes
+        and _is_premedication(admin, exposure, fever_times, params)
+        for admin in facts.administrations
     )
 
 

@@ -83,6 +83,7 @@ class IcansGrading:
     drivers: list[str] = field(default_factory=list)  # the domains that set the grade
     domains: dict[str, int] = field(default_factory=dict)  # domain -> its grade now
     seizure: bool = False  # a seizure counts now
+    assessed_now: bool = True  # any assessment or finding in the look-back window
 
 
 def ice_grade(total: float, params: IcansParameters) -> int:
@@ -199,6 +200,14 @@ def grade_icans(
             max_grade, max_at = f.grade, f.at
     if grade > max_grade:
         max_grade, max_at = grade, at
+    if not now and max_grade > 0:
+        # nothing assessed is not "no finding": ICANS seen before may still be there
+        warnings.append(
+            f"No ICANS assessment (ICE or CAPD score, neurological finding) charted in the "
+            f"look-back window, the latest at {found[-1].at.isoformat()}: ICANS, grade "
+            f"{max_grade} since the exposure, cannot be judged now — not a resolution. "
+            "Assess the patient."
+        )
     order = {d: i for i, d in enumerate((*STATE_DOMAINS, *EVENT_DOMAINS))}
     evidence = [f.evidence() for f in sorted(now.values(), key=lambda f: order.get(f.domain, 9))]
     tool = "CAPD" if "capd" in now else "ICE" if "ice" in now else None
@@ -213,6 +222,7 @@ def grade_icans(
         drivers=drivers,
         domains={d: f.grade for d, f in now.items()},
         seizure=seizure is not None and seizure.grade > 0,
+        assessed_now=bool(now),
     )
 
 

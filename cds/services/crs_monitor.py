@@ -110,6 +110,7 @@ def decide(runtime: Runtime, evaluation: Evaluation, new_id: NewId) -> Decision:
         grade=grading.grade,
         possible_grade=grading.possible_grade,
         exposure=f"{exposure.product}@{exposure.at.isoformat()}",
+        data_missing=grading.data_missing,
     )
     return Decision((crs, icans) if icans is not None else (crs,))
 

@@ -278,8 +278,8 @@ class DecisionStore:
     ) -> DecidedCard:
         ack = found.get(decided.exposure or "")
         grade = decided.alert_grade
-        if ack is None or grade is None or decided.kind != "crs":
-            return decided
+        if ack is None or grade is None or decided.kind != "crs" or decided.data_missing:
+            return decided  # (a card saying data are missing alerts until they are charted)
         until = ack.acted_at + self.acknowledgement_period
         if grade > ack.grade or not (ack.acted_at <= at <= until):
             return decided

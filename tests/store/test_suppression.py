@@ -197,3 +197,28 @@ def test_feedback_stored_by_another_replica_quiets_cards_here_after_the_refresh(
     # ACKNOWLEDGED_REFRESH_SECONDS) its cards are shown in full: the safe side
     monkeypatch.setattr(decisions, "ACKNOWLEDGED_REFRESH_SECONDS", 0.0)
     assert _open(service, pid, 2)["indicator"] == "info"
+
+
+def test_a_card_saying_data_are_missing_is_never_quieted(service: Service) -> None:
+    # acknowledged at grade 0, then no temperature charted for 10 h: the card says so in
+    # full, not "Acknowledged" (the review found the gap hidden for the whole period)
+    pid = "supp-missing"
+    infusion = [b.administration(pid, hours_ago(30, CHARTED), text="Yescarta")]
+
+    def opened(observations: list[dict[str, Any]]) -> dict[str, Any]:
+        body = hook_request(
+            "patient-view", {}, prefetch(observations, infusion, pid=pid), patient_id=pid
+        )
+        (card,) = service.client.post("/cds-services/crs-monitor", json=body).json()["cards"]
+        return dict(card)
+
+    charted = opened([b.temperature(pid, hours_ago(1, CHARTED), 37.0)])
+    assert charted["indicator"] == "info"
+    _act(service, charted, "overridden")
+    assert opened([b.temperature(pid, hours_ago(1, CHARTED), 37.0)])["summary"].startswith(
+        "Acknowledged"
+    )
+    overdue = opened([b.temperature(pid, hours_ago(10, CHARTED), 37.0)])
+    assert overdue["indicator"] == "warning"
+    assert overdue["summary"].startswith("NO TEMPERATURE for 10 h")
+    assert "acknowledged" not in overdue["extension"]["crs"]
