@@ -387,6 +387,7 @@ def crs_card(
         dataComplete=evaluation.data_complete,
         maxGradeAt=_iso(grading.max_grade_at),
         possibleGrade=grading.possible_grade,
+        gradeIfFebrile=grading.unassessed_grade,
         feverPossiblyMaskedBy=(
             MaskingDrug(masked_by.display, masked_by.start.isoformat(), masked_by.source)
             if masked_by is not None

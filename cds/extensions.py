@@ -124,6 +124,8 @@ class CrsInfo(_Ext, frozen=True):
     maxGradeAt: str | None = None
     possibleGrade: int | None = None
     feverPossiblyMaskedBy: MaskingDrug | None = None
+    # hypotension, hypoxia or a vasopressor with no current temperature: the grade if febrile
+    gradeIfFebrile: int | None = None
     tocilizumab: TocilizumabAdvice | None = None
     acknowledged: Acknowledged | None = None
     riskScores: tuple[RiskScoreInfo, ...] = ()

@@ -104,7 +104,7 @@ def test_no_temperature_at_all_is_a_warning_card_that_says_so(runtime: Runtime) 
     # on norepinephrine, SBP 82, no temperature: if febrile this is grade 3
     c = card(runtime, [b.systolic(P, h(1), 82)])
     crs = c["extension"]["crs"]
-    assert crs["grade"] == 0
+    assert crs["grade"] == 0 and crs["gradeIfFebrile"] == 3
     assert c["indicator"] == "critical"  # as grade 3 would be
     assert c["summary"].startswith("CRS grade 3 if febrile — no temperature for 30 h: day 1")
     assert "No temperature recorded in the look-back window" in c["detail"]
@@ -162,6 +162,7 @@ def test_a_temperature_charted_in_time_keeps_the_card_quiet(runtime: Runtime) ->
     c = card(runtime, [b.systolic(P, h(1), 82), b.temperature(P, h(8), 37.2)])
     assert c["indicator"] == "info"
     assert c["summary"].startswith("CRS watch: day 1")
+    assert "gradeIfFebrile" not in c["extension"]["crs"]
     assert GAP_WARNING not in c["detail"]
     assert c["extension"]["crs"]["warnings"] == []
 
