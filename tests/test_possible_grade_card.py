@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from cds import fhirbuild as b
@@ -107,3 +108,26 @@ def test_a_tocilizumab_order_for_a_possible_grade_is_not_flagged_no_crs_evidence
     response = client.post("/cds-services/crs-order-sign", json=body)
     (card,) = response.json()["cards"]
     assert card["extension"]["tocilizumabCheck"]["problems"] == []
+
+
+@pytest.mark.parametrize(("temperature", "flagged"), [(None, False), (37.0, True)])
+def test_a_tocilizumab_order_with_findings_and_no_temperature_is_not_no_crs_evidence(
+    client: TestClient, temperature: float | None, flagged: bool
+) -> None:
+    # on norepinephrine with SBP 82: with no temperature charted this is CRS if febrile,
+    # not "CRS criteria are not met now"; charted afebrile, it is no CRS evidence
+    obs = [b.systolic(PATIENT, hours_ago(1), 82), b.weight(PATIENT, hours_ago(30), 70)]
+    if temperature is not None:
+        obs.append(b.temperature(PATIENT, hours_ago(1), temperature))
+    admins = [
+        b.administration(PATIENT, hours_ago(30), text="Yescarta (axicabtagene ciloleucel)"),
+        b.administration(PATIENT, hours_ago(2), period=True, rxnorm="7512", text="norepinephrine"),
+    ]
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("toci-1", 560, "mg"))},
+        prefetch(obs, admins),
+    )
+    (card,) = client.post("/cds-services/crs-order-sign", json=body).json()["cards"]
+    problems = card["extension"]["tocilizumabCheck"]["problems"]
+    assert ("no-crs-evidence" in problems) is flagged

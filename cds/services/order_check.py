@@ -35,8 +35,11 @@ def check_order(
     problems.extend(history.problems)
     crs = evaluation.crs
     # a possible grade (fever possibly masked by premedication) is a presentation the
-    # labels say to manage as CRS: not "no CRS evidence"
-    if crs is None or (crs.grade < 1 and crs.possible_grade is None):
+    # labels say to manage as CRS, and hypotension, hypoxia or a vasopressor with no current
+    # temperature is CRS if the patient is febrile: neither is "no CRS evidence"
+    if crs is None or (
+        crs.grade < 1 and crs.possible_grade is None and crs.unassessed_grade is None
+    ):
         problems.append(dosing.NO_CRS_EVIDENCE)
     problems = list(dict.fromkeys(problems))
 
