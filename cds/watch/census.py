@@ -326,7 +326,7 @@ class Census:
                 event=change.event.value,
                 grade=state.grade,
                 max_grade=state.max_grade,
-                possible_grade=state.possible_grade,
+                possible_grade=change.possible,
                 at=state.at,
                 created_at=now,
                 payload=new.payload,

@@ -12,7 +12,11 @@ order, at most one change per evaluation:
 2. `crs.first-fever`: the first CRS fever in the look-back;
 3. `crs.possible`: a possible grade (fever possibly masked by premedication) from
    rules/alerting.yaml `watch.possible_grade_from`, above any notified before;
-4. `data.gap`: inside the window, no temperature for longer than the gap setting
+4. `crs.if-febrile`: hypotension, hypoxia or a vasopressor with no current temperature —
+   the grade if the patient is febrile — from the same `watch.possible_grade_from`, above
+   any notified before (the card's `gradeIfFebrile`: fever not assessed, from the first
+   hour of the risk period, before a data gap is due);
+5. `data.gap`: inside the window, no temperature for longer than the gap setting
    (counted from the last temperature, or from the start of the risk period).
 
 Each change has a key made of the patient's pseudonym, the exposure and what changed
@@ -24,7 +28,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -42,6 +46,7 @@ NOTIFICATION_NAMESPACE = uuid.UUID("5b0c1d3e-8a52-4f5e-9a57-8c1e2f3a4b5c")
 class WatchEvent(StrEnum):
     ESCALATION = "crs.escalation"
     POSSIBLE = "crs.possible"
+    IF_FEBRILE = "crs.if-febrile"
     FIRST_FEVER = "crs.first-fever"
     DATA_GAP = "data.gap"
 
@@ -80,6 +85,9 @@ class State:
     rule_set_version: str
     # what the watch list shows (not compared)
     readings: LastReadings = field(default_factory=LastReadings)
+    # CRS findings with no current temperature: the grade if febrile (not kept in the
+    # census: it is notified from the evaluation itself)
+    grade_if_febrile: int | None = None
 
     def same_as(self, other: State | None) -> bool:
         """The same grade, maxGrade, possibleGrade and exposure (for the history)."""
@@ -111,6 +119,7 @@ def state_of(evaluation: Evaluation, rule_set_version: str) -> State:
         readings=last_readings(
             evaluation.facts.measurements, evaluation.facts.oxygen, evaluation.at
         ),
+        grade_if_febrile=crs.unassessed_grade,
     )
 
 
@@ -126,23 +135,27 @@ class Thresholds:
 @dataclass(frozen=True)
 class Notified:
     """What was notified for one exposure of one patient: the highest grade (a first
-    fever counts with its grade), whether a fever was, the highest possible grade, and
-    the data gaps (by key)."""
+    fever counts with its grade), whether a fever was, the highest possible grade, the
+    data gaps (by key), and the highest grade if febrile."""
 
     grade: int = 0
     fever: bool = False
     possible: int = 0
     gaps: frozenset[str] = field(default_factory=frozenset)
+    if_febrile: int = 0
 
     def after(
         self, event: WatchEvent, grade: int | None, possible: int | None, key: str
     ) -> Notified:
-        """What is notified once this notification is."""
+        """What is notified once this notification is (`possible`: the possible grade,
+        or of `crs.if-febrile` the grade if febrile — as `Change.possible` gives)."""
         if event in (WatchEvent.ESCALATION, WatchEvent.FIRST_FEVER):
-            return Notified(max(self.grade, grade or 0), True, self.possible, self.gaps)
+            return replace(self, grade=max(self.grade, grade or 0), fever=True)
         if event is WatchEvent.POSSIBLE:
-            return Notified(self.grade, self.fever, max(self.possible, possible or 0), self.gaps)
-        return Notified(self.grade, self.fever, self.possible, self.gaps | {key})
+            return replace(self, possible=max(self.possible, possible or 0))
+        if event is WatchEvent.IF_FEBRILE:
+            return replace(self, if_febrile=max(self.if_febrile, possible or 0))
+        return replace(self, gaps=self.gaps | {key})
 
 
 @dataclass(frozen=True)
@@ -163,6 +176,14 @@ class Change:
     def exposure(self) -> ExposureRef:
         assert self.state.exposure is not None  # a change always has one
         return self.state.exposure
+
+    @property
+    def possible(self) -> int | None:
+        """The grade a possible-grade change is about, as notifications keep it: the
+        possible grade, or of `crs.if-febrile` the grade if febrile."""
+        if self.event is WatchEvent.IF_FEBRILE:
+            return self.state.grade_if_febrile
+        return self.state.possible_grade
 
 
 def detect(patient: str, state: State, notified: Notified, limits: Thresholds) -> Change | None:
@@ -190,6 +211,14 @@ def detect(patient: str, state: State, notified: Notified, limits: Thresholds) -
         and possible > notified.possible
     ):
         return change(WatchEvent.POSSIBLE, f"possible|{possible}")
+    if_febrile = state.grade_if_febrile
+    if (
+        limits.possible_from is not None
+        and if_febrile is not None
+        and if_febrile >= limits.possible_from
+        and if_febrile > notified.if_febrile
+    ):
+        return change(WatchEvent.IF_FEBRILE, f"if-febrile|{if_febrile}")
     return gap_change(patient, state, notified, limits)
 
 
@@ -220,9 +249,7 @@ def detect_all(
         change = detect(patient, state, notified, limits)
         if change is not None:
             found.append(change)
-            memory[key] = notified.after(
-                change.event, state.grade, state.possible_grade, change.key
-            )
+            memory[key] = notified.after(change.event, state.grade, change.possible, change.key)
     return found
 
 

@@ -42,6 +42,7 @@ NOTIFICATION_SYSTEM = "urn:crs-cds:watch-notification"
 EVENT_TEXT = {
     WatchEvent.ESCALATION: "CRS grade higher than notified before",
     WatchEvent.POSSIBLE: "possible CRS (fever possibly masked by premedication)",
+    WatchEvent.IF_FEBRILE: "CRS findings without a current temperature",
     WatchEvent.FIRST_FEVER: "first CRS fever",
     WatchEvent.DATA_GAP: "no temperature charted for too long inside a CRS risk window",
 }
@@ -58,6 +59,7 @@ def payload(change: Change, config: WatchConfig) -> dict[str, Any]:
         "grade": state.grade,
         "maxGrade": state.max_grade,
         "possibleGrade": state.possible_grade,
+        "gradeIfFebrile": state.grade_if_febrile,
         "exposure": {
             "product": exposure.product,
             "kind": exposure.kind,
@@ -278,6 +280,8 @@ def summary(payload: dict[str, Any], describe: Callable[[str], str]) -> str:
     graded = f"CRS grade {grade} (max {payload.get('maxGrade')}, ASTCT 2019)"
     if event is WatchEvent.POSSIBLE:
         graded = f"possible CRS grade {possible} (fever possibly masked)"
+    if event is WatchEvent.IF_FEBRILE:
+        graded = f"CRS grade {payload.get('gradeIfFebrile')} if febrile (no current temperature)"
     return (
         f"CRS watch: {EVENT_TEXT[event]} — {graded}; {describe(exposure['product'])} "
         f"given {exposure['at'][:16].replace('T', ' ')}. Decision support: review the "

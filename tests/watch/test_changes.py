@@ -3,6 +3,7 @@ the exposure, a new possible grade from 2, a first CRS fever, a data gap — eac
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
@@ -148,3 +149,54 @@ def test_the_batch_replay_evaluates_the_patient_at_each_time(runtime: Runtime) -
         ("crs.escalation", 2),
     ]
     assert changes[0].state.at == h(6)
+
+
+@pytest.mark.parametrize(
+    ("if_febrile", "expected"),
+    [
+        ([None], []),
+        ([1], []),  # below rules/alerting.yaml watch.possible_grade_from
+        ([3], ["crs.if-febrile"]),
+        ([3, 3, None, 3], ["crs.if-febrile"]),
+        ([2, 3], ["crs.if-febrile", "crs.if-febrile"]),
+        ([3, 2], ["crs.if-febrile"]),
+    ],
+)
+def test_crs_findings_without_a_current_temperature_are_notified_once_a_grade(
+    if_febrile: list[int | None], expected: list[str]
+) -> None:
+    # (a vasopressor and no temperature in the first 8 h: before any data gap is due)
+    states = [
+        replace(state(0, at=AT + timedelta(minutes=i)), grade_if_febrile=g)
+        for i, g in enumerate(if_febrile)
+    ]
+    assert events(*states) == expected
+    for change in detect_all(PATIENT, states, {}, LIMITS):
+        assert change.key.endswith(f"|if-febrile|{change.state.grade_if_febrile}")
+        assert change.possible == change.state.grade_if_febrile  # as the notification keeps it
+
+
+def test_a_possible_grade_and_a_grade_if_febrile_are_remembered_apart() -> None:
+    memory: dict[str, Notified] = {}
+    possible = state(0, possible=2)
+    unmeasured = replace(state(0, at=AT + timedelta(hours=1)), grade_if_febrile=2)
+    found = detect_all(PATIENT, [possible, unmeasured], memory, LIMITS)
+    assert [c.event for c in found] == [WatchEvent.POSSIBLE, WatchEvent.IF_FEBRILE]
+    assert memory[AXICEL.key].possible == 2 and memory[AXICEL.key].if_febrile == 2
+    # rebuilt from stored notifications (the census keeps the grade if febrile in the
+    # notification's possible grade), the memory is the same
+    rebuilt = Notified()
+    for c in found:
+        rebuilt = rebuilt.after(c.event, c.state.grade, c.possible, c.key)
+    assert rebuilt == memory[AXICEL.key]
+
+
+def test_replay_notifies_a_vasopressor_with_no_temperature_in_the_first_hours(
+    runtime: Runtime,
+) -> None:
+    car_t = given("axicabtagene-ciloleucel", "car-t", 6)
+    pressor = given("norepinephrine", "vasopressor", 2, None)
+    facts = Facts.build([systolic(1, 82)], [], [car_t, pressor])
+    changes = replay(runtime, facts, PATIENT, [h(1), AT], LIMITS)
+    assert [c.event for c in changes] == [WatchEvent.IF_FEBRILE]
+    assert changes[0].state.grade_if_febrile == 3 and changes[0].state.grade == 0

@@ -158,6 +158,7 @@ def test_the_body_is_signed_and_names_the_patient_as_configured(
             "grade",
             "maxGrade",
             "possibleGrade",
+            "gradeIfFebrile",
             "exposure",
             "ruleSetVersion",
             "link",
