@@ -10,6 +10,7 @@ severe of hypotension and hypoxia, and at least 1 when fever is present.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -444,7 +445,7 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         and (
             current > 0
             or masked_since is not None
-            or _premedicated(facts, exposure, fever_times, at, params)
+            or any(_premedications(facts, exposure, fever_times, at, params))
         )
         and not _in(facts.of("systolic_bp"), lookback_start, at)
         and not (
@@ -532,25 +533,27 @@ def _is_premedication(
     )
 
 
-def _premedicated(
+def _premedications(
     facts: Facts,
     exposure: Exposure,
     fever_times: list[datetime],
     at: datetime,
     params: GradingParameters,
-) -> bool:
-    """Whether a masking drug given by `at` counts as premedication (see `_possible_grade`):
-    the fever ASTCT requires may be masked."""
+) -> Iterator[Administration]:
+    """The masking drugs given by `at` that count as premedication (before a dose of the
+    risk period, or in it before any CRS fever): the fever ASTCT requires may be masked."""
     earliest = exposure.risk_period_start - timedelta(
         hours=max(params.premedication_hours.values(), default=0.0)
     )
-    return any(
-        admin.start <= at
-        and admin.start >= earliest
-        and admin.medication_class in params.masking_classes
-        and _is_premedication(admin, exposure, fever_times, params)
-        for admin in facts.administrations
-    )
+    for admin in facts.administrations:  # sorted by start
+        if admin.start > at:
+            return
+        if (
+            admin.medication_class in params.masking_classes
+            and admin.start >= earliest
+            and _is_premedication(admin, exposure, fever_times, params)
+        ):
+            yield admin
 
 
 def _possible_grade(
@@ -565,19 +568,8 @@ def _possible_grade(
     masked by premedication, and the premedication; (None, None) when none was given.
     Findings count from the premedication on; the highest grade wins, then the latest drug.
     """
-    earliest = exposure.risk_period_start - timedelta(
-        hours=max(params.premedication_hours.values(), default=0.0)
-    )
     best: tuple[int, Administration] | None = None
-    for admin in facts.administrations:  # sorted by start
-        if admin.start > at:
-            break
-        if (
-            admin.medication_class not in params.masking_classes
-            or admin.start < earliest
-            or not _is_premedication(admin, exposure, fever_times, params)
-        ):
-            continue
+    for admin in _premedications(facts, exposure, fever_times, at, params):
         grade_after = max((f.grade for f in current if f.end >= admin.start), default=0)
         if grade_after > 0 and (best is None or grade_after >= best[0]):
             best = (grade_after, admin)

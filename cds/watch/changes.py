@@ -104,8 +104,8 @@ def state_of(evaluation: Evaluation, rule_set_version: str) -> State:
     exposure, crs = evaluation.exposure, evaluation.crs
     if exposure is None or crs is None:
         return State(evaluation.at, None, None, None, None, False, None, None, rule_set_version)
-    temperatures = [m.at for m in evaluation.facts.of("temperature") if m.at <= evaluation.at]
-    since = max([exposure.risk_period_start, *temperatures[-1:]])
+    # the latest temperature of the risk period (as the grade's data gap counts it)
+    since = crs.last_temperature_at or exposure.risk_period_start
     return State(
         at=evaluation.at,
         exposure=ExposureRef.of(exposure),
@@ -203,23 +203,22 @@ def detect(patient: str, state: State, notified: Notified, limits: Thresholds) -
         return change(WatchEvent.ESCALATION, f"grade|{state.grade}")
     if first_fever:
         return change(WatchEvent.FIRST_FEVER, "first-fever")
-    possible = state.possible_grade
-    if (
-        limits.possible_from is not None
-        and possible is not None
-        and possible >= limits.possible_from
-        and possible > notified.possible
-    ):
-        return change(WatchEvent.POSSIBLE, f"possible|{possible}")
-    if_febrile = state.grade_if_febrile
-    if (
-        limits.possible_from is not None
-        and if_febrile is not None
-        and if_febrile >= limits.possible_from
-        and if_febrile > notified.if_febrile
-    ):
-        return change(WatchEvent.IF_FEBRILE, f"if-febrile|{if_febrile}")
+    if _new_possible(state.possible_grade, notified.possible, limits):
+        return change(WatchEvent.POSSIBLE, f"possible|{state.possible_grade}")
+    if _new_possible(state.grade_if_febrile, notified.if_febrile, limits):
+        return change(WatchEvent.IF_FEBRILE, f"if-febrile|{state.grade_if_febrile}")
     return gap_change(patient, state, notified, limits)
+
+
+def _new_possible(grade: int | None, notified: int, limits: Thresholds) -> bool:
+    """A possible grade (or grade if febrile) from `watch.possible_grade_from`, above the
+    highest of its kind notified before."""
+    return (
+        limits.possible_from is not None
+        and grade is not None
+        and grade >= limits.possible_from
+        and grade > notified
+    )
 
 
 def gap_change(patient: str, state: State, notified: Notified, limits: Thresholds) -> Change | None:
