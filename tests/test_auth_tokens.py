@@ -116,6 +116,10 @@ BAD_TOKENS: dict[str, tuple[Headers, str]] = {
         lambda now: bearer(token(now, sub="doctor\u0000x")),
         "malformed-token",
     ),
+    "a jti with a NUL (PostgreSQL cannot keep it: not a database outage, a bad token)": (
+        lambda now: bearer(token(now, jti="a\u0000b")),
+        "malformed-token",
+    ),
     "jti one character longer than the store keeps": (
         lambda now: bearer(token(now, jti="j" * (JTI_MAX_LENGTH + 1))),
         "jti-too-long",
@@ -165,6 +169,37 @@ def test_bad_token_is_refused_with_its_reason(case: str, client: TestClient, clo
     assert_refused(response, reason)
     for value in sent.values():
         assert value.split()[-1] not in response.text  # the token is never echoed
+
+
+@pytest.mark.parametrize(
+    ("sent", "named"),
+    [
+        ({"jti": "a\u0000b"}, "jti holds a NUL character"),
+        ({"sub": "doctor\u0000x"}, "sub holds a NUL character"),
+        ({"tenant": "t\u0000"}, "tenant holds a NUL character"),
+        ({"nbf": "x"}, "nbf is not a NumericDate"),
+        ({"nbf": 2**70}, "nbf is not a NumericDate"),
+        ({"sub": "s" * 20_000}, "longer than 16384 characters"),
+    ],
+)
+def test_a_malformed_token_says_which_part(
+    sent: dict[str, Any], named: str, client: TestClient, clock: Clock
+) -> None:
+    headers = bearer(token(clock(), **sent))
+    response = client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=headers
+    )
+    assert_refused(response, "malformed-token")
+    assert response.json()["error"].endswith(named)
+
+
+def test_an_out_of_range_exp_is_not_called_missing(client: TestClient, clock: Clock) -> None:
+    headers = bearer(token(clock(), exp=1e300))
+    response = client.post(
+        "/cds-services/crs-monitor", json=grade2_monitor_request(), headers=headers
+    )
+    assert_refused(response, "missing-exp")
+    assert "NumericDate" in response.json()["error"]
 
 
 @pytest.mark.parametrize("key", [EC_KEY, RSA_KEY], ids=["ES384", "RS384"])

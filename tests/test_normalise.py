@@ -247,6 +247,75 @@ def test_medication_reference_missing_is_reported(runtime: Runtime) -> None:
     assert n.issues[0].location == "prefetch.k0.medicationReference"
 
 
+@pytest.mark.parametrize(
+    ("reference", "contained", "location", "problem"),
+    [
+        ("#c2", [{"resourceType": "Medication", "id": "c1"}], ".medicationReference", "#c2"),
+        (
+            "#c1",
+            [{"resourceType": "Medication", "id": "c1", "code": 5}],
+            ".medicationReference",
+            "readable contained Medication",
+        ),
+        ("", None, ".medicationReference", "no reference and no display text"),
+        ("#", None, ".medicationReference", "no reference and no display text"),
+        (None, None, ".medication[x]", "no medicationCodeableConcept or medicationReference"),
+    ],
+    ids=["contained id absent", "contained unreadable", "empty", "#", "no medication[x]"],
+)
+def test_an_administration_of_an_unknowable_medication_is_reported(
+    runtime: Runtime,
+    reference: str | None,
+    contained: list[dict[str, Any]] | None,
+    location: str,
+    problem: str,
+) -> None:
+    """It may be the CAR-T: never passed over in silence."""
+    ma = b.administration(P, T, text="", medication_reference="Medication/x")
+    del ma["medicationReference"]
+    if reference is not None:
+        ma["medicationReference"] = {"reference": reference}
+    if contained is not None:
+        ma["contained"] = contained
+    n = read(runtime, ma)
+    assert n.facts.administrations == ()
+    (issue,) = n.issues
+    assert issue.location == "prefetch.k0" + location
+    assert problem in issue.problem and "cannot be recognised" in issue.problem
+
+
+@pytest.mark.parametrize(
+    "medication",
+    [
+        {"medicationCodeableConcept": {"text": "cefepime"}},
+        {"medicationReference": {"reference": "#c1"}},
+        {"medicationReference": {"reference": "Medication/m1/_history/2"}},
+    ],
+    ids=["another drug by text", "contained, another drug", "versioned reference"],
+)
+def test_an_administration_of_another_known_medication_is_not_reported(
+    runtime: Runtime, medication: dict[str, Any]
+) -> None:
+    ma = b.administration(P, T, text="", medication_reference="Medication/x")
+    del ma["medicationReference"]
+    ma |= medication
+    ma["contained"] = [{"resourceType": "Medication", "id": "c1", "code": {"text": "cefepime"}}]
+    other = {"resourceType": "Medication", "id": "m1", "code": {"text": "cefepime"}}
+    n = read(runtime, ma, other)
+    assert (n.facts.administrations, n.issues) == ((), [])
+
+
+@pytest.mark.parametrize("value", ["38.7", True], ids=["string", "boolean"])
+def test_a_value_that_is_not_a_json_number_is_reported_not_converted(
+    runtime: Runtime, value: object
+) -> None:
+    obs = b.temperature(P, T, 38.7)
+    obs["valueQuantity"]["value"] = value
+    n = read(runtime, obs)
+    assert values(n, "temperature") == []
+    assert [i.location for i in n.issues] == ["prefetch.k0.valueQuantity.value"]
+
+
 def test_medication_reference_display_is_used(runtime: Runtime) -> None:
     ma = b.administration(P, T, text="", medication_reference="Medication/absent")
     ma["medicationReference"]["display"] = "Abecma"

@@ -541,3 +541,19 @@ def test_interval_blocks_the_order_and_says_when(client: TestClient) -> None:
     assert "suggestions" not in card
     assert "Next dose allowed from" in card["detail"]
     assert card["extension"]["crs"]["tocilizumab"]["problems"] == ["interval-under-8h"]
+
+
+@pytest.mark.parametrize("value", [True, "960", "640"], ids=["true", "'960'", "'640'"])
+def test_a_dose_value_that_is_not_a_json_number_is_never_read_as_one(
+    client: TestClient, value: object
+) -> None:
+    """`true` is not 1 mg and "960" is not 960 mg: the order is not read, and the card
+    says where it is wrong (lax validation converted both)."""
+    order = draft_order("mr1", 640, "mg")
+    order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = value
+    (card,) = sign(client, [order])["cards"]
+    assert card["indicator"] == "warning"
+    assert "could not be read and was NOT checked" in card["summary"]
+    assert "tocilizumabCheck" not in card["extension"]
+    (issue,) = card["extension"]["dataIssues"]
+    assert issue["location"].endswith("doseAndRate[0].doseQuantity.value")

@@ -83,9 +83,11 @@ MESSAGES = {
     Refusal.KEYS_UNAVAILABLE: "the issuer's key set could not be fetched; try again later",
     Refusal.BAD_SIGNATURE: "the token's signature does not verify with its issuer's key",
     Refusal.WRONG_AUDIENCE: "the token's aud does not name the URL called",
-    Refusal.MISSING_EXP: "the token has no numeric exp",
+    Refusal.MISSING_EXP: "the token has no exp that is a NumericDate (seconds since "
+    "1970-01-01 UTC, below 1e11)",
     Refusal.EXPIRED: "the token has expired (exp)",
-    Refusal.MISSING_IAT: "the token has no numeric iat",
+    Refusal.MISSING_IAT: "the token has no iat that is a NumericDate (seconds since "
+    "1970-01-01 UTC, below 1e11)",
     Refusal.ISSUED_IN_FUTURE: "the token's iat is in the future",
     Refusal.NOT_YET_VALID: "the token is not valid yet (nbf)",
     Refusal.LIFETIME_TOO_LONG: "the token's lifetime (exp - iat) is above the maximum accepted",
@@ -95,9 +97,11 @@ MESSAGES = {
 }
 
 
-def refused(reason: Refusal) -> Unauthenticated:
-    """The 401 for a failed check."""
-    return Unauthenticated(reason.value, MESSAGES[reason])
+def refused(reason: Refusal, detail: str | None = None) -> Unauthenticated:
+    """The 401 for a failed check (`detail`: which part of the token, when the reason
+    alone does not say)."""
+    message = MESSAGES[reason]
+    return Unauthenticated(reason.value, f"{message}: {detail}" if detail else message)
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,7 @@ class TokenVerifier:
         if "nbf" in claims:
             nbf = _number(claims["nbf"])
             if nbf is None:
-                raise refused(Refusal.MALFORMED_TOKEN)
+                raise refused(Refusal.MALFORMED_TOKEN, "nbf is not a NumericDate")
             if nbf > now + skew:
                 raise refused(Refusal.NOT_YET_VALID)
         if exp - iat > self.policy.max_lifetime.total_seconds():
@@ -206,12 +210,16 @@ class TokenVerifier:
             raise refused(Refusal.MISSING_JTI)
         if len(jti) > JTI_MAX_LENGTH:
             raise refused(Refusal.JTI_TOO_LONG)
+        if "\x00" in jti:  # (no identifier holds one; PostgreSQL cannot keep it)
+            raise refused(Refusal.MALFORMED_TOKEN, "jti holds a NUL character")
         # Remembered as long as the token could pass the exp check (exp plus the skew).
         remember_until = datetime.fromtimestamp(exp + skew, UTC)
         if not await self.replay.first_use(issuer, jti, remember_until):
             raise refused(Refusal.REPLAYED)
         return ClientIdentity(
-            iss=issuer, sub=_text(claims.get("sub")), tenant=_text(claims.get("tenant"))
+            iss=issuer,
+            sub=_text(claims.get("sub"), "sub"),
+            tenant=_text(claims.get("tenant"), "tenant"),
         )
 
 
@@ -220,8 +228,10 @@ def _bearer(authorization: str | None) -> str:
         raise refused(Refusal.MISSING_TOKEN)
     scheme, _, token = authorization.strip().partition(" ")
     token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_TOKEN_CHARS:
-        raise refused(Refusal.MALFORMED_TOKEN)
+    if scheme.lower() != "bearer" or not token:
+        raise refused(Refusal.MALFORMED_TOKEN, "expected `Authorization: Bearer <JWT>`")
+    if len(token) > MAX_TOKEN_CHARS:
+        raise refused(Refusal.MALFORMED_TOKEN, f"longer than {MAX_TOKEN_CHARS} characters")
     return token
 
 
@@ -230,9 +240,9 @@ def _claims(payload: bytes) -> dict[str, Any]:
     try:
         claims = orjson.loads(payload)
     except orjson.JSONDecodeError:
-        raise refused(Refusal.MALFORMED_TOKEN) from None
+        raise refused(Refusal.MALFORMED_TOKEN, "its claims are not JSON") from None
     if not isinstance(claims, dict):
-        raise refused(Refusal.MALFORMED_TOKEN)
+        raise refused(Refusal.MALFORMED_TOKEN, "its claims are not a JSON object")
     return claims
 
 
@@ -244,11 +254,11 @@ def _number(value: Any) -> float | None:
     return number if math.isfinite(number) and abs(number) < 1e11 else None
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any, claim: str) -> str | None:
     """A claim kept in the audit trail (`sub`, `tenant`): text, never a NUL (which no
     identifier holds, and PostgreSQL cannot keep)."""
     if not isinstance(value, str) or not value:
         return None
     if "\x00" in value:
-        raise refused(Refusal.MALFORMED_TOKEN)
+        raise refused(Refusal.MALFORMED_TOKEN, f"{claim} holds a NUL character")
     return value

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 
 class Lean(BaseModel):
@@ -34,7 +34,9 @@ class CodeableConcept(Lean):
 
 
 class Quantity(Lean):
-    value: float | None = None
+    # A JSON number only: a string ("38.7") or a boolean (true: 1 mg) is reported, never
+    # converted (lax validation would read them as numbers)
+    value: StrictFloat | None = None
     comparator: str | None = None  # <, <=, >=, >, ad: the value is a bound, not a measurement
     unit: str | None = None
     code: str | None = None  # (the UCUM code; `system` is not read)
@@ -165,7 +167,7 @@ class Condition(Lean):
 
 class Answer(Lean):
     valueInteger: StrictInt | None = None
-    valueDecimal: float | None = None
+    valueDecimal: StrictFloat | None = None
     valueCoding: Coding | None = None
 
 

@@ -889,16 +889,9 @@ class Normaliser:
         reference = ma.medicationReference
         match = self._medication(concept, reference, ma.contained, medications)
         if match is None:
-            if reference is not None and concept is None:
-                ref = reference.reference or ""
-                if ref and not ref.startswith("#") and ref not in medications:
-                    self.issues.append(
-                        Issue(
-                            f"{raw.location}.medicationReference",
-                            f"referenced {ref} is not in the data and has no display text: "
-                            "the medication cannot be recognised",
-                        )
-                    )
+            unknown = self._unidentified(concept, reference, ma.contained, medications)
+            if unknown is not None:
+                self.issues.append(Issue(f"{raw.location}{unknown[0]}", unknown[1]))
             return None
         dosage = ma.dosage
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
@@ -912,6 +905,54 @@ class Normaliser:
                 UnreadExposure(match.display, raw.location, _latest_instant(text))
             )
         return administration
+
+    def _unidentified(
+        self,
+        concept: CodeableConcept | None,
+        reference: Reference | None,
+        contained: Iterable[object],
+        medications: Mapping[str, Resource],
+    ) -> tuple[str, str] | None:
+        """Where and why an administration's medication cannot be known at all (it may
+        be a CAR-T: said, never passed over), or None when it is simply not one the rules
+        read (a coded or named medication of another kind)."""
+        if concept is not None or (reference is not None and reference.display):
+            return None
+        if reference is None:
+            return (
+                ".medication[x]",
+                "no medicationCodeableConcept or medicationReference: the medication "
+                "cannot be recognised",
+            )
+        ref = reference.reference or ""
+        if ref in ("", "#"):
+            return (
+                ".medicationReference",
+                "no reference and no display text: the medication cannot be recognised",
+            )
+        if ref.startswith("#"):
+            found = next(
+                (
+                    item
+                    for item in contained
+                    if isinstance(item, dict)
+                    and item.get("resourceType") == "Medication"
+                    and item.get("id") == ref[1:]
+                ),
+                None,
+            )
+            if found is not None and self._contained_medication(found) is not None:
+                return None  # read, and not a medication the rules know
+            where = "a readable contained Medication of this resource"
+        elif ref in medications or ref.rsplit("/_history", 1)[0] in medications:
+            return None
+        else:
+            where = "in the data"
+        return (
+            ".medicationReference",
+            f"referenced {ref} is not {where} and has no display text: the medication "
+            "cannot be recognised",
+        )
 
     def _exposure_named(self, raw: RawResource) -> str | None:
         """The CAR-T, TCR-T or T-cell-engager product an administration that is not
