@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from cds.engine.dosing import Dose, DoseHistory, Indication
+from cds.engine.dosing import DOSE_TIME_UNKNOWN, OVER_4_TOTAL, Dose, DoseHistory, Indication
 from cds.engine.exposure import Exposure
 from cds.engine.facts import Measurement
 from cds.engine.grading import Evidence, Grading, hours_since
@@ -268,12 +268,8 @@ def tocilizumab_sections(
     history = plan.history
     if not history.allowed_now:
         reasons = "; ".join(problem_text(p, rules) for p in history.problems)
-        until = (
-            f" Next dose allowed from {when(history.next_allowed_at)}."
-            if history.next_allowed_at
-            else " No further dose is allowed in this CRS episode by the label limits."
-        )
-        sections.insert(0, head + f"no order offered: {reasons}.{until} " + history_line(history))
+        said = (f"no order offered: {reasons}.", next_dose_line(history), history_line(history))
+        sections.insert(0, head + " ".join(part for part in said if part))
     elif plan.weight is None:
         sections.insert(
             0,
@@ -539,7 +535,10 @@ PROBLEM_TEXT = {
     "the intended dose with the prescriber",
     "interval-under-8h": "less than {interval} h since the last dose",
     "over-3-in-24h": "would be more than {per24} doses in 24 hours",
-    "over-4-total": "would be more than {total} doses for this CRS episode",
+    "over-4-total": "would be more than {total} doses in all (counted from the start of the "
+    "risk period: a new CRS episode does not reset the label's total)",
+    "dose-time-unknown": "a tocilizumab dose on record has a time that cannot be read: the "
+    "{interval} h interval and the dose counts cannot be checked",
     "no-weight": "no body weight on file: the dose cannot be checked against weight",
     "no-crs-evidence": "CRS criteria are not met now (no grade ≥ 1 in the look-back window)",
 }
@@ -573,13 +572,36 @@ def dosing_rule_line(knowledge: Knowledge, rules: EngineRules) -> str:
 
 def history_line(history: DoseHistory) -> str:
     last = history.last_dose_at
-    if last is None:
-        return "No tocilizumab on record."
-    return (
-        f"Tocilizumab given {history.doses_total}× this CRS episode, "
-        f"{history.doses_last_24h}× in the last 24 h; last dose {when(last)} "
-        f"({history.hours_since_last:g} h ago)."
+    n = history.undated
+    undated = (
+        f"{n} dose{'s' if n > 1 else ''} on record with a time that cannot be read (counted "
+        "in the total)."
+        if n
+        else ""
     )
+    if last is None:
+        return f"No dated tocilizumab on record; {undated}" if n else "No tocilizumab on record."
+    since = (
+        f" since {when(history.counted_since)} (the start of the risk period)"
+        if history.counted_since is not None
+        else ""
+    )
+    return (
+        f"Tocilizumab given {len(history.doses)}×{since}, "
+        f"{history.doses_last_24h}× in the last 24 h; last dose {when(last)} "
+        f"({history.hours_since_last:g} h ago)." + (f" And {undated}" if n else "")
+    )
+
+
+def next_dose_line(history: DoseHistory) -> str:
+    """When the next dose is allowed, or why none is."""
+    if history.next_allowed_at is not None:
+        return f"Next dose allowed from {when(history.next_allowed_at)}."
+    if OVER_4_TOTAL in history.problems:
+        return "No further dose is allowed by the label limits."
+    if DOSE_TIME_UNKNOWN in history.problems:
+        return "Chart the time of the undated dose: the next dose follows from it."
+    return ""
 
 
 @dataclass(frozen=True)
@@ -638,10 +660,8 @@ def order_check_card(
     else:
         lines.append("**Recommended:** cannot be computed — record the patient's weight.")
     lines.append(history_line(history))
-    if history.next_allowed_at is not None:
-        lines.append(f"Next dose allowed from {when(history.next_allowed_at)}.")
-    elif "over-4-total" in problems:
-        lines.append("No further dose is allowed in this CRS episode by the label limits.")
+    if next_dose := next_dose_line(history):
+        lines.append(next_dose)
     if problems:
         lines.append(
             "**Problems:**\n" + "\n".join(f"- `{p}`: {problem_text(p, rules)}" for p in problems)

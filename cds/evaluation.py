@@ -56,6 +56,8 @@ class Evaluation:
     risk: RiskAssessment | None = None
     # CAR-T, TCR-T or T-cell-engager administrations whose time could not be read
     unread_exposures: tuple[UnreadExposure, ...] = ()
+    # tocilizumab given at a time that could not be read
+    unread_doses: tuple[UnreadExposure, ...] = ()
 
     @property
     def syndromes(self) -> dict[str, Assessment[SyndromeResult]]:
@@ -134,6 +136,7 @@ def evaluate(
         truncated=tuple(collected.truncated),
         orders=orders,
         unread_exposures=unread,
+        unread_doses=normalised.unread_doses,
     )
 
 
@@ -148,6 +151,7 @@ def judge(
     truncated: tuple[Truncated, ...] = (),
     orders: DraftOrders | None = None,
     unread_exposures: tuple[UnreadExposure, ...] = (),
+    unread_doses: tuple[UnreadExposure, ...] = (),
 ) -> Evaluation:
     """The engine's part of an evaluation, on facts already read: the exposure, each
     syndrome, the risk scores and tocilizumab at `at` (also how a recorded decision is
@@ -164,9 +168,13 @@ def judge(
         if rules.risk_scores is not None and (exposure is None or exposure.kind == "car-t")
         else None
     )
-    crs_episode = (crs.crs_episode_start or at) if crs is not None else None
+    # the label's total of 4 counts from the start of the risk period (no source resets
+    # it with a new CRS episode); with no risk period, every dose on record
+    counted_since = exposure.risk_period_start if exposure is not None else None
+    undated = tuple(u.not_after for u in unread_doses)
     tocilizumab = TocilizumabState(
-        latest_weight(facts, at), dose_history(facts, at, crs_episode, rules.dosing)
+        latest_weight(facts, at),
+        dose_history(facts, at, counted_since, rules.dosing, undated),
     )
     return Evaluation(
         at=at,
@@ -182,4 +190,5 @@ def judge(
         icans=icans,
         risk=risk,
         unread_exposures=unread_exposures,
+        unread_doses=unread_doses,
     )

@@ -409,6 +409,7 @@ class OrderCheckRule(_Strict):
             "interval-under-8h",
             "over-3-in-24h",
             "over-4-total",
+            "dose-time-unknown",
             "no-weight",
             "no-crs-evidence",
         ]

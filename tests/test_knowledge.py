@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -298,3 +299,20 @@ def test_readme_lists_every_unconfirmed_value(runtime: Runtime) -> None:
     unconfirmed = runtime.knowledge.unconfirmed
     assert f"The {len(unconfirmed)} cited values not confirmed" in block
     assert listed == {(v.file, v.path.removesuffix(".verification")) for v in unconfirmed}
+
+
+def test_no_management_text_names_one_tocilizumab_dose_for_every_weight() -> None:
+    """The tocilizumab dose depends on the weight (12 mg/kg below 30 kg): the steroid and
+    ICANS texts point to the dose the CRS card computes, never state the adult 8 mg/kg
+    (a 22 kg child's card said both 12 mg/kg and 8 mg/kg)."""
+    rules = Path(__file__).resolve().parents[1] / "rules"
+    for name in ("corticosteroids.yaml", "icans.yaml"):
+        text = (rules / name).read_text()
+        guidance = [
+            line
+            for line in text.splitlines()
+            if line.lstrip().startswith(("guidance:", "concurrent_crs:", "no_concurrent_crs:"))
+        ]
+        assert guidance, name
+        for line in guidance:
+            assert not re.search(r"[Tt]ocilizumab \d+ mg/kg", line), (name, line[:80])

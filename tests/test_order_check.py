@@ -557,3 +557,47 @@ def test_a_dose_value_that_is_not_a_json_number_is_never_read_as_one(
     assert "tocilizumabCheck" not in card["extension"]
     (issue,) = card["extension"]["dataIssues"]
     assert issue["location"].endswith("doseAndRate[0].doseQuantity.value")
+
+
+def _undated_toci_sign(client: TestClient, hours_ago_: float) -> dict[str, Any]:
+    """crs-order-sign for a correct 640 mg order, the previous dose charted `hours_ago_`
+    hours ago without a time zone (its time cannot be read)."""
+    obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[hours_ago_])
+    (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
+    toci["effectiveDateTime"] = toci["effectiveDateTime"][:19]  # no offset
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("mr1", 640, "mg"))},
+        prefetch(obs, admins),
+    )
+    r = client.post("/cds-services/crs-order-sign", json=body)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+def test_a_previous_dose_whose_time_cannot_be_read_is_not_passed_over(client: TestClient) -> None:
+    """A dose 4 h ago charted without a time zone: the order 'checked out' with 'No
+    tocilizumab on record'. It is a dose all the same: the interval and the counts cannot
+    be checked, and the card says so."""
+    card, check = only_check(_undated_toci_sign(client, 4))
+    assert check["problems"] == ["dose-time-unknown"]
+    assert card["indicator"] == "warning"
+    assert check["dosesTotal"] == 1
+    assert "time that cannot be read" in card["detail"]
+    assert "No tocilizumab on record" not in card["detail"]
+
+
+def test_patient_view_offers_no_order_after_a_dose_whose_time_cannot_be_read(
+    client: TestClient,
+) -> None:
+    obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[4])
+    (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
+    toci["effectiveDateTime"] = toci["effectiveDateTime"][:19]
+    r = client.post(
+        "/cds-services/crs-monitor", json=hook_request("patient-view", {}, prefetch(obs, admins))
+    )
+    (card,) = [c for c in r.json()["cards"] if "crs" in c["extension"]]
+    assert card["extension"]["crs"]["tocilizumab"]["problems"] == ["dose-time-unknown"]
+    assert "suggestions" not in card or not any(
+        "ocilizumab" in s["label"] for s in card["suggestions"]
+    )

@@ -21,6 +21,8 @@ DOSE_INVALID = "dose-invalid"  # zero, negative or not a number: no dose at all
 INTERVAL_UNDER_8H = "interval-under-8h"
 OVER_3_IN_24H = "over-3-in-24h"
 OVER_4_TOTAL = "over-4-total"
+# a dose on record whose time cannot be read: the interval and the counts cannot be checked
+DOSE_TIME_UNKNOWN = "dose-time-unknown"
 NO_WEIGHT = "no-weight"
 NO_CRS_EVIDENCE = "no-crs-evidence"
 
@@ -117,15 +119,17 @@ class DoseHistory:
     """Tocilizumab given so far, and whether another dose is allowed at `at`."""
 
     at: datetime
-    doses: list[Administration]  # in this CRS episode, up to `at`, oldest first
-    doses_last_24h: int  # any episode: the 24 h and interval limits are about the drug
+    doses: list[Administration]  # since `counted_since`, up to `at`, oldest first
+    doses_last_24h: int  # the 24 h and interval limits count every dose on record
     last_dose_at: datetime | None
     next_allowed_at: datetime | None  # None: allowed now, or never (see problems)
-    problems: list[str]  # what forbids a dose now: interval / 24 h / total codes
+    problems: list[str]  # what forbids a dose now: interval / 24 h / total / time codes
+    counted_since: datetime | None = None  # the risk period's start (None: every dose)
+    undated: int = 0  # doses on record whose time could not be read (counted in the total)
 
     @property
     def doses_total(self) -> int:
-        return len(self.doses)
+        return len(self.doses) + self.undated
 
     @property
     def hours_since_last(self) -> float | None:
@@ -139,20 +143,30 @@ class DoseHistory:
 
 
 def dose_history(
-    facts: Facts, at: datetime, crs_episode_start: datetime | None, rules: DosingRules
+    facts: Facts,
+    at: datetime,
+    counted_since: datetime | None,
+    rules: DosingRules,
+    undated: tuple[datetime | None, ...] = (),
 ) -> DoseHistory:
     """Count the tocilizumab doses and check a new dose at `at`.
 
     The interval (at least `min_interval`, 8 h, since the last dose) and the 24-hour
-    count (doses given less than 24 h before `at`) count every dose, whatever the
-    episode; the total counts the doses of this CRS episode (since `crs_episode_start`).
+    count (doses given less than 24 h before `at`) count every dose on record; the total
+    counts the doses since `counted_since` (the start of the risk period: the label's
+    "maximum total of 4 doses" is not reset by a new CRS episode) and the `undated`
+    ones, doses on record whose time could not be read (each the latest instant it may
+    have been given, when its date could be read; None: any time). One that may fall in
+    the last 24 hours leaves neither the interval nor the 24-hour count checkable: no
+    dose is allowed unchecked.
     """
     given = [
         a for a in facts.administrations if a.medication_class == "tocilizumab" and a.start <= at
     ]
-    doses = [a for a in given if crs_episode_start is None or a.start >= crs_episode_start]
+    doses = [a for a in given if counted_since is None or a.start >= counted_since]
     day_ago = at - timedelta(hours=24)
     recent = [a for a in given if a.start > day_ago]
+    in_period = [u for u in undated if counted_since is None or u is None or u >= counted_since]
     last = given[-1].start if given else None
     problems: list[str] = []
     waits: list[datetime] = []
@@ -164,10 +178,15 @@ def dose_history(
         # allowed once the oldest dose that keeps the count at the limit is 24 h old
         waits.append(recent[len(recent) - rules.max_doses_per_24h].start + timedelta(hours=24))
     next_allowed: datetime | None = max(waits) if waits else None
-    if len(doses) >= rules.max_doses_total:
+    if any(u is None or u > day_ago for u in in_period):
+        problems.append(DOSE_TIME_UNKNOWN)
+        next_allowed = None  # (when is not known: the time must be charted first)
+    if len(doses) + len(in_period) >= rules.max_doses_total:
         problems.append(OVER_4_TOTAL)
         next_allowed = None
-    return DoseHistory(at, doses, len(recent), last, next_allowed, problems)
+    return DoseHistory(
+        at, doses, len(recent), last, next_allowed, problems, counted_since, len(in_period)
+    )
 
 
 def within_tolerance(ordered_mg: float, target_mg: float, rules: DosingRules) -> bool:

@@ -94,8 +94,9 @@ def age_on(born: date | None, at: datetime) -> int | None:
 
 
 class UnreadExposure(Struct, frozen=True, gc=False):
-    """A CAR-T, TCR-T or T-cell-engager administration recognised but not read (its time
-    could not be): a risk window may be open that the rules cannot place."""
+    """An administration recognised but not read (its time could not be): a CAR-T, TCR-T
+    or T-cell engager (a risk window may be open that the rules cannot place), or
+    tocilizumab (a dose the interval and the counts must know of)."""
 
     display: str
     location: str  # where in the request (e.g. prefetch.medicationAdministrations.entry[2])

@@ -100,6 +100,8 @@ class Normalised:
     issues: list[Issue]
     medications: dict[str, Resource]
     unread_exposures: tuple[UnreadExposure, ...] = ()
+    # tocilizumab given at a time that could not be read (a dose all the same)
+    unread_doses: tuple[UnreadExposure, ...] = ()
 
 
 _K = TypeVar("_K")
@@ -192,6 +194,7 @@ class Normaliser:
         self.issues: list[Issue] = []
         self._birth: date | None = None
         self._unread_exposures: list[UnreadExposure] = []
+        self._unread_doses: list[UnreadExposure] = []
         self._scan_budget = MENTION_SCAN_LIMIT  # values unreadable administrations may cost
         self.birth_location: str | None = None  # where the birth date used was read
         self._neuro: list[NeuroFinding] = []
@@ -228,6 +231,7 @@ class Normaliser:
         administrations: list[Administration] = []
         self.birth_location = None
         self._unread_exposures = []
+        self._unread_doses = []
         self._scan_budget = MENTION_SCAN_LIMIT
         self._birth = birth_date = self._birth_date(collected)
         self._neuro = []
@@ -248,6 +252,7 @@ class Normaliser:
             self.issues,
             medications,
             tuple(self._unread_exposures),
+            tuple(self._unread_doses),
         )
 
     def medication(
@@ -897,13 +902,18 @@ class Normaliser:
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
             return None  # eye drops, nasal spray, local infiltration: not for hypotension
         administration = self._administered(raw, ma, match)
-        if administration is None and match.medication_class in EXPOSURE_CLASSES:
-            # (the reason is among the issues) a risk window may be open: say so on a card
+        if administration is None and (
+            match.medication_class in EXPOSURE_CLASSES or match.medication_class == "tocilizumab"
+        ):
+            # (the reason is among the issues) a risk window may be open, or a dose was
+            # given that the interval and the counts must know of: say so on a card
             period = ma.effectivePeriod
             text = ma.effectiveDateTime or (period.start if period is not None else None)
-            self._unread_exposures.append(
-                UnreadExposure(match.display, raw.location, _latest_instant(text))
-            )
+            unread = UnreadExposure(match.display, raw.location, _latest_instant(text))
+            if match.medication_class == "tocilizumab":
+                self._unread_doses.append(unread)
+            else:
+                self._unread_exposures.append(unread)
         return administration
 
     def _unidentified(

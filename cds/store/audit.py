@@ -148,6 +148,7 @@ def _evaluation(runtime: Runtime, snapshot: FactsSnapshot, at: datetime) -> Eval
         patient_id="replay",
         orders=orders,
         unread_exposures=snapshot.unread_exposures,
+        unread_doses=snapshot.unread_doses,
     )
 
 

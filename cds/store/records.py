@@ -49,6 +49,7 @@ class FactsSnapshot(Struct, frozen=True):
     data_issues: int = 0
     truncated: int = 0
     unread_exposures: tuple[UnreadExposure, ...] = ()
+    unread_doses: tuple[UnreadExposure, ...] = ()
 
     def facts(self, at: datetime) -> Facts:
         """The facts again, with a birth date that gives the same age at `at`."""
@@ -142,6 +143,7 @@ def snapshot(evaluation: Evaluation) -> FactsSnapshot:
         data_issues=len(evaluation.issues) + (len(orders.issues) if orders is not None else 0),
         truncated=len(evaluation.truncated),
         unread_exposures=evaluation.unread_exposures,
+        unread_doses=evaluation.unread_doses,
     )
 
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 from datetime import timedelta
 
 from cds.engine.activity import crs_episodes
-from cds.engine.dosing import dose_history
 from cds.engine.exposure import find_exposure
 from cds.engine.facts import Facts
 from cds.engine.grading import grade
+from cds.evaluation import judge
 from cds.runtime import Runtime
 from tests.factories import AT, given, h, systolic, temperature
 
@@ -73,10 +73,11 @@ def test_a_masking_drug_weeks_ago_does_not_mask_hypotension_today(runtime: Runti
 # --- where the tocilizumab total of an episode starts ------------------------------------
 
 
-def test_tocilizumab_of_an_earlier_episode_does_not_count_in_a_new_one(runtime: Runtime) -> None:
+def test_tocilizumab_of_an_earlier_crs_episode_counts_in_a_new_one(runtime: Runtime) -> None:
     """Weekly talquetamab for eight weeks (overlapping windows: one risk period); four
     tocilizumab doses for a fever 605 h ago; fever and SBP 84 now: grade 2 in a new CRS
-    episode, whose tocilizumab total is 0 with no problem."""
+    episode. The label's total of 4 is not reset by a new episode (no source resets it):
+    the four count, and a fifth is flagged."""
     weeks = [168.0 * k - 2 * k for k in range(8, 0, -1)]  # windows overlap: one exposure chain
     toci = [given("tocilizumab", "tocilizumab", x) for x in (600, 590, 580, 570)]
     facts = Facts.build(
@@ -88,8 +89,10 @@ def test_tocilizumab_of_an_earlier_episode_does_not_count_in_a_new_one(runtime: 
     assert exposure is not None
     g = grade(facts, exposure, AT, runtime.rules.grading)
     assert g.grade == 2
-    history = dose_history(facts, AT, g.crs_episode_start or AT, runtime.rules.dosing)
-    assert history.doses_total == 0 and history.problems == []
+    assert g.crs_episode_start is not None and g.crs_episode_start > h(600)  # a new episode
+    history = judge(runtime, facts, AT, patient_id=None).tocilizumab.history
+    assert history.doses_total == 4 and history.problems == ["over-4-total"]
+    assert history.counted_since == exposure.risk_period_start
 
 
 # --- activity keeps a closed window open -------------------------------------------------

@@ -169,10 +169,13 @@ def test_rounding_never_takes_a_childs_dose_beyond_the_tolerance(rules: DosingRu
 
 
 def _history(
-    rules: DosingRules, hours_before: list[float], crs_episode_start: datetime | None = None
+    rules: DosingRules,
+    hours_before: list[float],
+    counted_since: datetime | None = None,
+    undated: tuple[datetime | None, ...] = (),
 ) -> DoseHistory:
     admins = [administered("tocilizumab", "tocilizumab", hours) for hours in hours_before]
-    return dose_history(Facts.build([], [], admins), AT, crs_episode_start, rules)
+    return dose_history(Facts.build([], [], admins), AT, counted_since, rules, undated)
 
 
 @pytest.mark.parametrize(
@@ -184,8 +187,8 @@ def _history(
         ([16, 8], [], None),  # third dose in 24 h: allowed
         ([23.9, 16, 8], [dosing.OVER_3_IN_24H], 0.1),  # would be the fourth in 24 h
         ([24, 16, 8], [], None),  # a dose exactly 24 h ago no longer counts
-        ([40, 30, 20, 10], [dosing.OVER_4_TOTAL], None),  # fifth dose in the episode
-        ([30, 20, 10], [], None),  # fourth dose in the episode: allowed
+        ([40, 30, 20, 10], [dosing.OVER_4_TOTAL], None),  # a fifth dose
+        ([30, 20, 10], [], None),  # a fourth dose: allowed
         ([20, 10, 7], [dosing.INTERVAL_UNDER_8H, dosing.OVER_3_IN_24H], 4.0),
     ],
 )
@@ -200,17 +203,53 @@ def test_interval_and_count_table(
         assert history.next_allowed_at == AT + timedelta(hours=next_allowed_hours)
 
 
-def test_doses_before_the_episode_do_not_count(rules: DosingRules) -> None:
-    history = _history(rules, [200, 190, 180, 170], crs_episode_start=h(100))
+def test_doses_before_the_risk_period_do_not_count(rules: DosingRules) -> None:
+    history = _history(rules, [200, 190, 180, 170], counted_since=h(100))
     assert (history.doses_total, history.problems) == (0, [])
+
+
+def test_four_doses_long_ago_in_the_risk_period_forbid_a_fifth(rules: DosingRules) -> None:
+    """The label's "maximum total of 4 doses" is not reset by a new CRS episode (no
+    source resets it): four doses a week ago, in the same risk period, still count."""
+    history = _history(rules, [170, 160, 150, 140], counted_since=h(400))
+    assert (history.doses_total, history.problems) == (4, [dosing.OVER_4_TOTAL])
+    assert history.next_allowed_at is None
+
+
+@pytest.mark.parametrize(
+    ("undated", "dated", "problems", "total"),
+    [
+        ((None,), [], [dosing.DOSE_TIME_UNKNOWN], 1),  # no date at all: may be 1 h ago
+        ((h(-6),), [], [dosing.DOSE_TIME_UNKNOWN], 1),  # its day may end after now
+        ((AT - timedelta(hours=23, minutes=59),), [], [dosing.DOSE_TIME_UNKNOWN], 1),
+        ((AT - timedelta(hours=24),), [], [], 1),  # surely 24 h ago: the total only
+        ((AT - timedelta(hours=24),), [30, 20, 10], [dosing.OVER_4_TOTAL], 4),
+        ((None,), [30, 20, 10], [dosing.DOSE_TIME_UNKNOWN, dosing.OVER_4_TOTAL], 4),
+        ((AT - timedelta(hours=500),), [], [], 0),  # before the risk period
+    ],
+    ids=["any time", "today", "23:59 ago", "24 h ago", "fourth", "fourth, any time", "before"],
+)
+def test_a_dose_whose_time_cannot_be_read_is_counted_and_blocks_an_unchecked_dose(
+    rules: DosingRules,
+    undated: tuple[datetime | None, ...],
+    dated: list[float],
+    problems: list[str],
+    total: int,
+) -> None:
+    """Each undated dose is the latest instant it may have been given (None: any time).
+    One that may fall in the last 24 h leaves the interval and the 24-hour count
+    uncheckable; every one in the risk period counts in the total."""
+    history = _history(rules, dated, counted_since=h(400), undated=undated)
+    assert (history.problems, history.doses_total) == (problems, total)
+    assert history.next_allowed_at is None
 
 
 def test_8h_interval_counts_tocilizumab_given_before_the_episode_start(
     rules: DosingRules,
 ) -> None:
-    """With the CRS episode starting at a teclistamab dose 3.5 h ago, tocilizumab given
-    4 h ago still counts for the 8 h interval; the episode's total counts from the
-    episode start, so it holds none."""
+    """With the risk period starting at a teclistamab dose 3.5 h ago, tocilizumab given
+    4 h ago still counts for the 8 h interval; the total counts from the risk period's
+    start, so it holds none."""
     facts = Facts.build(
         [],
         [],
