@@ -3,6 +3,8 @@ over words in its display, and the 6 L/min threshold is the nasal cannula's."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from cds import fhirbuild as b
@@ -72,3 +74,48 @@ def test_nasal_cannula_flow_threshold(runtime: Runtime, litres: float, expected:
 def test_flow_alone_above_6_l_min_is_high_flow(runtime: Runtime) -> None:
     flow = b.observation(P, ONE_HOUR_AGO, "3151-8", "Inhaled oxygen flow rate", 8, "L/min")
     assert graded(runtime, flow) == 3
+
+
+def fio2(at: datetime, percent: float) -> dict[str, object]:
+    return b.observation(P, at, "3150-0", "Inhaled oxygen concentration", percent, "%")
+
+
+@pytest.mark.parametrize(
+    ("percent", "expected"),
+    [(21, 1), (21.5, 2), (40, 2)],
+    ids=["room air", "just above room air", "40 %"],
+)
+def test_fio2_above_room_air_with_no_device_is_oxygen_support(
+    runtime: Runtime, percent: float, expected: int
+) -> None:
+    """FiO2 40 % with no device or flow charted was grade 1 with no warning (it only
+    silenced the low-SpO2 warning): it is oxygen support, at least low-flow (grade 2)."""
+    assert graded(runtime, fio2(ONE_HOUR_AGO, percent), b.spo2(P, ONE_HOUR_AGO, 90)) == expected
+
+
+def test_fio2_with_no_device_says_it_may_be_more_than_low_flow(runtime: Runtime) -> None:
+    collector = ResourceCollector()
+    collector.add(
+        b.searchset(
+            [
+                b.temperature(P, h(1), 38.6),
+                fio2(ONE_HOUR_AGO, 40),
+                b.administration(P, h(48), text="Yescarta"),
+            ]
+        ),
+        "prefetch.all",
+    )
+    facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
+    exposure = find_exposure(facts, runtime.rules.windows, AT)
+    assert exposure is not None
+    g = grade(facts, exposure, AT, runtime.rules.grading)
+    (warning,) = g.warnings
+    assert "FiO2 40 %" in warning and "no device or flow charted" in warning
+    assert "grade 3" in warning
+
+
+def test_fio2_charted_with_a_device_is_graded_by_the_device(runtime: Runtime) -> None:
+    mask = b.oxygen_device(P, ONE_HOUR_AGO, "427591007", "Nonrebreather oxygen mask")
+    assert graded(runtime, mask, fio2(ONE_HOUR_AGO, 40)) == 3
+    flow = b.oxygen_flow(P, ONE_HOUR_AGO, 4)
+    assert graded(runtime, flow, fio2(ONE_HOUR_AGO, 40)) == 2

@@ -241,6 +241,18 @@ def _findings(
             else f"high-flow oxygen (> {params.low_flow_max_l_per_min:g} L/min)"
         )
         found.append(_Finding(m.at, m.at, params.grade_by_support[support], label))
+    # Oxygen charted only as an inhaled concentration above room air (no device, no flow
+    # at that time) is oxygen support all the same: graded as the least support the table
+    # grades (low-flow nasal cannula or blow-by), with a warning that it may be more.
+    for m in _undevised_fio2(facts, since, at, params):
+        found.append(
+            _Finding(
+                m.at,
+                m.at,
+                params.grade_by_support["low-flow"],
+                f"oxygen support (FiO2 {fmt_value(m.value)} %, no device charted)",
+            )
+        )
     for o in facts.oxygen:
         if since <= o.at <= at:
             found.append(
@@ -624,6 +636,11 @@ def _evidence(
     if devices:
         top = max(devices, key=lambda o: (_oxygen_grade(o.support, params), o.at))
         items.append(Evidence("oxygen", "O2 support", top.device, "", top.at, top.source))
+    undevised = _undevised_fio2(facts, start, at, params)
+    if undevised:
+        items.append(
+            _measurement_evidence("oxygen", "Max FiO2", max(undevised, key=lambda m: m.value))
+        )
     spo2 = _in(facts.of("spo2"), start, at)
     if spo2:
         lowest = min(spo2, key=lambda m: (m.value, m.at))
@@ -658,6 +675,19 @@ def _febrile_run_start(fever_times: list[datetime], gap: timedelta) -> datetime 
     return start
 
 
+def _undevised_fio2(
+    facts: Facts, since: datetime, at: datetime, params: GradingParameters
+) -> list[Measurement]:
+    """Inhaled O2 concentrations above room air charted with no device and no flow at
+    the same time."""
+    charted = {o.at for o in facts.oxygen} | {m.at for m in facts.of("oxygen_flow") if m.value > 0}
+    return [
+        m
+        for m in _in(facts.of("inhaled_oxygen_concentration"), since, at)
+        if m.value > params.room_air_fio2_percent and m.at not in charted
+    ]
+
+
 def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParameters) -> list[str]:
     """Findings that cannot change the grade but a clinician must see."""
     warnings: list[str] = []
@@ -676,5 +706,15 @@ def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParame
             f"SpO2 {fmt_value(lowest.value)} % at {lowest.at.isoformat()} with no oxygen support "
             "documented: hypoxia is graded by the support given, so this does not raise the "
             "grade. Check the patient and document any oxygen support."
+        )
+    undevised = _undevised_fio2(facts, start, at, params)
+    if undevised:
+        top = max(undevised, key=lambda m: m.value)
+        low_flow = params.grade_by_support["low-flow"]
+        warnings.append(
+            f"FiO2 {fmt_value(top.value)} % at {top.at.isoformat()} documents oxygen support "
+            f"with no device or flow charted: graded as low-flow oxygen (grade {low_flow}); "
+            "a facemask, Venturi mask or high-flow nasal cannula would be grade "
+            f"{params.grade_by_support['high-flow']}. Chart the device and flow."
         )
     return warnings

@@ -315,7 +315,15 @@ def test_fio2_above_room_air_documents_support(runtime: Runtime) -> None:
     facts = Facts.build(
         [*facts.measurements, fio2], list(facts.oxygen), list(facts.administrations)
     )
-    assert grade(facts, EXPOSURE, AT, runtime.rules.grading).warnings == []
+    on_fio2 = grade(facts, EXPOSURE, AT, runtime.rules.grading)
+    # oxygen support: no low-SpO2 warning, graded as low-flow (no device charted) with
+    # the warning that it may be more
+    assert on_fio2.grade == 2
+    (warning,) = on_fio2.warnings
+    assert warning.startswith("FiO2 60 %") and "no device or flow charted" in warning
     room_air = Measurement("inhaled_oxygen_concentration", 21, "%", h(1), "Observation/ra")
     facts = Facts.build([*facts_of(case).measurements, room_air], [], [])
-    assert grade(facts, EXPOSURE, AT, runtime.rules.grading).warnings
+    on_room_air = grade(facts, EXPOSURE, AT, runtime.rules.grading)
+    assert on_room_air.grade == 1
+    (warning,) = on_room_air.warnings
+    assert warning.startswith("SpO2 88 %")
