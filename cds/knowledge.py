@@ -657,9 +657,20 @@ class MedicationConcept(_Strict):
     codes: list[MedicationCode]
 
 
+class UnidentifiedExposure(_Strict):
+    """Names of a cell therapy or T-cell engager that identify no product (\"CAR T-cell
+    infusion\"): an administration named so opens no window the rules can place, and is
+    said on a card as one that could not be read."""
+
+    display: str
+    names: list[str] = Field(min_length=1)
+    citation: str
+
+
 class MedicationsFile(_Strict):
     version: str
     medications: list[MedicationConcept]
+    unidentified_exposure: UnidentifiedExposure | None = None
 
 
 class ObservationCode(_Strict):
@@ -830,6 +841,11 @@ class Knowledge:
     # the published Questionnaires: canonical url -> linkId -> (system, code) of the item
     questionnaire_items: dict[str, dict[str, tuple[str, str]]] = field(
         default_factory=dict, repr=False
+    )
+    # names of a cell therapy or engager that identify no product ("CAR T-cell infusion")
+    unidentified_exposure: UnidentifiedExposure | None = None
+    unidentified_exposure_names: NameIndex = field(
+        default_factory=lambda: NameIndex({}), repr=False
     )
 
     def excluded(self, concept: str, text: str) -> bool:
@@ -1109,6 +1125,12 @@ def load_knowledge(
         digest=digest.hexdigest()[:10],
         medication_by_code=med_by_code,
         medication_names=NameIndex(med_names),
+        unidentified_exposure=medications.unidentified_exposure,
+        unidentified_exposure_names=NameIndex(
+            {n: "unidentified" for n in medications.unidentified_exposure.names}
+            if medications.unidentified_exposure is not None
+            else {}
+        ),
         observation_by_code=obs_by_code,
         observation_names=NameIndex(obs_names),
         units=units,

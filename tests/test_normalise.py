@@ -316,6 +316,29 @@ def test_a_value_that_is_not_a_json_number_is_reported_not_converted(
     assert [i.location for i in n.issues] == ["prefetch.k0.valueQuantity.value"]
 
 
+@pytest.mark.parametrize(
+    "text", ["CAR T-cell infusion", "CAR-T cells (autologous)", "Chimeric antigen receptor T"]
+)
+def test_an_administration_naming_only_the_therapy_class_is_an_unread_exposure(
+    runtime: Runtime, text: str
+) -> None:
+    """No product, so no window the rules can place: a data issue and an unread exposure
+    (a card says the CRS risk was not checked) instead of nothing."""
+    n = read(runtime, b.administration(P, T, text=text))
+    assert n.facts.administrations == ()
+    (unread,) = n.unread_exposures
+    assert "not identified" in unread.display and unread.not_after == T
+    (issue,) = n.issues
+    assert issue.location == "prefetch.k0.medicationCodeableConcept"
+    assert "no product the rules know" in issue.problem
+
+
+@pytest.mark.parametrize("text", ["carboplatin", "Cefepime", "cart (supply)"])
+def test_other_medications_are_not_taken_for_the_therapy_class(runtime: Runtime, text: str) -> None:
+    n = read(runtime, b.administration(P, T, text=text))
+    assert (n.unread_exposures, n.issues) == ((), [])
+
+
 def test_medication_reference_display_is_used(runtime: Runtime) -> None:
     ma = b.administration(P, T, text="", medication_reference="Medication/absent")
     ma["medicationReference"]["display"] = "Abecma"

@@ -897,6 +897,8 @@ class Normaliser:
             unknown = self._unidentified(concept, reference, ma.contained, medications)
             if unknown is not None:
                 self.issues.append(Issue(f"{raw.location}{unknown[0]}", unknown[1]))
+            else:
+                self._unidentified_product(raw, ma, concept, reference, medications)
             return None
         dosage = ma.dosage
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
@@ -963,6 +965,45 @@ class Normaliser:
             f"referenced {ref} is not {where} and has no display text: the medication "
             "cannot be recognised",
         )
+
+    def _unidentified_product(
+        self,
+        raw: RawResource,
+        ma: Resource,
+        concept: CodeableConcept | None,
+        reference: Reference | None,
+        medications: Mapping[str, Resource],
+    ) -> None:
+        """An administration named only as a class ("CAR T-cell infusion"): no product,
+        so no window the rules can place — a data issue, and a card (as one not read)."""
+        generic = self.k.unidentified_exposure
+        if generic is None:
+            return
+        texts = list(concept.texts()) if concept is not None else []
+        if reference is not None:
+            if reference.display:
+                texts.append(reference.display)
+            med = medications.get(reference.reference or "")
+            if med is not None and isinstance(med.code, CodeableConcept):
+                texts.extend(med.code.texts())
+        named = next(
+            (t for t in texts if self.k.unidentified_exposure_names.match(t) is not None), None
+        )
+        if named is None:
+            return
+        where = ".medicationReference" if concept is None else ".medicationCodeableConcept"
+        self.issues.append(
+            Issue(
+                f"{raw.location}{where}",
+                "names a CAR-T or T-cell-engager therapy but no product the rules know: its "
+                "risk window cannot be placed; code the product (RxNorm) or name it",
+            )
+        )
+        period = ma.effectivePeriod
+        text = ma.effectiveDateTime or (period.start if period is not None else None)
+        given = _parse_time(text, self.assume_tz) if text is not None else None
+        latest = given if isinstance(given, datetime) else _latest_instant(text)
+        self._unread_exposures.append(UnreadExposure(generic.display, raw.location, latest))
 
     def _exposure_named(self, raw: RawResource) -> str | None:
         """The CAR-T, TCR-T or T-cell-engager product an administration that is not
