@@ -157,6 +157,12 @@ def _why(g: Grading, rules: EngineRules, at: datetime) -> str:
                 f"No {fever} in the look-back window, but the latest temperature is "
                 f"{hours_since(g.last_temperature_at, at)} h old: CRS cannot be excluded now."
             )
+        if g.undated_findings:
+            return (
+                f"No {fever} dated in the look-back window, but findings charted at a time "
+                "that cannot be read may fall in it (see the warnings): CRS cannot be "
+                "excluded now."
+            )
         return f"No {fever} in the look-back window: CRS criteria not met now."
     parts = [fever] if g.fever_in_window else ["fever no longer required (masked by treatment)"]
     parts.extend(g.drivers)
@@ -339,6 +345,8 @@ def crs_card(
             head += f"; max grade {grading.max_grade}"
     if grading.temperature_gap and grading.grade == 0 and grading.unassessed_grade is None:
         head = f"NO TEMPERATURE for {untaken} h — {head}"
+    elif grading.undated_findings:
+        head = f"UNDATED FINDINGS NOT GRADED — {head}"
     if not evaluation.data_complete:
         head = f"{_incomplete_summary(evaluation.truncated)} — {head}"
     sections = [

@@ -104,6 +104,19 @@ class UnreadExposure(Struct, frozen=True, gc=False):
     not_after: datetime | None = None
 
 
+class UndatedFinding(Struct, frozen=True, gc=False):
+    """A vital sign or an oxygen device charted at a time that could not be read (no time
+    zone and no CRS_ASSUME_TIMEZONE, an impossible date): not graded, but it may fall in
+    the look-back window — the grade may be understated."""
+
+    concept: str  # a measurement concept, or "oxygen_support" for a device
+    value: float | None  # in the concept's canonical unit (None: a device)
+    shown: str  # what was charted, e.g. "38.9 Cel", "Venturi mask"
+    location: str  # where in the request
+    # the latest instant it can have been charted, when its date could be read
+    not_after: datetime | None = None
+
+
 class Administration(Struct, frozen=True, gc=False):
     """A medication given: instant (start == end) or a period; end None = still running."""
 
@@ -129,6 +142,7 @@ class Facts:
     by_concept: dict[str, tuple[Measurement, ...]] = field(default_factory=dict, compare=False)
     birth_date: date | None = None  # Patient.birthDate, when a full date is known
     neuro: tuple[NeuroFinding, ...] = ()
+    undated: tuple[UndatedFinding, ...] = ()  # charted at a time that could not be read
 
     @classmethod
     def build(
@@ -138,6 +152,7 @@ class Facts:
         administrations: list[Administration],
         birth_date: date | None = None,
         neuro: list[NeuroFinding] | None = None,
+        undated: list[UndatedFinding] | None = None,
     ) -> Facts:
         """Facts sorted by time, with measurements indexed by concept."""
         measurements = sorted(measurements, key=_AT)
@@ -155,6 +170,7 @@ class Facts:
             by_concept={concept: tuple(items) for concept, items in index.items()},
             birth_date=birth_date,
             neuro=tuple(sorted(neuro or (), key=_AT)),
+            undated=tuple(undated or ()),
         )
 
     def age_at(self, at: datetime) -> int | None:

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 
 from cds.engine.activity import ActivityRules, activity_spans, crs_episodes
 from cds.engine.exposure import Exposure
-from cds.engine.facts import Administration, Facts, Measurement
+from cds.engine.facts import Administration, Facts, Measurement, UndatedFinding
 from cds.formatting import fmt_value, hours
 
 
@@ -128,6 +128,9 @@ class Grading:
     # hypotension, hypoxia or a vasopressor without any temperature in the look-back
     # window: the grade they give if the patient is febrile (fever not assessed)
     unassessed_grade: int | None = None
+    # findings (a fever, a low blood pressure, oxygen) charted at a time that could not
+    # be read and that may fall in the look-back window: not graded
+    undated_findings: int = 0
 
     @property
     def data_missing(self) -> bool:
@@ -138,6 +141,7 @@ class Grading:
             self.temperature_gap
             or self.blood_pressure_unknown
             or (self.unassessed_grade is not None)
+            or self.undated_findings > 0
         )
 
     @property
@@ -472,6 +476,15 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
             "assessed, so the grade may be understated. Check the patient and chart the "
             "blood pressure."
         )
+    undated = _undated_findings(facts, lookback_start, params)
+    if undated:
+        listed = "; ".join(f"{u.shown} ({u.location})" for u in undated[:3])
+        more = f" and {len(undated) - 3} more" if len(undated) > 3 else ""
+        warnings.append(
+            f"Charted at a time that cannot be read (e.g. no time zone), so not graded: "
+            f"{listed}{more}. These may fall in the look-back window: the grade may be "
+            "understated. Correct the time in the record (or set CRS_ASSUME_TIMEZONE)."
+        )
     age = facts.age_at(at)
     if age is not None and params.adult_from_age_years and age < params.adult_from_age_years:
         warnings.append(
@@ -497,7 +510,39 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
         temperature_gap=gap is not None,
         blood_pressure_unknown=blood_pressure_unknown,
         unassessed_grade=unassessed_grade,
+        undated_findings=len(undated),
     )
+
+
+def _undated_findings(
+    facts: Facts, lookback_start: datetime, params: GradingParameters
+) -> list[UndatedFinding]:
+    """Undated charting that would be a CRS finding (a fever, hypotension, oxygen
+    support) and may fall in the look-back window (its date unread, or not before it)."""
+
+    def finding(u: UndatedFinding) -> bool:
+        value = u.value
+        if u.concept == "oxygen_support":
+            return True
+        if value is None:
+            return False
+        if u.concept == "temperature":
+            return value >= params.fever_min_celsius
+        if u.concept == "systolic_bp":
+            return value < params.systolic_below_mmhg
+        if u.concept == "mean_arterial_pressure":
+            return params.map_below_mmhg is not None and value < params.map_below_mmhg
+        if u.concept == "oxygen_flow":
+            return value > 0
+        if u.concept == "inhaled_oxygen_concentration":
+            return value > params.room_air_fio2_percent
+        return False
+
+    return [
+        u
+        for u in facts.undated
+        if (u.not_after is None or u.not_after >= lookback_start) and finding(u)
+    ]
 
 
 def _temperature_gap(

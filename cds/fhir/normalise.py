@@ -37,6 +37,7 @@ from cds.engine.facts import (
     Measurement,
     NeuroFinding,
     OxygenSupport,
+    UndatedFinding,
     UnreadExposure,
     age_on,
 )
@@ -62,6 +63,7 @@ from cds.fhir.structs import (
     from_json,
 )
 from cds.fhir.timing import EARLIEST_YEAR, TimeFormatError, parse_fhir_datetime
+from cds.formatting import fmt_value
 from cds.knowledge import Knowledge, NameIndex, UnitRule
 
 COUNTED_OBSERVATION_STATUSES = frozenset({"final", "amended", "corrected", "preliminary"})
@@ -195,6 +197,7 @@ class Normaliser:
         self._birth: date | None = None
         self._unread_exposures: list[UnreadExposure] = []
         self._unread_doses: list[UnreadExposure] = []
+        self._undated_findings: list[UndatedFinding] = []
         self._scan_budget = MENTION_SCAN_LIMIT  # values unreadable administrations may cost
         self.birth_location: str | None = None  # where the birth date used was read
         self._neuro: list[NeuroFinding] = []
@@ -232,6 +235,7 @@ class Normaliser:
         self.birth_location = None
         self._unread_exposures = []
         self._unread_doses = []
+        self._undated_findings = []
         self._scan_budget = MENTION_SCAN_LIMIT
         self._birth = birth_date = self._birth_date(collected)
         self._neuro = []
@@ -248,7 +252,14 @@ class Normaliser:
             elif resource_type == "QuestionnaireResponse":
                 self._questionnaire_response(raw, measurements)
         return Normalised(
-            Facts.build(measurements, oxygen, administrations, birth_date, self._neuro),
+            Facts.build(
+                measurements,
+                oxygen,
+                administrations,
+                birth_date,
+                self._neuro,
+                self._undated_findings,
+            ),
             self.issues,
             medications,
             tuple(self._unread_exposures),
@@ -393,6 +404,7 @@ class Normaliser:
         if type(at) is not datetime:
             at = self._effective(raw, obs)
             if at is None:
+                self._undated(raw, obs, concept, device, parts)
                 return
         rid = obs.id
         source = "Observation/" + rid if rid else raw.reference
@@ -410,6 +422,43 @@ class Normaliser:
                 m = self._measurement(part_concept, quantity, at, source, raw, path)
                 if m is not None:
                     measurements.append(m)
+
+    def _undated(
+        self,
+        raw: RawResource,
+        obs: Resource,
+        concept: str | None,
+        device: tuple[str, str] | None,
+        parts: list[tuple[int, Component, str]],
+    ) -> None:
+        """What grading reads of an Observation whose time could not be read (the issue
+        says why), kept as undated: graded never, but said when it may count."""
+        period = obs.effectivePeriod
+        text = (
+            obs.effectiveDateTime
+            or obs.effectiveInstant
+            or (period.end or period.start if period is not None else None)
+        )
+        not_after = _latest_instant(text)
+        source = "Observation/" + obs.id if obs.id else raw.reference
+        if device is not None:
+            self._undated_findings.append(
+                UndatedFinding("oxygen_support", None, device[1], raw.location, not_after)
+            )
+        quantities = [(concept, obs.valueQuantity, ".valueQuantity")] + [
+            (c, part.valueQuantity, f".component[{i}].valueQuantity") for i, part, c in parts
+        ]
+        for what, quantity, path in quantities:
+            if what not in GRADED_CONCEPTS or quantity is None:
+                continue
+            m = self._measurement(what, quantity, _EPOCH, source, raw, path)
+            if m is not None:
+                shown = f"{self.k.observations[what].display} {fmt_value(m.value)} {m.unit}"
+                if m.original:
+                    shown += f" ({m.original})"
+                self._undated_findings.append(
+                    UndatedFinding(what, m.value, shown, f"{raw.location}{path}", not_after)
+                )
 
     # --- ICANS assessments -------------------------------------------------------------
 
@@ -1142,6 +1191,17 @@ class Normaliser:
 
 
 _LATEST = datetime.max.replace(tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # (a placeholder time: undated values)
+# the measurements CRS grading reads: charted undated, they may hide a finding
+GRADED_CONCEPTS = frozenset(
+    {
+        "temperature",
+        "systolic_bp",
+        "mean_arterial_pressure",
+        "oxygen_flow",
+        "inhaled_oxygen_concentration",
+    }
+)
 
 
 def _latest_instant(text: object) -> datetime | None:

@@ -20,6 +20,7 @@ from cds.engine.facts import (
     Measurement,
     NeuroFinding,
     OxygenSupport,
+    UndatedFinding,
     UnreadExposure,
 )
 from cds.evaluation import Evaluation
@@ -50,6 +51,7 @@ class FactsSnapshot(Struct, frozen=True):
     truncated: int = 0
     unread_exposures: tuple[UnreadExposure, ...] = ()
     unread_doses: tuple[UnreadExposure, ...] = ()
+    undated: tuple[UndatedFinding, ...] = ()
 
     def facts(self, at: datetime) -> Facts:
         """The facts again, with a birth date that gives the same age at `at`."""
@@ -63,6 +65,7 @@ class FactsSnapshot(Struct, frozen=True):
             list(self.administrations),
             born,
             list(self.neuro),
+            list(self.undated),
         )
 
 
@@ -136,6 +139,7 @@ def snapshot(evaluation: Evaluation) -> FactsSnapshot:
         measurements=facts.measurements,
         oxygen=facts.oxygen,
         administrations=facts.administrations,
+        undated=facts.undated,
         neuro=facts.neuro,
         age_years=evaluation.age,
         orders=_orders(orders) if orders is not None else None,
