@@ -55,7 +55,7 @@ class TooManyDraftOrders(CdsError):
 
 
 class UnsupportedEncoding(CdsError):
-    """A request body in a content coding the service does not decode (415)."""
+    """A request body in a content coding or media type the service does not read (415)."""
 
     status = 415
 
@@ -64,6 +64,17 @@ class RequestTimeout(CdsError):
     """The client did not send its request in time (408); the connection is closed."""
 
     status = 408
+
+
+# What of a client's identifier an error repeats: enough to recognise it, never a page.
+SHOWN_MAX_CHARS = 200
+
+
+def shown(value: str) -> str:
+    """`value` quoted for an error message, cut at SHOWN_MAX_CHARS characters."""
+    if len(value) <= SHOWN_MAX_CHARS:
+        return repr(value)
+    return f"{value[:SHOWN_MAX_CHARS]!r}… ({len(value)} characters)"
 
 
 def not_json(what: str, body: bytes, exc: Exception) -> str:

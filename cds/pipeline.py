@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from cds.auth import ClientIdentity
 from cds.clock import Clock
 from cds.decision import Decision
-from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService, not_json
+from cds.errors import InvalidRequest, TooManyDraftOrders, UnknownService, not_json, shown
 from cds.evaluation import Evaluation, evaluate, risk_data_since
 from cds.fhir.gather import FhirAccess, SentPrefetch, collect_prefetch, gather
 from cds.fhir.reading import ResourceCollector, validation_message
@@ -99,7 +99,8 @@ def parse(
     service = services.get(service_id)
     if service is None:
         raise UnknownService(
-            f"no CDS service {service_id!r}; GET /cds-services lists " + ", ".join(sorted(services))
+            f"no CDS service {shown(service_id)}; GET /cds-services lists "
+            + ", ".join(sorted(services))
         )
     request = _request(body)
     if request.hook != service.hook:

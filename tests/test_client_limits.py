@@ -16,10 +16,12 @@ import orjson
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from cds.app import create_app
 from cds.runtime import Runtime
 from cds.store.decisions import DecisionStore
+from cds.store.tables import audit_records
 from cds.tocilizumab_order import MAX_ORDER_DEPTH, nested_deeper_than
 from tests import factories as h
 
@@ -136,6 +138,49 @@ def test_a_compressed_body_is_415_not_read_against_its_label(client: TestClient,
         headers={"Content-Type": "application/json", "Content-Encoding": "identity"},
     )
     assert identity.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("content_type", "said"),
+    [
+        ("text/plain", "Content-Type 'text/plain' is not read"),
+        ("text/plain;charset=UTF-8", "Content-Type 'text/plain' is not read"),
+        ("application/x-www-form-urlencoded", "is not read: send the body as application/json"),
+        ("multipart/form-data; boundary=x", "Content-Type 'multipart/form-data' is not read"),
+        ("application/json; charset=utf-16", "charset 'utf-16' is not read"),
+        ("application/json; charset=latin-1", "charset 'latin-1' is not read"),
+    ],
+)
+def test_a_body_labelled_as_a_form_text_or_another_charset_is_415(
+    client: TestClient, store: DecisionStore, content_type: str, said: str
+) -> None:
+    """A web page may POST a form or text/plain to another origin without a CORS
+    preflight: such a body was read as JSON (and with CORS '*' and authentication off, a
+    page could make the service evaluate and record a call). JSON is UTF-8."""
+    before = _records(store)
+    response = client.post(
+        MONITOR, content=orjson.dumps(grade2_body()), headers={"Content-Type": content_type}
+    )
+    assert response.status_code == 415, response.text
+    assert said in response.json()["error"]
+    assert _records(store) == before  # not evaluated, nothing recorded
+
+
+def _records(store: DecisionStore) -> int:
+    with store.engine.connect() as connection:
+        return int(connection.scalar(select(func.count()).select_from(audit_records)) or 0)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "application/json", "application/json; charset=UTF-8", "application/fhir+json"],
+)
+def test_json_bodies_are_read_with_or_without_a_content_type(
+    client: TestClient, content_type: str | None
+) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(MONITOR, content=orjson.dumps(grade2_body()), headers=headers)
+    assert response.status_code == 200, response.text
 
 
 def test_too_many_draft_orders_is_413_naming_the_setting(
@@ -291,3 +336,12 @@ def test_nesting_is_measured_without_recursion() -> None:
     assert nested_deeper_than(value, 64)
     assert not nested_deeper_than({"a": [{"b": 1}]}, 3)
     assert nested_deeper_than({"a": [{"b": {}}]}, 3)
+
+
+@pytest.mark.parametrize("path", ["/cds-services/{}", "/cds-services/{}/feedback"])
+def test_an_unknown_service_id_is_not_echoed_in_full(client: TestClient, path: str) -> None:
+    """A 10,000-character id came back whole in the 404 (the router's own cuts at 200)."""
+    response = client.post(path.format("s" * 10_000), json={"feedback": []})
+    assert response.status_code == 404
+    error = response.json()["error"]
+    assert "(10000 characters)" in error and len(error) < 600

@@ -58,3 +58,16 @@ def test_rejects_non_strings() -> None:
 def test_assumed_zone_for_times_without_offset() -> None:
     parsed = parse_fhir_datetime("2026-07-01T10:00:00", ZoneInfo("Europe/Berlin"))
     assert parsed == datetime(2026, 7, 1, 8, tzinfo=UTC)
+
+
+def test_a_leap_second_is_the_last_instant_of_its_minute() -> None:
+    """FHIR's dateTime allows second 60; a fever charted on one was rejected ("second
+    must be in 0..59") and not used."""
+    assert parse_fhir_datetime("2016-12-31T23:59:60Z") == datetime(
+        2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC
+    )
+    assert parse_fhir_datetime("2016-12-31T23:59:60.5+01:00") == datetime(
+        2016, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=1))
+    )
+    with pytest.raises(TimeFormatError):
+        parse_fhir_datetime("2016-12-31T23:59:61Z")

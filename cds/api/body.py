@@ -15,6 +15,33 @@ from cds.settings import Settings
 # Feedback is a few items (at most 100, each comment at most 4,000 characters).
 FEEDBACK_MAX_BYTES = 1024 * 1024
 
+# The media types a web page may POST to another origin without a CORS preflight: never
+# JSON, refused so that no page can make the service evaluate (and record) a call; a
+# missing Content-Type, application/json and application/fhir+json are read.
+NOT_JSON_MEDIA_TYPES = frozenset(
+    {"application/x-www-form-urlencoded", "multipart/form-data", "text/plain"}
+)
+
+
+def check_content_type(value: str | None) -> None:
+    """UnsupportedEncoding (415) for a body labelled as a form or text, or in a charset
+    other than UTF-8 (JSON is UTF-8: RFC 8259 section 8.1)."""
+    if not value:
+        return
+    media_type, _, parameters = value.partition(";")
+    media_type = media_type.strip().lower()
+    if media_type in NOT_JSON_MEDIA_TYPES:
+        raise UnsupportedEncoding(
+            f"Content-Type {media_type!r} is not read: send the body as application/json"
+        )
+    for parameter in parameters.split(";"):
+        name, _, charset = parameter.partition("=")
+        charset = charset.strip().strip('"').lower()
+        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+            raise UnsupportedEncoding(
+                f"charset {charset!r} is not read: send the JSON body in UTF-8"
+            )
+
 
 def _size(n: int) -> str:
     return f"{n / (1024 * 1024):g} MiB" if n >= 1024 * 1024 else f"{n} bytes"
@@ -32,6 +59,7 @@ async def read_body(request: Request, settings: Settings, limit: int | None = No
         )
     else:
         why = f"({_size(limit)} for this endpoint)"
+    check_content_type(request.headers.get("content-type"))
     encoding = request.headers.get("content-encoding", "").strip().lower()
     if encoding not in ("", "identity"):
         # (read as it came, a compressed body is "not valid JSON"; a plain one labelled

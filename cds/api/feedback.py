@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from cds.api.body import FEEDBACK_MAX_BYTES, read_body
 from cds.api.deps import ClientDep, HooksDep, StoreDep
 from cds.api.openapi import FEEDBACK
-from cds.errors import CdsError, InvalidRequest, UnknownService, not_json
+from cds.errors import CdsError, InvalidRequest, UnknownService, not_json, shown
 from cds.fhir.reading import validation_issues, validation_message
 from cds.store.feedback import FeedbackRequest, apply
 
@@ -43,7 +43,7 @@ async def feedback(
     call's, when authentication is on)."""
     if service_id not in hooks.services:
         raise UnknownService(
-            f"no CDS service {service_id!r}; GET /cds-services lists "
+            f"no CDS service {shown(service_id)}; GET /cds-services lists "
             + ", ".join(sorted(hooks.services))
         )
     body = await read_body(request, store.runtime.settings, FEEDBACK_MAX_BYTES)

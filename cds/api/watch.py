@@ -34,7 +34,7 @@ from cds.api.body import read_body
 from cds.api.deps import ClientDep
 from cds.api.openapi import ENROLMENT, NOTIFICATION, WATCHED_PATIENT
 from cds.api.responses import JsonResponse
-from cds.errors import CdsError, InvalidRequest, not_json
+from cds.errors import CdsError, InvalidRequest, not_json, shown
 from cds.fhir.client import is_fhir_id
 from cds.fhir.reading import validation_message
 from cds.pipeline import Hooks
@@ -129,7 +129,9 @@ async def patient(pseudonym: str, request: Request, _client: ClientDep) -> JsonR
     watch = _watch(request)
     found = await anyio.to_thread.run_sync(lambda: patient_status(watch.census.engine, pseudonym))
     if found is None:
-        raise UnknownPatient(f"no census patient {pseudonym!r} (patients are named by pseudonym)")
+        raise UnknownPatient(
+            f"no census patient {shown(pseudonym)} (patients are named by pseudonym)"
+        )
     return JsonResponse(found)
 
 

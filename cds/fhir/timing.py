@@ -7,6 +7,7 @@ Rules (documented in the README):
 - A date without a time (2026-11-20, 2026-11, 2026) means the start of that day/month/
   year in the configured time zone, or UTC when none is set.
 - A year before 1900 is a placeholder, not a clinical time: rejected.
+- A leap second (23:59:60) is read as 23:59:59.999999.
 """
 
 from __future__ import annotations
@@ -47,14 +48,13 @@ def parse_fhir_datetime(text: object, assume: tzinfo | None = None) -> datetime:
         if parts["hour"] is None:
             return datetime(year, month, day, tzinfo=assume or UTC)
         fraction = (parts["fraction"] or "0")[:6].ljust(6, "0")
+        second = int(parts["second"] or 0)
+        if second == 60:
+            # a leap second (FHIR's dateTime allows :60): read as the last instant of its
+            # minute that a datetime holds, 59.999999 s, so that nothing charted in it is lost
+            second, fraction = 59, "999999"
         naive = datetime(
-            year,
-            month,
-            day,
-            int(parts["hour"]),
-            int(parts["minute"]),
-            int(parts["second"] or 0),
-            int(fraction),
+            year, month, day, int(parts["hour"]), int(parts["minute"]), second, int(fraction)
         )
     except ValueError as exc:
         raise TimeFormatError(f"{text!r}: {exc}") from exc

@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StringConstraints,
     model_validator,
 )
 from sqlalchemy import Connection, Engine, insert, select, update
@@ -80,7 +81,10 @@ class ReasonCoding(_In):
 
 class OverrideReason(_In):
     reason: ReasonCoding | None = None
-    userComment: Text | None = Field(default=None, max_length=4_000)
+    # (bounded before the NUL check, so the error counts characters, not "items")
+    userComment: (
+        Annotated[str, StringConstraints(max_length=4_000), AfterValidator(_no_nul)] | None
+    ) = None
 
 
 class AcceptedSuggestion(_In):

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 from sqlalchemy import Engine, func, insert, select, update
 
-from cds.errors import CdsError, not_json
+from cds.errors import CdsError, not_json, shown
 from cds.fhir.references import patient_of
 from cds.store.tables import watch_inbox, watch_subscriptions
 from cds.watch.ids import PatientIds
@@ -149,15 +149,18 @@ EVENT_NUMBER_MAX = 2**63 - 1
 
 
 def _number(value: object, location: str) -> int:
+    """An event number: a JSON integer, or a string of ASCII digits (FHIR's integer64 is
+    a string), never "1_000", " 5 " or another script's digits (which int() reads)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise MalformedNotification(f"not a number: {shown(str(value))}", location)
     text = str(value)
+    if isinstance(value, str) and not (text.isascii() and text.isdigit()):
+        raise MalformedNotification(f"not an event number (ASCII digits): {shown(text)}", location)
     if len(text) > len(str(EVENT_NUMBER_MAX)):
         raise MalformedNotification(
             f"not an event number: more than {len(str(EVENT_NUMBER_MAX))} characters", location
         )
-    try:
-        number = int(text)
-    except ValueError:
-        raise MalformedNotification(f"not a number: {value!r}", location) from None
+    number = int(text)
     if number < 0:
         raise MalformedNotification(f"a negative number: {number}", location)
     if number > EVENT_NUMBER_MAX:

@@ -50,6 +50,9 @@ V = TypeVar("V")
 CENSUS_JOB = "census-search"
 CATCH_UP_JOB = "catch-up"
 JOB_LEASE = timedelta(minutes=5)
+# The longest a worker waits to try a job again after its FHIR read failed (operational: a
+# server back up is searched within a minute; one down is not searched every tick)
+JOB_RETRY_MAX = timedelta(seconds=60)
 DELIVERY_LEASE = timedelta(seconds=SEND_TIMEOUT_SECONDS + 5)  # a sender that died: resent after
 BEAT_EVERY = timedelta(seconds=5)
 FORGET_WORKERS_AFTER = timedelta(minutes=10)
@@ -107,6 +110,9 @@ class Worker:
         self._renewed_at: datetime | None = None
         self._delivering: asyncio.Task[None] | None = None
         self._deliver_again = False
+        # a job whose FHIR read failed: how often in a row, and not before when again
+        self._job_failures: dict[str, int] = {}
+        self._job_retry_at: dict[str, datetime] = {}
 
     @property
     def lease(self) -> timedelta:
@@ -460,17 +466,35 @@ class Worker:
     ) -> V | None:
         """Claim a job (one worker at a time, at most once per `every`) and do its FHIR
         read; None when another worker holds the job, or when the read failed (the job is
-        then released as not run, and logged)."""
+        then released as not run, and logged) — after a failure this worker tries it again
+        only after a backoff (1 s, doubling to JOB_RETRY_MAX), so an unreachable server is
+        neither searched nor logged every tick."""
+        retry_at = self._job_retry_at.get(job)
+        if retry_at is not None and now < retry_at:
+            return None
         census = self.watch.census
         if not await asyncio.to_thread(census.claim_job, job, self.name, now, JOB_LEASE, every):
             return None
         try:
-            return await read()
+            found = await read()
         except FHIR_FAILURES as exc:
             self._refused(exc)
-            log.warning(f"{what} failed", extra={"error": type(exc).__name__})
+            failures = self._job_failures[job] = self._job_failures.get(job, 0) + 1
+            backoff = min(timedelta(seconds=2 ** min(failures - 1, 16)), JOB_RETRY_MAX)
+            self._job_retry_at[job] = now + backoff
+            log.warning(
+                f"{what} failed",
+                extra={
+                    "error": type(exc).__name__,
+                    "failures": failures,
+                    "retryInSeconds": backoff.total_seconds(),
+                },
+            )
             await asyncio.to_thread(census.finish_job, job, self.name, now, ran=False)
             return None
+        self._job_failures.pop(job, None)
+        self._job_retry_at.pop(job, None)
+        return found
 
     async def catch_up(self) -> None:
         """After missed events: every census patient whose data changed since is due."""

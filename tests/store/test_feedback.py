@@ -225,6 +225,19 @@ def test_malformed_feedback_is_400_saying_where(service: Service) -> None:
             "feedback[0].overrideReason.reason.code",
             "NUL",
         ),
+        # counted in characters (it said "at most 4000 items")
+        (
+            [
+                {
+                    "card": uuid,
+                    "outcome": "overridden",
+                    "overrideReason": {"userComment": "c" * 4001},
+                    "outcomeTimestamp": _now(),
+                }
+            ],
+            "feedback[0].overrideReason.userComment",
+            "at most 4000 characters",
+        ),
     ]
     for items, location, problem in cases:
         response = _post(service, items)

@@ -312,3 +312,51 @@ def test_polling_reads_only_the_patients_changes_and_survives_the_icans_searches
     changed = asyncio.run(watch.reader.changed(patient, now() - timedelta(hours=1), []))
     assert changed.refs == {f"Observation/{patient}-t"}
     store.close()
+
+
+def test_a_failing_census_search_is_retried_with_a_backoff(
+    runtime: Runtime, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With the FHIR server down, the census search was tried (and logged) every tick,
+    once a second. After a failure a worker waits 1 s, then 2, 4… (at most a minute)
+    before trying again; a success resets it."""
+    fhir = "https://ehr.example.org/fhir"
+    searches: list[str] = []
+    down = [True]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        searches.append(request.url.path)
+        if down[0]:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(200, stream=httpx.ByteStream(orjson.dumps(fb.searchset([]))))
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    moment = [now()]
+    rt = watch_runtime(runtime, tmp_path, fhir)
+    store = DecisionStore.open(rt, new_uuid, lambda: moment[0])
+    watch = Watch.open(rt, store, lambda: moment[0], fhir_http=lambda: client)
+    assert watch is not None
+    worker = Worker(watch)
+
+    def search_at(seconds: float) -> int:
+        """The census search at `seconds` after the start: how many FHIR requests."""
+        moment[0] = now_at + timedelta(seconds=seconds)
+        before = len(searches)
+        asyncio.run(worker.census_search())
+        return len(searches) - before
+
+    now_at = moment[0]
+    with caplog.at_level(logging.WARNING, logger="cds.watch"):
+        assert search_at(0) > 0  # fails
+        assert search_at(0.5) == 0  # within 1 s: not tried
+        assert search_at(1) > 0  # fails again: next after 2 s
+        assert search_at(2.9) == 0
+        assert search_at(3) > 0  # fails a third time: next after 4 s
+        assert search_at(6.9) == 0
+    failed = [r for r in caplog.records if r.getMessage() == "census search failed"]
+    assert len(failed) == 3
+    assert [getattr(r, "retryInSeconds", None) for r in failed] == [1.0, 2.0, 4.0]
+    down[0] = False
+    assert search_at(7) > 0  # up again: searched, and the backoff forgotten
+    assert worker._job_failures == {} and worker._job_retry_at == {}
+    store.close()

@@ -166,6 +166,19 @@ def test_a_notification_of_the_wrong_shape_is_malformed_not_an_error(
     assert caught.value.location == location
 
 
+@pytest.mark.parametrize("number", ["1_000", " 5 ", "\u0663", "+5", "-5", "5.0", True, 5.0])
+def test_an_event_number_is_ascii_digits_or_an_integer(number: object) -> None:
+    """int() read "1_000", " 5 " and an Arabic-Indic three as event numbers."""
+    with pytest.raises(MalformedNotification) as caught:
+        read_notification(_r4b(notificationEvent=[{"eventNumber": number}]))
+    assert "not a" in caught.value.message
+
+
+def test_an_event_number_may_be_a_json_integer() -> None:
+    note = read_notification(_r4b(notificationEvent=[{"eventNumber": 7}]))
+    assert [e.number for e in note.events] == [7]
+
+
 def test_the_largest_event_number_a_64_bit_column_keeps_is_read() -> None:
     note = read_notification(_r4b(notificationEvent=[{"eventNumber": str(2**63 - 1)}]))
     assert [e.number for e in note.events] == [2**63 - 1]
@@ -356,7 +369,7 @@ def test_a_malformed_notification_is_refused_with_where_and_changes_nothing(
     response = service.post(bundle)
     assert response.status_code == 400
     assert response.json() == {
-        "error": "not a number: 'one'",
+        "error": "not an event number (ASCII digits): 'one'",
         "location": "Bundle.entry[0].resource.parameter[5].part[0].value",
     }
     assert service.inbox() == before
