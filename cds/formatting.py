@@ -20,8 +20,10 @@ def fmt_mg(mg: float) -> str:
 
 
 def fmt_value(value: float) -> str:
-    """38.0 → "38", 38.45 → "38.5": a measured value as the evidence table shows it."""
-    return f"{value:.1f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
+    """38.0 → "38", 38.5 → "38.5", 37.99 → "37.99", 38.888889 (102 °F) → "38.89": a
+    measured value as the evidence table shows it, to two decimals (one rounded a value
+    below a threshold onto it: 37.99 °C showed as "38" beside "no fever ≥ 38.0 °C")."""
+    return f"{value:.2f}".rstrip("0").rstrip(".") if value != int(value) else f"{value:.0f}"
 
 
 def hours(seconds: float) -> str:

@@ -37,3 +37,17 @@ def test_the_same_as_strftime(moment: datetime, zone: timezone) -> None:
     aware = moment.replace(tzinfo=zone)
     offset = aware.strftime("%z")
     assert when(aware) == aware.strftime("%Y-%m-%d %H:%M ") + offset[:3] + ":" + offset[3:5]
+
+
+def test_a_value_just_below_a_threshold_is_not_shown_on_it() -> None:
+    """37.99 °C showed as "38" beside "no fever ≥ 38.0 °C"."""
+    from cds.formatting import fmt_value
+
+    assert [fmt_value(v) for v in (37.99, 38.0, 38.5, 38.888889, 89.96, 6.0)] == [
+        "37.99",
+        "38",
+        "38.5",
+        "38.89",
+        "89.96",
+        "6",
+    ]

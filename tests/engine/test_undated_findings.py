@@ -87,7 +87,7 @@ def test_the_normaliser_keeps_what_grading_reads_of_an_undated_observation(
     assert (temp.concept, temp.value, temp.shown) == (
         "temperature",
         38.888889,
-        "Temperature 38.9 Cel (102 [degF])",
+        "Temperature 38.89 Cel (102 [degF])",
     )
     assert temp.location == "prefetch.k.entry[0].resource.valueQuantity"
     # the latest instant the text may mean: the end of its day in UTC-12
