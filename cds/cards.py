@@ -36,7 +36,7 @@ from cds.extensions import (
 )
 from cds.fhir.orders import OrderedDose
 from cds.fhir.reading import Issue, Truncated
-from cds.formatting import fmt_mg, hours, when
+from cds.formatting import fmt_mg, fmt_value, hours, when
 from cds.knowledge import Knowledge
 from cds.parameters import EngineRules
 from cds.protocol import Card, Coding, Indicator, Link, Source, Suggestion
@@ -366,6 +366,9 @@ def crs_card(
     sections.extend(f"**Warning:** {w}" for w in grading.warnings)
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
     sections.extend(tocilizumab_sections(knowledge, rules, plan))
+    child = paediatric_note(evaluation, rules, tocilizumab_above=plan.indication is not None)
+    if child and grading.grade >= 1:
+        sections.append(child)
     risk = evaluation.risk
     if risk is not None:
         sections.append(risk_section(risk))
@@ -552,9 +555,33 @@ PROBLEM_TEXT = {
 }
 
 
+# A problem in a few words, for a card's summary (140 characters); the detail says it in
+# full (PROBLEM_TEXT) and the extension keeps the code.
+PROBLEM_LABEL = {
+    "dose-above-cap": "above the {cap} mg cap",
+    "dose-not-weight-based": "not the weight-based dose",
+    "dose-unreadable": "dose not readable",
+    "dose-invalid": "no valid dose",
+    "interval-under-8h": "under {interval} h since the last dose",
+    "over-3-in-24h": "over {per24} doses in 24 h",
+    "over-4-total": "over {total} doses in all",
+    "dose-time-unknown": "a previous dose's time unknown",
+    "no-weight": "no weight on file",
+    "no-crs-evidence": "no CRS criteria met now",
+}
+
+
+def problem_label(code: str, rules: EngineRules) -> str:
+    return _with_rules(PROBLEM_LABEL[code], rules)
+
+
 def problem_text(code: str, rules: EngineRules) -> str:
+    return _with_rules(PROBLEM_TEXT[code], rules)
+
+
+def _with_rules(text: str, rules: EngineRules) -> str:
     d = rules.dosing
-    return PROBLEM_TEXT[code].format(
+    return text.format(
         cap=fmt_mg(d.max_dose_mg),
         tol=f"{d.tolerance_fraction * 100:g}",
         interval=hours(d.min_interval.total_seconds()),
@@ -641,7 +668,9 @@ def order_check_card(
     if not problems:
         head = f"Tocilizumab {ordered.as_written}: dose and timing check out"
     else:
-        head = f"Tocilizumab {ordered.as_written}: " + ", ".join(problems)
+        head = f"Tocilizumab {ordered.as_written}: " + "; ".join(
+            problem_label(p, rules) for p in problems
+        )
     lines = [
         f"**Order:** {ordered.as_written}"
         + (
@@ -721,6 +750,32 @@ def unreadable_order_card(knowledge: Knowledge, issues: tuple[Issue, ...], card_
         indicator="warning",
         source=source(knowledge),
         extension=CardExtension(dataIssues=issue_infos(issues)),
+    )
+
+
+def paediatric_note(
+    evaluation: Evaluation, rules: EngineRules, tocilizumab_above: bool = False
+) -> str | None:
+    """For a child (younger than the adult age of the hypotension rule, or lighter than
+    tocilizumab's weight threshold): the corticosteroid doses the guidance names are the
+    cited guidelines' adult doses. None for an adult or when neither is known."""
+    age = evaluation.age
+    weight = evaluation.tocilizumab.weight
+    adult_age = rules.grading.adult_from_age_years
+    threshold = rules.dosing.weight_threshold_kg
+    young = age is not None and adult_age is not None and age < adult_age
+    light = weight is not None and weight.value < threshold
+    if not (young or light):
+        return None
+    who = ", ".join(
+        ([f"age {age}"] if young else [])
+        + ([f"{fmt_value(weight.value)} kg"] if light and weight else [])
+    )
+    return (
+        f"**Child ({who}):** the corticosteroid doses named here (e.g. dexamethasone 10 mg) "
+        "are the adult doses of the guidelines cited; dose a child by the institution's "
+        "paediatric protocol (per kg)."
+        + (" The tocilizumab dose above is weight-based." if tocilizumab_above else "")
     )
 
 
@@ -934,6 +989,9 @@ def icans_card(
         f"**Not attributable to another cause?** {icans_rules.footnotes.not_attributable}"
     )
     sections.extend(icans_management(knowledge, grading, crs_grade))
+    child = paediatric_note(evaluation, rules)
+    if child:
+        sections.append(child)
     note = issues_note(evaluation.issues)
     if note:
         sections.append(note)

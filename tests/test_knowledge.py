@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import shutil
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,16 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
+from cds import fhirbuild as b
 from cds.app import create_app
 from cds.cards import steroid_section
+from cds.fhir.reading import ResourceCollector
 from cds.knowledge import DEFAULT_MAPPINGS_DIR, DEFAULT_RULES_DIR, KnowledgeError, load_knowledge
 from cds.parameters import engine_rules
 from cds.runtime import Runtime
 from cds.settings import Settings
 from cds.store.decisions import DecisionStore
+from tests.factories import AT, monitor_json
 
 
 @pytest.fixture()
@@ -316,3 +320,27 @@ def test_no_management_text_names_one_tocilizumab_dose_for_every_weight() -> Non
         assert guidance, name
         for line in guidance:
             assert not re.search(r"[Tt]ocilizumab \d+ mg/kg", line), (name, line[:80])
+
+
+def test_a_child_s_card_says_the_steroid_doses_are_adult_doses(runtime: Runtime) -> None:
+    """A 22 kg eight-year-old's card named 'dexamethasone 10 mg' with no caveat."""
+    pid = "child-1"
+    at = AT - timedelta(hours=1)
+    collected = ResourceCollector()
+    collected.add_prefetch(
+        {
+            "patient": b.patient(pid, birth_date="2018-05-01"),
+            "observations": b.searchset(
+                [
+                    b.temperature(pid, at, 38.9),
+                    b.systolic(pid, at, 80),
+                    b.weight(pid, at, 22),
+                    b.administration(pid, AT - timedelta(days=3), text="Kymriah"),
+                ]
+            ),
+        }
+    )
+    (card,) = monitor_json(runtime, collected, pid, AT)["cards"]
+    (note,) = [s for s in card["detail"].split("\n\n") if s.startswith("**Child")]
+    assert note.startswith("**Child (age 8, 22 kg):**")
+    assert "adult doses" in note and "weight-based" in note

@@ -601,3 +601,14 @@ def test_patient_view_offers_no_order_after_a_dose_whose_time_cannot_be_read(
     assert "suggestions" not in card or not any(
         "ocilizumab" in s["label"] for s in card["suggestions"]
     )
+
+
+def test_the_summary_says_the_problems_in_words_not_codes(client: TestClient) -> None:
+    """It read "Tocilizumab 560 mg: over-4-total" (the code stays in the extension)."""
+    from cds.cards import PROBLEM_LABEL, PROBLEM_TEXT
+
+    assert PROBLEM_LABEL.keys() == PROBLEM_TEXT.keys()
+    card, check = only_check(sign(client, [draft_order("mr1", 1000, "mg")]))
+    assert "dose-above-cap" in check["problems"]
+    assert "above the 800 mg cap" in card["summary"]
+    assert not any(code in card["summary"] for code in PROBLEM_TEXT)

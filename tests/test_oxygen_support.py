@@ -119,3 +119,31 @@ def test_fio2_charted_with_a_device_is_graded_by_the_device(runtime: Runtime) ->
     assert graded(runtime, mask, fio2(ONE_HOUR_AGO, 40)) == 3
     flow = b.oxygen_flow(P, ONE_HOUR_AGO, 4)
     assert graded(runtime, flow, fio2(ONE_HOUR_AGO, 40)) == 2
+
+
+@pytest.mark.parametrize(("flow", "warned"), [(6, True), (6.5, False)])
+def test_high_flow_cannula_at_a_low_flow_is_graded_by_the_device_with_a_warning(
+    runtime: Runtime, flow: float, warned: bool
+) -> None:
+    """ASTCT defines high flow as > 6 L/min: an HFNC charted at 6 L/min stays grade 3 (by
+    the device: the safe side), and the card says the two disagree."""
+    hfnc = b.oxygen_device(P, ONE_HOUR_AGO, "426854004", "High flow oxygen nasal cannula")
+    collector = ResourceCollector()
+    collector.add(
+        b.searchset(
+            [
+                b.temperature(P, h(1), 38.6),
+                hfnc,
+                b.oxygen_flow(P, ONE_HOUR_AGO, flow),
+                b.administration(P, h(48), text="Yescarta"),
+            ]
+        ),
+        "prefetch.all",
+    )
+    facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
+    exposure = find_exposure(facts, runtime.rules.windows, AT)
+    assert exposure is not None
+    g = grade(facts, exposure, AT, runtime.rules.grading)
+    assert g.grade == 3
+    said = [w for w in g.warnings if w.startswith("High-flow nasal cannula charted with")]
+    assert bool(said) is warned

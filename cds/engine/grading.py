@@ -752,6 +752,22 @@ def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParame
             "documented: hypoxia is graded by the support given, so this does not raise the "
             "grade. Check the patient and document any oxygen support."
         )
+    high_flow_at = {o.at for o in facts.oxygen if o.support == "high-flow" and start <= o.at <= at}
+    slow = [
+        m
+        for m in _in(facts.of("oxygen_flow"), start, at)
+        if m.at in high_flow_at and 0 < m.value <= params.low_flow_max_l_per_min
+    ]
+    if slow:
+        m = slow[-1]
+        warnings.append(
+            f"High-flow nasal cannula charted with {fmt_value(m.value)} L/min at "
+            f"{m.at.isoformat()}: ASTCT's high flow is > {params.low_flow_max_l_per_min:g} "
+            f"L/min (grade {params.grade_by_support['high-flow']}), low flow "
+            f"≤ {params.low_flow_max_l_per_min:g} L/min (grade "
+            f"{params.grade_by_support['low-flow']}). Graded by the device; check the device "
+            "and the flow."
+        )
     undevised = _undevised_fio2(facts, start, at, params)
     if undevised:
         top = max(undevised, key=lambda m: m.value)
