@@ -725,12 +725,15 @@ def _undevised_fio2(
 ) -> list[Measurement]:
     """Inhaled O2 concentrations above room air charted with no device and no flow at
     the same time."""
-    charted = {o.at for o in facts.oxygen} | {m.at for m in facts.of("oxygen_flow") if m.value > 0}
-    return [
+    above = [
         m
         for m in _in(facts.of("inhaled_oxygen_concentration"), since, at)
-        if m.value > params.room_air_fio2_percent and m.at not in charted
+        if m.value > params.room_air_fio2_percent
     ]
+    if not above:
+        return above  # (the usual case: no FiO2 above room air charted)
+    charted = {o.at for o in facts.oxygen} | {m.at for m in facts.of("oxygen_flow") if m.value > 0}
+    return [m for m in above if m.at not in charted]
 
 
 def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParameters) -> list[str]:
@@ -753,11 +756,15 @@ def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParame
             "grade. Check the patient and document any oxygen support."
         )
     high_flow_at = {o.at for o in facts.oxygen if o.support == "high-flow" and start <= o.at <= at}
-    slow = [
-        m
-        for m in _in(facts.of("oxygen_flow"), start, at)
-        if m.at in high_flow_at and 0 < m.value <= params.low_flow_max_l_per_min
-    ]
+    slow = (
+        [
+            m
+            for m in _in(facts.of("oxygen_flow"), start, at)
+            if m.at in high_flow_at and 0 < m.value <= params.low_flow_max_l_per_min
+        ]
+        if high_flow_at
+        else []
+    )
     if slow:
         m = slow[-1]
         warnings.append(
