@@ -126,6 +126,13 @@ def exposure_line(exposure: Exposure, at: datetime) -> str:
         )
     else:
         window = f"risk window open until {when(exposure.window_ends)}"
+    others = list(dict.fromkeys(a.display for a in exposure.risk_doses))
+    if len(others) > 1:
+        # the risk period runs through several products' windows: the longest sets its end
+        window += (
+            f" (one risk period: {', '.join(others)}, from {when(exposure.risk_period_start)};"
+            " it ends when the last of their windows closes)"
+        )
     return (
         f"Day {exposure.day(at)} after {exposure.display} ({kind}{doses} at "
         f"{when(exposure.at)}); {window}."

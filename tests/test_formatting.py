@@ -7,7 +7,11 @@ from datetime import UTC, datetime, timedelta, timezone
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cds.formatting import when
+from cds.cards import exposure_line
+from cds.engine.exposure import Exposure
+from cds.formatting import fmt_value, when
+from tests.factories import AT, h
+from tests.factories import given as administered
 
 # every offset a FHIR dateTime can carry: whole minutes, -14:00 to +14:00
 offsets = st.integers(min_value=-14 * 60, max_value=14 * 60).map(
@@ -41,8 +45,6 @@ def test_the_same_as_strftime(moment: datetime, zone: timezone) -> None:
 
 def test_a_value_just_below_a_threshold_is_not_shown_on_it() -> None:
     """37.99 °C showed as "38" beside "no fever ≥ 38.0 °C"."""
-    from cds.formatting import fmt_value
-
     assert [fmt_value(v) for v in (37.99, 38.0, 38.5, 38.888889, 89.96, 6.0)] == [
         "37.99",
         "38",
@@ -51,3 +53,27 @@ def test_a_value_just_below_a_threshold_is_not_shown_on_it() -> None:
         "89.96",
         "6",
     ]
+
+
+def test_a_risk_period_of_two_products_names_both() -> None:
+    """Day 20 after ide-cel, 'risk window open until' a date that was the earlier
+    Kymriah's window: the card now says the risk period runs through both."""
+    kymriah = administered("tisagenlecleucel", "car-t", 480)
+    abecma = administered("idecabtagene-vicleucel", "car-t", 240)
+    exposure = Exposure(
+        "idecabtagene-vicleucel",
+        "idecabtagene vicleucel",
+        "car-t",
+        h(240),
+        AT + timedelta(days=21),
+        "MedicationAdministration/a",
+        1,
+        h(480),
+        (kymriah, abecma),
+    )
+    line = exposure_line(exposure, AT)
+    assert "one risk period: tisagenlecleucel, idecabtagene-vicleucel" in line
+    single = exposure_line(
+        Exposure("x", "tisagenlecleucel", "car-t", h(48), AT, "s", 1, h(48), (kymriah,)), AT
+    )
+    assert "one risk period" not in single
