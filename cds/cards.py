@@ -373,8 +373,9 @@ def crs_card(
     sections.extend(f"**Warning:** {w}" for w in grading.warnings)
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
     sections.extend(tocilizumab_sections(knowledge, rules, plan))
-    child = paediatric_note(evaluation, rules, tocilizumab_above=plan.indication is not None)
-    if child and grading.grade >= 1:
+    child = paediatric_note(evaluation, rules, tocilizumab_above=plan.order is not None)
+    steroid_grade = plan.indication.grade if plan.indication else plan.grade
+    if child and steroid_grade >= 1:  # (where the steroid section is shown)
         sections.append(child)
     risk = evaluation.risk
     if risk is not None:
@@ -553,8 +554,8 @@ PROBLEM_TEXT = {
     "the intended dose with the prescriber",
     "interval-under-8h": "less than {interval} h since the last dose",
     "over-3-in-24h": "would be more than {per24} doses in 24 hours",
-    "over-4-total": "would be more than {total} doses in all (counted from the start of the "
-    "risk period: a new CRS episode does not reset the label's total)",
+    "over-4-total": "would be more than {total} doses in all (every dose in the reach of "
+    "the risk data counts: no source resets the label's total with a new CRS episode)",
     "dose-time-unknown": "a tocilizumab dose on record has a time that cannot be read: the "
     "{interval} h interval and the dose counts cannot be checked",
     "no-weight": "no body weight on file: the dose cannot be checked against weight",
@@ -624,7 +625,7 @@ def history_line(history: DoseHistory) -> str:
     if last is None:
         return f"No dated tocilizumab on record; {undated}" if n else "No tocilizumab on record."
     since = (
-        f" since {when(history.counted_since)} (the start of the risk period)"
+        f" since {when(history.counted_since)} (the reach of the risk data)"
         if history.counted_since is not None
         else ""
     )
@@ -779,7 +780,8 @@ def paediatric_note(
         + ([f"{fmt_value(weight.value)} kg"] if light and weight else [])
     )
     return (
-        f"**Child ({who}):** the corticosteroid doses named here (e.g. dexamethasone 10 mg) "
+        f"**Paediatric dosing ({who}):** the corticosteroid doses named here (e.g. "
+        "dexamethasone 10 mg) "
         "are the adult doses of the guidelines cited; dose a child by the institution's "
         "paediatric protocol (per kg)."
         + (" The tocilizumab dose above is weight-based." if tocilizumab_above else "")

@@ -168,9 +168,10 @@ def judge(
         if rules.risk_scores is not None and (exposure is None or exposure.kind == "car-t")
         else None
     )
-    # the label's total of 4 counts from the start of the risk period (no source resets
-    # it with a new CRS episode); with no risk period, every dose on record
-    counted_since = exposure.risk_period_start if exposure is not None else None
+    # the label's total of 4: no source resets it with a new CRS episode or a new risk
+    # period (a bispecific's weekly dose after its window closed), so it counts every dose
+    # in the reach of the risk data (the longest risk window, an episode gap, the look-back)
+    counted_since = risk_data_since(runtime, at)
     undated = tuple(u.not_after for u in unread_doses)
     tocilizumab = TocilizumabState(
         latest_weight(facts, at),

@@ -664,6 +664,7 @@ class UnidentifiedExposure(_Strict):
 
     display: str
     names: list[str] = Field(min_length=1)
+    filler: list[str] = Field(default_factory=list)  # words a text may add to a name
     citation: str
 
 
@@ -776,6 +777,13 @@ class NameIndex:
     def names(self, concepts: Collection[str] | None = None) -> list[str]:
         """The names (lower case) of `concepts` (every concept when None), sorted."""
         return sorted(n for n, c in self._by_name.items() if concepts is None or c in concepts)
+
+    def find(self, text: str) -> tuple[int, int] | None:
+        """Where the first name occurs in `text` (start, end), or None."""
+        if not text or self._pattern is None:
+            return None
+        found = self._pattern.search(text)
+        return found.span() if found is not None else None
 
     def match(self, text: str | None) -> str | None:
         """The concept whose name occurs in `text` (the longest such name), or None."""

@@ -173,7 +173,13 @@ def _records(store: DecisionStore) -> int:
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "application/json", "application/json; charset=UTF-8", "application/fhir+json"],
+    [
+        None,
+        "application/json",
+        "application/json; charset=UTF-8",
+        "application/json; charset=us-ascii",
+        "application/fhir+json",
+    ],
 )
 def test_json_bodies_are_read_with_or_without_a_content_type(
     client: TestClient, content_type: str | None

@@ -341,6 +341,6 @@ def test_a_child_s_card_says_the_steroid_doses_are_adult_doses(runtime: Runtime)
         }
     )
     (card,) = monitor_json(runtime, collected, pid, AT)["cards"]
-    (note,) = [s for s in card["detail"].split("\n\n") if s.startswith("**Child")]
-    assert note.startswith("**Child (age 8, 22 kg):**")
+    (note,) = [s for s in card["detail"].split("\n\n") if s.startswith("**Paediatric dosing")]
+    assert note.startswith("**Paediatric dosing (age 8, 22 kg):**")
     assert "adult doses" in note and "weight-based" in note

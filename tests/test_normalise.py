@@ -305,15 +305,33 @@ def test_an_administration_of_another_known_medication_is_not_reported(
     assert (n.facts.administrations, n.issues) == ((), [])
 
 
-@pytest.mark.parametrize("value", ["38.7", True], ids=["string", "boolean"])
-def test_a_value_that_is_not_a_json_number_is_reported_not_converted(
-    runtime: Runtime, value: object
-) -> None:
+def test_a_boolean_value_is_reported_not_read_as_1(runtime: Runtime) -> None:
     obs = b.temperature(P, T, 38.7)
-    obs["valueQuantity"]["value"] = value
+    obs["valueQuantity"]["value"] = True
     n = read(runtime, obs)
     assert values(n, "temperature") == []
     assert [i.location for i in n.issues] == ["prefetch.k0.valueQuantity.value"]
+
+
+def test_a_number_written_as_a_string_is_read_as_that_number(runtime: Runtime) -> None:
+    """ "38.7" is 38.7 (as it always was): dropping the fever would be the unsafe side."""
+    obs = b.temperature(P, T, 38.7)
+    obs["valueQuantity"]["value"] = "38.7"
+    assert values(read(runtime, obs), "temperature") == [38.7]
+
+
+@pytest.mark.parametrize("dose", ["640", True, "a lot", {"value": 1}], ids=str)
+def test_a_malformed_administered_dose_never_costs_the_administration(
+    runtime: Runtime, dose: object
+) -> None:
+    """The dose of an administration is not read: a tocilizumab dose charted with
+    `dosage.dose.value: "640"` was dropped whole (then a second dose 2 h later 'checked
+    out')."""
+    ma = b.administration(P, T, rxnorm="612865", text="tocilizumab", dose=(640, "mg"))
+    ma["dosage"]["dose"]["value"] = dose
+    n = read(runtime, ma)
+    assert [a.concept for a in n.facts.administrations] == ["tocilizumab"]
+    assert n.issues == []
 
 
 @pytest.mark.parametrize(
@@ -333,7 +351,10 @@ def test_an_administration_naming_only_the_therapy_class_is_an_unread_exposure(
     assert "no product the rules know" in issue.problem
 
 
-@pytest.mark.parametrize("text", ["carboplatin", "Cefepime", "cart (supply)"])
+@pytest.mark.parametrize(
+    "text",
+    ["carboplatin", "Cefepime", "cart (supply)", "Ondansetron 8 mg IV (pre CAR-T cells)"],
+)
 def test_other_medications_are_not_taken_for_the_therapy_class(runtime: Runtime, text: str) -> None:
     n = read(runtime, b.administration(P, T, text=text))
     assert (n.unread_exposures, n.issues) == ((), [])

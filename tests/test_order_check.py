@@ -543,12 +543,10 @@ def test_interval_blocks_the_order_and_says_when(client: TestClient) -> None:
     assert card["extension"]["crs"]["tocilizumab"]["problems"] == ["interval-under-8h"]
 
 
-@pytest.mark.parametrize("value", [True, "960", "640"], ids=["true", "'960'", "'640'"])
-def test_a_dose_value_that_is_not_a_json_number_is_never_read_as_one(
-    client: TestClient, value: object
-) -> None:
-    """`true` is not 1 mg and "960" is not 960 mg: the order is not read, and the card
-    says where it is wrong (lax validation converted both)."""
+@pytest.mark.parametrize("value", [True, False], ids=["true", "false"])
+def test_a_boolean_dose_is_never_read_as_a_number(client: TestClient, value: object) -> None:
+    """`true` is not 1 mg: the order is not read, and the card says where it is wrong
+    (lax validation read it as 1)."""
     order = draft_order("mr1", 640, "mg")
     order["dosageInstruction"][0]["doseAndRate"][0]["doseQuantity"]["value"] = value
     (card,) = sign(client, [order])["cards"]
@@ -612,3 +610,38 @@ def test_the_summary_says_the_problems_in_words_not_codes(client: TestClient) ->
     assert "dose-above-cap" in check["problems"]
     assert "above the 800 mg cap" in card["summary"]
     assert not any(code in card["summary"] for code in PROBLEM_TEXT)
+
+
+def test_a_draft_order_for_another_patient_is_not_checked_against_this_one(
+    client: TestClient,
+) -> None:
+    """Its dose was checked against this patient's weight and doses."""
+    order = draft_order("mr1", 640, "mg")
+    order["subject"] = {"reference": "Patient/someone-else"}
+    (card,) = sign(client, [order])["cards"]
+    assert card["indicator"] == "warning"
+    assert "NOT checked" in card["summary"]
+    assert "tocilizumabCheck" not in card["extension"]
+    (issue,) = card["extension"]["dataIssues"]
+    assert issue["location"].endswith(".subject.reference")
+    assert "another patient" in issue["problem"]
+
+
+@pytest.mark.parametrize("dose", ["640", True], ids=["string", "boolean"])
+def test_a_previous_dose_with_a_malformed_amount_still_counts(
+    client: TestClient, dose: object
+) -> None:
+    """A dose 2 h ago charted with `dosage.dose.value: "640"` vanished, and a new order
+    'checked out' (info) instead of interval-under-8h (critical)."""
+    obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[2])
+    (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
+    toci["dosage"]["dose"]["value"] = dose
+    body = hook_request(
+        "order-sign",
+        {"draftOrders": draft_bundle(draft_order("mr1", 640, "mg"))},
+        prefetch(obs, admins),
+    )
+    r = client.post("/cds-services/crs-order-sign", json=body)
+    card, check = only_check(r.json())
+    assert "interval-under-8h" in check["problems"]
+    assert card["indicator"] == "critical"

@@ -23,6 +23,10 @@ NOT_JSON_MEDIA_TYPES = frozenset(
 )
 
 
+# UTF-8, and ASCII (a subset of it); an empty charset says nothing
+UTF8_CHARSETS = frozenset({"utf-8", "utf8", "us-ascii", "ascii", ""})
+
+
 def check_content_type(value: str | None) -> None:
     """UnsupportedEncoding (415) for a body labelled as a form or text, or in a charset
     other than UTF-8 (JSON is UTF-8: RFC 8259 section 8.1)."""
@@ -37,7 +41,7 @@ def check_content_type(value: str | None) -> None:
     for parameter in parameters.split(";"):
         name, _, charset = parameter.partition("=")
         charset = charset.strip().strip('"').lower()
-        if name.strip().lower() == "charset" and charset not in ("utf-8", "utf8"):
+        if name.strip().lower() == "charset" and charset not in UTF8_CHARSETS:
             raise UnsupportedEncoding(
                 f"charset {charset!r} is not read: send the JSON body in UTF-8"
             )

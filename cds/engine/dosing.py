@@ -124,7 +124,7 @@ class DoseHistory:
     last_dose_at: datetime | None
     next_allowed_at: datetime | None  # None: allowed now, or never (see problems)
     problems: list[str]  # what forbids a dose now: interval / 24 h / total / time codes
-    counted_since: datetime | None = None  # the risk period's start (None: every dose)
+    counted_since: datetime | None = None  # the reach of the risk data (None: every dose)
     undated: int = 0  # doses on record whose time could not be read (counted in the total)
 
     @property
@@ -153,8 +153,8 @@ def dose_history(
 
     The interval (at least `min_interval`, 8 h, since the last dose) and the 24-hour
     count (doses given less than 24 h before `at`) count every dose on record; the total
-    counts the doses since `counted_since` (the start of the risk period: the label's
-    "maximum total of 4 doses" is not reset by a new CRS episode) and the `undated`
+    counts the doses since `counted_since` (the reach of the risk data: the label's
+    "maximum total of 4 doses" is not reset by a new CRS episode or risk period) and the `undated`
     ones, doses on record whose time could not be read (each the latest instant it may
     have been given, when its date could be read; None: any time). One that may fall in
     the last 24 hours leaves neither the interval nor the 24-hour count checkable: no

@@ -109,7 +109,7 @@ class UndatedFinding(Struct, frozen=True, gc=False):
     zone and no CRS_ASSUME_TIMEZONE, an impossible date): not graded, but it may fall in
     the look-back window — the grade may be understated."""
 
-    concept: str  # a measurement concept, or "oxygen_support" for a device
+    concept: str  # a measurement concept, "oxygen_support" (a device) or "vasopressor"
     value: float | None  # in the concept's canonical unit (None: a device)
     shown: str  # what was charted, e.g. "38.9 Cel", "Venturi mask"
     location: str  # where in the request

@@ -522,7 +522,7 @@ def _undated_findings(
 
     def finding(u: UndatedFinding) -> bool:
         value = u.value
-        if u.concept == "oxygen_support":
+        if u.concept in ("oxygen_support", "vasopressor"):
             return True
         if value is None:
             return False

@@ -11,9 +11,20 @@ models; a resource the structs refuse is validated here, which says what is wron
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+
+def _not_a_boolean(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not a number")
+    return value
+
+
+# A decimal: a JSON number, or a string holding one ("38.7": read as the number it
+# writes); never a boolean (lax validation read `true` as 1, a draft dose of 1 mg).
+Decimal = Annotated[float, BeforeValidator(_not_a_boolean)]
 
 
 class Lean(BaseModel):
@@ -34,9 +45,7 @@ class CodeableConcept(Lean):
 
 
 class Quantity(Lean):
-    # A JSON number only: a string ("38.7") or a boolean (true: 1 mg) is reported, never
-    # converted (lax validation would read them as numbers)
-    value: StrictFloat | None = None
+    value: Decimal | None = None
     comparator: str | None = None  # <, <=, >=, >, ad: the value is a bound, not a measurement
     unit: str | None = None
     code: str | None = None  # (the UCUM code; `system` is not read)
@@ -98,7 +107,7 @@ MedicationAdministrationStatus = Literal[
 
 
 class Dosage(Lean):
-    dose: Quantity | None = None
+    dose: Any = None  # not read: a malformed dose must not cost the administration
     text: str | None = None
     # read leniently: a malformed route must not cost the administration (it is counted)
     route: Any = None
@@ -167,7 +176,7 @@ class Condition(Lean):
 
 class Answer(Lean):
     valueInteger: StrictInt | None = None
-    valueDecimal: StrictFloat | None = None
+    valueDecimal: Decimal | None = None
     valueCoding: Coding | None = None
 
 

@@ -953,6 +953,15 @@ class Normaliser:
         if match.medication_class == "vasopressor" and self._not_intravenous(dosage):
             return None  # eye drops, nasal spray, local infiltration: not for hypotension
         administration = self._administered(raw, ma, match)
+        if administration is None and match.medication_class == "vasopressor":
+            # a vasopressor whose time cannot be read may be running now: said, not graded
+            period = ma.effectivePeriod
+            text = ma.effectiveDateTime or (period.start if period is not None else None)
+            self._undated_findings.append(
+                UndatedFinding(
+                    "vasopressor", None, match.display, raw.location, _latest_instant(text)
+                )
+            )
         if administration is None and (
             match.medication_class in EXPOSURE_CLASSES or match.medication_class == "tocilizumab"
         ):
@@ -1035,9 +1044,9 @@ class Normaliser:
             med = medications.get(reference.reference or "")
             if med is not None and isinstance(med.code, CodeableConcept):
                 texts.extend(med.code.texts())
-        named = next(
-            (t for t in texts if self.k.unidentified_exposure_names.match(t) is not None), None
-        )
+        names = self.k.unidentified_exposure_names
+        filler = frozenset(generic.filler)
+        named = next((t for t in texts if _only_names(t, names, filler)), None)
         if named is None:
             return
         where = ".medicationReference" if concept is None else ".medicationCodeableConcept"
@@ -1169,17 +1178,21 @@ class Normaliser:
             return None
         return parsed
 
+    def is_hook_patient(self, reference: str | None) -> bool:
+        """Whether a subject reference names the hook's patient (or no patient at all)."""
+        same = self._subjects.get(reference)
+        if same is None:
+            same = self._subjects[reference] = (
+                self.patient_id is None
+                or not reference
+                or "Patient/" not in reference
+                or reference.rsplit("Patient/", 1)[1].split("/")[0] == self.patient_id
+            )
+        return same
+
     def _same_patient(self, raw: RawResource, subject: Reference) -> bool:
         """False (and reported) when the resource names another patient."""
-        ref = subject.reference
-        same = self._subjects.get(ref)
-        if same is None:
-            same = self._subjects[ref] = (
-                self.patient_id is None
-                or not ref
-                or "Patient/" not in ref
-                or ref.rsplit("Patient/", 1)[1].split("/")[0] == self.patient_id
-            )
+        same = self.is_hook_patient(subject.reference)
         if not same:
             self.issues.append(
                 Issue(
@@ -1215,6 +1228,19 @@ def _latest_instant(text: object) -> datetime | None:
     if end_of_day > _LATEST - timedelta(hours=12):
         return _LATEST  # 9999-12-31: the latest instant there is
     return end_of_day + timedelta(hours=12)
+
+
+def _only_names(text: str, names: NameIndex, filler: frozenset[str]) -> bool:
+    """Whether `text` is one of `names` with `filler` words only (no other drug named)."""
+    rest = text
+    while (found := names.find(rest)) is not None:  # (each pass removes a name: it ends)
+        rest = rest[: found[0]] + " " + rest[found[1] :]
+    if rest == text:
+        return False
+    return all(word in filler for word in _WORDS.findall(rest.lower()))
+
+
+_WORDS = re.compile(r"[a-z]{4,}")
 
 
 def _full_date(text: object) -> date | None:

@@ -252,7 +252,17 @@ def read_draft_orders(
             issues.append(issue)
             unchecked.append(issue)
         elif match is not None and match.medication_class == "tocilizumab":
-            orders.append(DraftOrder(raw, order))
+            subject = order.subject.reference if order.subject is not None else None
+            if normaliser.is_hook_patient(subject):
+                orders.append(DraftOrder(raw, order))
+            else:
+                # checked against this patient's weight and doses it would say nothing true
+                issue = Issue(
+                    f"{raw.location}.subject.reference",
+                    "the order is for another patient than context.patientId: not checked",
+                )
+                issues.append(issue)
+                unchecked.append(issue)
     return DraftOrders(tuple(orders), tuple(issues), tuple(unchecked))
 
 

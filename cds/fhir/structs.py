@@ -91,7 +91,7 @@ class ResponseItem(_Frozen, frozen=True, gc=False, omit_defaults=True):
 
 
 class Dosage(_Frozen, frozen=True, gc=False, omit_defaults=True):
-    dose: Quantity | None = None
+    dose: Any = None  # not read, as the model
     text: str | None = None
     route: Any = None  # read leniently, as the model does
 

@@ -92,7 +92,7 @@ def test_tocilizumab_of_an_earlier_crs_episode_counts_in_a_new_one(runtime: Runt
     assert g.crs_episode_start is not None and g.crs_episode_start > h(600)  # a new episode
     history = judge(runtime, facts, AT, patient_id=None).tocilizumab.history
     assert history.doses_total == 4 and history.problems == ["over-4-total"]
-    assert history.counted_since == exposure.risk_period_start
+    assert history.counted_since is not None and history.counted_since <= h(600)
 
 
 # --- activity keeps a closed window open -------------------------------------------------
@@ -140,3 +140,25 @@ def test_masked_crs_on_a_vasopressor_keeps_a_closed_window_open(runtime: Runtime
     exposure = find_exposure(facts, runtime.rules.windows, AT, runtime.rules.continuation)
     assert exposure is not None and exposure.extended_until is not None
     assert grade(facts, exposure, AT, runtime.rules.grading).grade == 3
+
+
+def test_tocilizumab_of_an_earlier_risk_period_counts_in_a_new_one(runtime: Runtime) -> None:
+    """Teclistamab on days 1, 3, 5 and 12 (its 144 h window closed between the third and
+    the fourth dose: two risk periods), four tocilizumab doses on days 2-3, grade 2 CRS on
+    day 13: a fifth dose was offered ('given 0× since' the new risk period). Every dose in
+    the reach of the risk data counts."""
+    day = 24.0
+    start = 13 * day  # hours before AT of "day 0"
+    doses = [start - d * day for d in (1, 3, 5, 12)]
+    toci = [given("tocilizumab", "tocilizumab", start - x) for x in (48, 56, 64, 72)]
+    facts = Facts.build(
+        [temperature(1.0, 39.0), systolic(1, 84)],
+        [],
+        [*[given("teclistamab", "bispecific", x) for x in doses], *toci],
+    )
+    evaluation = judge(runtime, facts, AT, patient_id=None)
+    assert evaluation.exposure is not None and evaluation.crs is not None
+    assert evaluation.exposure.risk_period_start == h(doses[-1])  # a new risk period
+    assert evaluation.crs.grade == 2
+    history = evaluation.tocilizumab.history
+    assert history.doses_total == 4 and history.problems == ["over-4-total"]

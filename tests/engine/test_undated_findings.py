@@ -115,3 +115,29 @@ def test_the_card_of_an_undated_fever_is_never_info_and_says_why(runtime: Runtim
     assert "CRS cannot be excluded now" in card["detail"]
     (warning,) = [w for w in crs["warnings"] if w.startswith(UNDATED)]
     assert "Temperature 38.9 Cel" in warning
+
+
+def test_an_undated_vasopressor_is_an_undated_finding(runtime: Runtime) -> None:
+    """Norepinephrine charted without a time zone was dropped: fever and SBP 85 gave
+    grade 2 (it could be 3) with nothing said."""
+    pressor = b.administration(P, h(2), period=True, rxnorm="7512", text="norepinephrine")
+    pressor["effectivePeriod"]["start"] = pressor["effectivePeriod"]["start"][:19]
+    collected = ResourceCollector()
+    collected.add_prefetch(
+        {
+            "observations": b.searchset(
+                [
+                    b.temperature(P, h(1), 38.9),
+                    b.systolic(P, h(1), 85),
+                    pressor,
+                    b.administration(P, h(50), text="Yescarta (axicabtagene ciloleucel)"),
+                ]
+            )
+        }
+    )
+    (card,) = monitor_json(runtime, collected, P, AT)["cards"]
+    crs: Any = card["extension"]["crs"]
+    assert crs["grade"] == 2
+    assert card["summary"].startswith("UNDATED FINDINGS NOT GRADED —")
+    (warning,) = [w for w in crs["warnings"] if w.startswith(UNDATED)]
+    assert "norepinephrine" in warning
