@@ -248,6 +248,12 @@ class TocilizumabPlan:
     dose_text: str | None
     order: Suggestion | None
 
+    @property
+    def steroid_grade(self) -> int:
+        """The grade the corticosteroid guidance is shown for (the indication's, which may
+        be a possible grade); below 1, none is shown."""
+        return self.indication.grade if self.indication else self.grade
+
 
 def _indication_text(plan: TocilizumabPlan, knowledge: Knowledge) -> str:
     indication = plan.indication
@@ -264,7 +270,7 @@ def tocilizumab_sections(
     knowledge: Knowledge, rules: EngineRules, plan: TocilizumabPlan
 ) -> list[str]:
     """The tocilizumab and corticosteroid sections of the CRS card."""
-    steroid_grade = plan.indication.grade if plan.indication else plan.grade
+    steroid_grade = plan.steroid_grade
     steroid = steroid_section(knowledge, steroid_grade) if steroid_grade >= 1 else None
     sections = [steroid] if steroid else []
     toci = knowledge.tocilizumab
@@ -374,8 +380,7 @@ def crs_card(
     sections.append(f"**Rule out:** {knowledge.astct.rule_out.text}")
     sections.extend(tocilizumab_sections(knowledge, rules, plan))
     child = paediatric_note(evaluation, rules, tocilizumab_above=plan.order is not None)
-    steroid_grade = plan.indication.grade if plan.indication else plan.grade
-    if child and steroid_grade >= 1:  # (where the steroid section is shown)
+    if child and plan.steroid_grade >= 1:  # (where the steroid section is shown)
         sections.append(child)
     risk = evaluation.risk
     if risk is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -42,6 +43,16 @@ def sign(
     obs, admins = grade2_resources(weight_kg=weight_kg, toci_hours_ago=toci_hours_ago)
     if not crs:
         obs = [o for o in obs if o["code"]["coding"][0]["code"] == "29463-7"]
+    return sign_with(client, orders, obs, admins)
+
+
+def sign_with(
+    client: TestClient,
+    orders: list[dict[str, Any]],
+    obs: list[dict[str, Any]],
+    admins: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The crs-order-sign answer for draft `orders` of a patient with these resources."""
     body = hook_request("order-sign", {"draftOrders": draft_bundle(*orders)}, prefetch(obs, admins))
     r = client.post("/cds-services/crs-order-sign", json=body)
     assert r.status_code == 200, r.text
@@ -557,27 +568,27 @@ def test_a_boolean_dose_is_never_read_as_a_number(client: TestClient, value: obj
     assert issue["location"].endswith("doseAndRate[0].doseQuantity.value")
 
 
-def _undated_toci_sign(client: TestClient, hours_ago_: float) -> dict[str, Any]:
-    """crs-order-sign for a correct 640 mg order, the previous dose charted `hours_ago_`
-    hours ago without a time zone (its time cannot be read)."""
+def one_toci_dose(
+    hours_ago_: float, chart: Callable[[dict[str, Any]], None]
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The grade 2 patient of `grade2_resources` (80 kg) with one tocilizumab dose
+    `hours_ago_` hours ago, as `chart` changes it."""
     obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[hours_ago_])
     (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
-    toci["effectiveDateTime"] = toci["effectiveDateTime"][:19]  # no offset
-    body = hook_request(
-        "order-sign",
-        {"draftOrders": draft_bundle(draft_order("mr1", 640, "mg"))},
-        prefetch(obs, admins),
-    )
-    r = client.post("/cds-services/crs-order-sign", json=body)
-    assert r.status_code == 200, r.text
-    return dict(r.json())
+    chart(toci)
+    return obs, admins
+
+
+def without_offset(administration: dict[str, Any]) -> None:
+    administration["effectiveDateTime"] = administration["effectiveDateTime"][:19]
 
 
 def test_a_previous_dose_whose_time_cannot_be_read_is_not_passed_over(client: TestClient) -> None:
     """A dose 4 h ago charted without a time zone: the order 'checked out' with 'No
     tocilizumab on record'. It is a dose all the same: the interval and the counts cannot
     be checked, and the card says so."""
-    card, check = only_check(_undated_toci_sign(client, 4))
+    correct = draft_order("mr1", 640, "mg")
+    card, check = only_check(sign_with(client, [correct], *one_toci_dose(4, without_offset)))
     assert check["problems"] == ["dose-time-unknown"]
     assert card["indicator"] == "warning"
     assert check["dosesTotal"] == 1
@@ -588,9 +599,7 @@ def test_a_previous_dose_whose_time_cannot_be_read_is_not_passed_over(client: Te
 def test_patient_view_offers_no_order_after_a_dose_whose_time_cannot_be_read(
     client: TestClient,
 ) -> None:
-    obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[4])
-    (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
-    toci["effectiveDateTime"] = toci["effectiveDateTime"][:19]
+    obs, admins = one_toci_dose(4, without_offset)
     r = client.post(
         "/cds-services/crs-monitor", json=hook_request("patient-view", {}, prefetch(obs, admins))
     )
@@ -633,15 +642,11 @@ def test_a_previous_dose_with_a_malformed_amount_still_counts(
 ) -> None:
     """A dose 2 h ago charted with `dosage.dose.value: "640"` vanished, and a new order
     'checked out' (info) instead of interval-under-8h (critical)."""
-    obs, admins = grade2_resources(weight_kg=80.0, toci_hours_ago=[2])
-    (toci,) = [a for a in admins if a["medicationCodeableConcept"]["text"] == "tocilizumab"]
-    toci["dosage"]["dose"]["value"] = dose
-    body = hook_request(
-        "order-sign",
-        {"draftOrders": draft_bundle(draft_order("mr1", 640, "mg"))},
-        prefetch(obs, admins),
-    )
-    r = client.post("/cds-services/crs-order-sign", json=body)
-    card, check = only_check(r.json())
+
+    def malformed(administration: dict[str, Any]) -> None:
+        administration["dosage"]["dose"]["value"] = dose
+
+    correct = draft_order("mr1", 640, "mg")
+    card, check = only_check(sign_with(client, [correct], *one_toci_dose(2, malformed)))
     assert "interval-under-8h" in check["problems"]
     assert card["indicator"] == "critical"

@@ -9,7 +9,7 @@ import pytest
 
 from cds import fhirbuild as b
 from cds.engine.exposure import find_exposure
-from cds.engine.grading import grade
+from cds.engine.grading import Grading, grade
 from cds.fhir.normalise import Normaliser
 from cds.fhir.reading import ResourceCollector
 from cds.runtime import Runtime
@@ -20,6 +20,11 @@ P = "pat-oxygen"
 
 def graded(runtime: Runtime, *observations: dict[str, object]) -> int:
     """The grade at AT of a febrile patient 2 days after Yescarta with these observations."""
+    return grading(runtime, *observations).grade
+
+
+def grading(runtime: Runtime, *observations: dict[str, object]) -> Grading:
+    """The grading at AT of a febrile patient 2 days after Yescarta with these observations."""
     collector = ResourceCollector()
     collector.add(
         b.searchset(
@@ -34,7 +39,7 @@ def graded(runtime: Runtime, *observations: dict[str, object]) -> int:
     facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
     exposure = find_exposure(facts, runtime.rules.windows, AT)
     assert exposure is not None
-    return grade(facts, exposure, AT, runtime.rules.grading).grade
+    return grade(facts, exposure, AT, runtime.rules.grading)
 
 
 ONE_HOUR_AGO = h(1)
@@ -94,22 +99,7 @@ def test_fio2_above_room_air_with_no_device_is_oxygen_support(
 
 
 def test_fio2_with_no_device_says_it_may_be_more_than_low_flow(runtime: Runtime) -> None:
-    collector = ResourceCollector()
-    collector.add(
-        b.searchset(
-            [
-                b.temperature(P, h(1), 38.6),
-                fio2(ONE_HOUR_AGO, 40),
-                b.administration(P, h(48), text="Yescarta"),
-            ]
-        ),
-        "prefetch.all",
-    )
-    facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
-    exposure = find_exposure(facts, runtime.rules.windows, AT)
-    assert exposure is not None
-    g = grade(facts, exposure, AT, runtime.rules.grading)
-    (warning,) = g.warnings
+    (warning,) = grading(runtime, fio2(ONE_HOUR_AGO, 40)).warnings
     assert "FiO2 40 %" in warning and "no device or flow charted" in warning
     assert "grade 3" in warning
 
@@ -128,22 +118,7 @@ def test_high_flow_cannula_at_a_low_flow_is_graded_by_the_device_with_a_warning(
     """ASTCT defines high flow as > 6 L/min: an HFNC charted at 6 L/min stays grade 3 (by
     the device: the safe side), and the card says the two disagree."""
     hfnc = b.oxygen_device(P, ONE_HOUR_AGO, "426854004", "High flow oxygen nasal cannula")
-    collector = ResourceCollector()
-    collector.add(
-        b.searchset(
-            [
-                b.temperature(P, h(1), 38.6),
-                hfnc,
-                b.oxygen_flow(P, ONE_HOUR_AGO, flow),
-                b.administration(P, h(48), text="Yescarta"),
-            ]
-        ),
-        "prefetch.all",
-    )
-    facts = Normaliser(runtime.knowledge, P, None).normalise(collector).facts
-    exposure = find_exposure(facts, runtime.rules.windows, AT)
-    assert exposure is not None
-    g = grade(facts, exposure, AT, runtime.rules.grading)
+    g = grading(runtime, hfnc, b.oxygen_flow(P, ONE_HOUR_AGO, flow))
     assert g.grade == 3
     said = [w for w in g.warnings if w.startswith("High-flow nasal cannula charted with")]
     assert bool(said) is warned

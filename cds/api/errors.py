@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cds.api.responses import JsonResponse, error
 from cds.errors import (
+    SHOWN_MAX_CHARS,
     CdsError,
     RequestTimeout,
     RequestTooLarge,
@@ -60,7 +61,8 @@ def install(app: FastAPI) -> None:
         # the router's own answers (no such path, a method the path does not take) in the
         # service's error shape, saying what was asked
         path = request.url.path
-        asked = f"{request.method} {path[:200]}{'…' if len(path) > 200 else ''}"
+        cut = SHOWN_MAX_CHARS
+        asked = f"{request.method} {path[:cut]}{'…' if len(path) > cut else ''}"
         if exc.status_code == 404:
             message = f"no such endpoint: {asked} (GET /cds-services lists the CDS services)"
             if len(path) > 1 and path.endswith("/"):

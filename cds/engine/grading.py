@@ -397,8 +397,11 @@ def grade(facts: Facts, exposure: Exposure, at: datetime, params: GradingParamet
             )
         )
 
-    evidence = _evidence(facts, window_fevers, lookback_start, at, pressors, masking_admin, params)
-    warnings = _warnings(facts, lookback_start, at, params)
+    undevised = _undevised_fio2(facts, lookback_start, at, params)
+    evidence = _evidence(
+        facts, window_fevers, lookback_start, at, pressors, masking_admin, undevised, params
+    )
+    warnings = _warnings(facts, lookback_start, at, undevised, params)
     if premedication is not None:
         evidence.append(
             Evidence(
@@ -647,9 +650,11 @@ def _evidence(
     at: datetime,
     pressors: list[Administration],
     masking_admin: Administration | None,
+    undevised: list[Measurement],
     params: GradingParameters,
 ) -> list[Evidence]:
-    """The findings behind the current grade, most telling first."""
+    """The findings behind the current grade, most telling first (`undevised`: FiO2
+    readings charted with no device or flow)."""
     items: list[Evidence] = []
     if window_fevers:
         hottest = max(window_fevers, key=lambda m: (m.value, m.at))
@@ -681,7 +686,6 @@ def _evidence(
     if devices:
         top = max(devices, key=lambda o: (_oxygen_grade(o.support, params), o.at))
         items.append(Evidence("oxygen", "O2 support", top.device, "", top.at, top.source))
-    undevised = _undevised_fio2(facts, start, at, params)
     if undevised:
         items.append(
             _measurement_evidence("oxygen", "Max FiO2", max(undevised, key=lambda m: m.value))
@@ -736,8 +740,15 @@ def _undevised_fio2(
     return [m for m in above if m.at not in charted]
 
 
-def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParameters) -> list[str]:
-    """Findings that cannot change the grade but a clinician must see."""
+def _warnings(
+    facts: Facts,
+    start: datetime,
+    at: datetime,
+    undevised: list[Measurement],
+    params: GradingParameters,
+) -> list[str]:
+    """Findings that cannot change the grade but a clinician must see (`undevised`: the
+    FiO2 readings in the look-back window charted with no device or flow)."""
     warnings: list[str] = []
     low = [m for m in _in(facts.of("spo2"), start, at) if m.value < params.spo2_warning_below]
     has_support = (
@@ -775,7 +786,6 @@ def _warnings(facts: Facts, start: datetime, at: datetime, params: GradingParame
             f"{params.grade_by_support['low-flow']}). Graded by the device; check the device "
             "and the flow."
         )
-    undevised = _undevised_fio2(facts, start, at, params)
     if undevised:
         top = max(undevised, key=lambda m: m.value)
         low_flow = params.grade_by_support["low-flow"]

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from cds.engine.exposure import EXPOSURE_CLASSES
 from cds.engine.facts import (
     CONCEPTS_READ,
+    CRS_CONCEPTS,
     ICANS_CONCEPTS,
     ICE_ITEM_CONCEPTS,
     NEURO_CONCEPTS,
@@ -341,11 +342,19 @@ class Normaliser:
             return None
         return Resource.of(valid.model_dump())
 
-    def _contained_medication(self, data: object) -> Resource | None:
-        """A contained resource read as a Medication (problems not reported)."""
-        if type(data) is not dict:
-            return None
-        return self._read(RawResource.of("contained", data), models.Medication, report=False)
+    def _contained_medication(self, contained: Iterable[object], mid: str) -> Resource | None:
+        """The contained Medication `mid` (`#mid`), read (problems not reported), or None
+        when there is none, or it cannot be read."""
+        for item in contained:
+            if (
+                type(item) is dict
+                and item.get("resourceType") == "Medication"
+                and item.get("id") == mid
+            ):
+                return self._read(
+                    RawResource.of("contained", item), models.Medication, report=False
+                )
+        return None
 
     # --- observations --------------------------------------------------------------
 
@@ -449,7 +458,8 @@ class Normaliser:
             (c, part.valueQuantity, f".component[{i}].valueQuantity") for i, part, c in parts
         ]
         for what, quantity, path in quantities:
-            if what not in GRADED_CONCEPTS or quantity is None:
+            # (grading says which of the CRS measurements could be a finding)
+            if what not in CRS_CONCEPTS or quantity is None:
                 continue
             m = self._measurement(what, quantity, _EPOCH, source, raw, path)
             if m is not None:
@@ -904,14 +914,7 @@ class Normaliser:
         if ref:
             med: Resource | None = None
             if ref.startswith("#"):
-                for item in contained:
-                    if (
-                        isinstance(item, dict)
-                        and item.get("resourceType") == "Medication"
-                        and item.get("id") == ref[1:]
-                    ):
-                        med = self._contained_medication(item)
-                        break
+                med = self._contained_medication(contained, ref[1:])
             else:
                 med = medications.get(ref) or medications.get(ref.rsplit("/_history", 1)[0])
             if med is not None and isinstance(med.code, CodeableConcept):
@@ -955,11 +958,9 @@ class Normaliser:
         administration = self._administered(raw, ma, match)
         if administration is None and match.medication_class == "vasopressor":
             # a vasopressor whose time cannot be read may be running now: said, not graded
-            period = ma.effectivePeriod
-            text = ma.effectiveDateTime or (period.start if period is not None else None)
             self._undated_findings.append(
                 UndatedFinding(
-                    "vasopressor", None, match.display, raw.location, _latest_instant(text)
+                    "vasopressor", None, match.display, raw.location, _latest_instant(_given(ma))
                 )
             )
         if administration is None and (
@@ -967,9 +968,7 @@ class Normaliser:
         ):
             # (the reason is among the issues) a risk window may be open, or a dose was
             # given that the interval and the counts must know of: say so on a card
-            period = ma.effectivePeriod
-            text = ma.effectiveDateTime or (period.start if period is not None else None)
-            unread = UnreadExposure(match.display, raw.location, _latest_instant(text))
+            unread = UnreadExposure(match.display, raw.location, _latest_instant(_given(ma)))
             if match.medication_class == "tocilizumab":
                 self._unread_doses.append(unread)
             else:
@@ -1001,17 +1000,7 @@ class Normaliser:
                 "no reference and no display text: the medication cannot be recognised",
             )
         if ref.startswith("#"):
-            found = next(
-                (
-                    item
-                    for item in contained
-                    if isinstance(item, dict)
-                    and item.get("resourceType") == "Medication"
-                    and item.get("id") == ref[1:]
-                ),
-                None,
-            )
-            if found is not None and self._contained_medication(found) is not None:
+            if self._contained_medication(contained, ref[1:]) is not None:
                 return None  # read, and not a medication the rules know
             where = "a readable contained Medication of this resource"
         elif ref in medications or ref.rsplit("/_history", 1)[0] in medications:
@@ -1057,8 +1046,7 @@ class Normaliser:
                 "risk window cannot be placed; code the product (RxNorm) or name it",
             )
         )
-        period = ma.effectivePeriod
-        text = ma.effectiveDateTime or (period.start if period is not None else None)
+        text = _given(ma)
         given = _parse_time(text, self.assume_tz) if text is not None else None
         latest = given if isinstance(given, datetime) else _latest_instant(text)
         self._unread_exposures.append(UnreadExposure(generic.display, raw.location, latest))
@@ -1205,16 +1193,6 @@ class Normaliser:
 
 _LATEST = datetime.max.replace(tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # (a placeholder time: undated values)
-# the measurements CRS grading reads: charted undated, they may hide a finding
-GRADED_CONCEPTS = frozenset(
-    {
-        "temperature",
-        "systolic_bp",
-        "mean_arterial_pressure",
-        "oxygen_flow",
-        "inhaled_oxygen_concentration",
-    }
-)
 
 
 def _latest_instant(text: object) -> datetime | None:
@@ -1228,6 +1206,12 @@ def _latest_instant(text: object) -> datetime | None:
     if end_of_day > _LATEST - timedelta(hours=12):
         return _LATEST  # 9999-12-31: the latest instant there is
     return end_of_day + timedelta(hours=12)
+
+
+def _given(ma: Resource) -> str | None:
+    """When an administration was given, as charted: its time, or its period's start."""
+    period = ma.effectivePeriod
+    return ma.effectiveDateTime or (period.start if period is not None else None)
 
 
 def _only_names(text: str, names: NameIndex, filler: frozenset[str]) -> bool:
